@@ -1,0 +1,304 @@
+//! The interface the application sees, whatever the carrier.
+
+use crate::error::Error;
+use crate::stats::StatsSnapshot;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+
+/// Identifies a node in the cluster (configured, or derived from the host name).
+pub type NodeId = u64;
+
+/// Where a member stands, as seen by this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum MemberState {
+    /// Heard from within the suspect timeout.
+    Alive,
+    /// Silent for longer than the suspect timeout; may still be alive.
+    Suspect,
+    /// Silent for longer than the dead timeout. Messages to it fail fast.
+    Dead,
+    /// Left gracefully. Not listed by [`Coordinator::members`].
+    Left,
+}
+
+/// One node of the cluster as seen by this node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    pub id: NodeId,
+    /// Changes every time the node starts: a restarted node is the same id with a
+    /// higher incarnation, never a second entry.
+    pub incarnation: u64,
+    pub state: MemberState,
+    /// This is the local node.
+    pub local: bool,
+}
+
+/// What changed about a member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemberChange {
+    /// A node seen for the first time.
+    Joined,
+    /// A known node came back with a new incarnation (it restarted).
+    Restarted { previous_incarnation: u64 },
+    /// Silent for longer than the suspect timeout.
+    Suspected,
+    /// A suspect or dead node was heard from again.
+    Recovered,
+    /// Silent for longer than the dead timeout.
+    Died,
+    /// Left gracefully.
+    Left,
+    /// A dead or departed node was forgotten.
+    Removed,
+}
+
+/// A change of membership, in the order this node saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberEvent {
+    pub member: Member,
+    pub change: MemberChange,
+}
+
+/// A broadcast message delivered to a subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BroadcastMessage {
+    pub from: NodeId,
+    pub topic: Arc<str>,
+    /// Position in the sender's broadcast stream (starts at 1 every incarnation).
+    pub seq: u64,
+    pub payload: Bytes,
+}
+
+/// Options of a subscription.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Also receive this node's own broadcasts (off by default).
+    pub receive_own: bool,
+}
+
+/// Why the engine dropped an incoming frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// Not a frame of this protocol, truncated, or of an unknown version.
+    Malformed,
+    /// No valid authentication tag although a cluster key is set, or a tag
+    /// this node cannot check because it has no key.
+    Unauthenticated,
+    /// Larger than `maxMessageSize`.
+    TooLarge,
+    /// Already delivered, or arrived after it was reported lost.
+    Duplicate,
+    /// Addressed to another incarnation of this node, or from a forgotten one.
+    Stale,
+}
+
+/// Which stream of a sender a gap was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum StreamKind {
+    Broadcast,
+    Direct,
+}
+
+/// Something the application should know about, besides messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Messages `first..first+count` of a sender's stream never arrived (an
+    /// at-most-once carrier lost them, e.g. while a link was down).
+    Gap {
+        from: NodeId,
+        stream: StreamKind,
+        first: u64,
+        count: u64,
+    },
+    /// An incoming frame was dropped.
+    Dropped { reason: DropReason, detail: String },
+    /// A subscriber or the inbox did not keep up and messages were dropped for it.
+    Overflow { queue: String, dropped: u64 },
+    /// The carrier lost its link (to the broker, or to a peer).
+    LinkDown { detail: String },
+    /// The carrier has its link back.
+    LinkUp,
+    /// Another process uses this node's id.
+    DuplicateNodeId { incarnation: u64 },
+}
+
+/// The one interface every carrier offers. Object safe: use `Arc<dyn Coordinator>`.
+#[async_trait]
+pub trait Coordinator: Send + Sync {
+    /// This node's id.
+    fn node_id(&self) -> NodeId;
+
+    /// The carrier's `@type` name (or `Memory`).
+    fn carrier(&self) -> &'static str;
+
+    /// Sends `payload` on `topic` to every other member, in order, once each.
+    async fn broadcast(&self, topic: &str, payload: Bytes) -> Result<(), Error>;
+
+    /// Receives the broadcasts on `topic` from now on.
+    async fn subscribe(
+        &self,
+        topic: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Error>;
+
+    /// The members this node knows, itself included, ordered by id.
+    fn members(&self) -> Vec<Member>;
+
+    /// Membership changes from now on.
+    fn member_events(&self) -> EventStream<MemberEvent>;
+
+    /// Gaps, dropped frames, overflows and link changes from now on.
+    fn events(&self) -> EventStream<Event>;
+
+    /// Sends `payload` to one node. Fails fast if it is unknown, dead or gone.
+    async fn send(&self, to: NodeId, payload: Bytes) -> Result<(), Error>;
+
+    /// Sends `payload` to one node and waits up to `timeout` for its reply.
+    async fn request(&self, to: NodeId, payload: Bytes, timeout: Duration) -> Result<Bytes, Error>;
+
+    /// The point-to-point messages and requests sent to this node. Can be taken once.
+    fn inbox(&self) -> Result<Inbox, Error>;
+
+    /// Counters of what was sent, received, dropped and retried.
+    fn stats(&self) -> StatsSnapshot;
+
+    /// Tells the others this node is leaving (they drop it at once), then stops.
+    async fn leave(&self) -> Result<(), Error>;
+}
+
+/// The broadcasts of one topic. Also a [`futures_core::Stream`].
+#[derive(Debug)]
+pub struct Subscription {
+    topic: Arc<str>,
+    receiver: mpsc::Receiver<BroadcastMessage>,
+}
+
+impl Subscription {
+    pub(crate) fn new(topic: Arc<str>, receiver: mpsc::Receiver<BroadcastMessage>) -> Self {
+        Self { topic, receiver }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The next message, or `None` once the coordinator has stopped.
+    pub async fn recv(&mut self) -> Option<BroadcastMessage> {
+        self.receiver.recv().await
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<BroadcastMessage> {
+        self.receiver.try_recv().ok()
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = BroadcastMessage;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// A stream of events; a receiver that falls behind is told how many it missed.
+#[derive(Debug)]
+pub struct EventStream<T> {
+    receiver: broadcast::Receiver<T>,
+}
+
+/// What [`EventStream::recv`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received<T> {
+    Event(T),
+    /// This receiver fell behind and missed this many events.
+    Missed(u64),
+}
+
+impl<T: Clone> EventStream<T> {
+    pub(crate) fn new(receiver: broadcast::Receiver<T>) -> Self {
+        Self { receiver }
+    }
+
+    /// The next event, `Missed(n)` if this receiver fell behind, `None` once stopped.
+    pub async fn recv(&mut self) -> Option<Received<T>> {
+        match self.receiver.recv().await {
+            Ok(event) => Some(Received::Event(event)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => Some(Received::Missed(missed)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// The next event, skipping over any `Missed` notice.
+    pub async fn next_event(&mut self) -> Option<T> {
+        loop {
+            match self.recv().await? {
+                Received::Event(event) => return Some(event),
+                Received::Missed(_) => continue,
+            }
+        }
+    }
+}
+
+/// Point-to-point messages and requests addressed to this node.
+#[derive(Debug)]
+pub struct Inbox {
+    receiver: mpsc::Receiver<Incoming>,
+}
+
+impl Inbox {
+    pub(crate) fn new(receiver: mpsc::Receiver<Incoming>) -> Self {
+        Self { receiver }
+    }
+
+    /// The next message, or `None` once the coordinator has stopped.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        self.receiver.recv().await
+    }
+}
+
+impl futures_core::Stream for Inbox {
+    type Item = Incoming;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+/// A point-to-point message. If it is a request, answer it with [`Incoming::reply`];
+/// a request dropped unanswered fails at the requester at once instead of timing out.
+#[derive(Debug)]
+pub struct Incoming {
+    pub from: NodeId,
+    pub payload: Bytes,
+    pub(crate) reply: Option<crate::engine::Replier>,
+}
+
+impl Incoming {
+    /// Whether the sender waits for a reply.
+    pub fn is_request(&self) -> bool {
+        self.reply.is_some()
+    }
+
+    /// Answers a request. Fails with [`Error::NotARequest`] for a one-way message.
+    pub async fn reply(mut self, payload: Bytes) -> Result<(), Error> {
+        match self.reply.take() {
+            Some(replier) => replier.reply(Ok(payload)).await,
+            None => Err(Error::NotARequest),
+        }
+    }
+
+    /// Answers a request with an error the requester receives as [`Error::Remote`].
+    pub async fn reply_error(mut self, message: impl Into<String>) -> Result<(), Error> {
+        match self.reply.take() {
+            Some(replier) => replier.reply(Err(message.into())).await,
+            None => Err(Error::NotARequest),
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! What this node sends: broadcasts, point-to-point messages, requests,
+//! replies and heartbeats.
+
+use super::{DirectOut, Inner, PendingRequest, check_topic};
+use crate::api::*;
+use crate::envelope::{EncodeError, Envelope, Kind};
+use crate::error::Error;
+use crate::stats::Stats;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+impl Inner {
+    fn encode(
+        &self,
+        kind: Kind,
+        to: NodeId,
+        to_incarnation: u64,
+        seq: u64,
+        aux: u64,
+        topic: Bytes,
+        payload: Bytes,
+    ) -> Result<Bytes, Error> {
+        let envelope = Envelope {
+            kind,
+            from: self.id,
+            from_incarnation: self.incarnation,
+            to,
+            to_incarnation,
+            seq,
+            aux,
+            topic,
+            payload,
+        };
+        self.codec.encode(&envelope).map_err(|error| match error {
+            EncodeError::TooLarge { size, max } => Error::TooLarge { size, max },
+            EncodeError::TopicTooLong => Error::InvalidTopic {
+                topic: envelope.topic_str().into(),
+                reason: "longer than 255 bytes",
+            },
+        })
+    }
+
+    fn check_size(&self, topic_len: usize, payload_len: usize) -> Result<(), Error> {
+        let max = self.codec.max_payload(topic_len);
+        if payload_len > max {
+            Err(Error::TooLarge {
+                size: payload_len,
+                max,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn failed(&self, error: crate::TransportError) -> Error {
+        Stats::inc(&self.stats.send_failures);
+        Error::Transport(error)
+    }
+
+    pub(super) async fn broadcast(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
+        self.check_open()?;
+        check_topic(topic)?;
+        self.check_size(topic.len(), payload.len())?;
+        let topic_bytes = Bytes::copy_from_slice(topic.as_bytes());
+        let seq = {
+            let mut last = self.last_broadcast.lock().await;
+            let seq = *last + 1;
+            let frame = self.encode(Kind::Broadcast, 0, 0, seq, 0, topic_bytes, payload.clone())?;
+            self.transport
+                .publish(frame)
+                .await
+                .map_err(|error| self.failed(error))?;
+            *last = seq;
+            seq
+        };
+        Stats::inc(&self.stats.broadcasts_sent);
+        self.deliver_broadcast(self.id, topic, seq, payload, true);
+        Ok(())
+    }
+
+    /// Whether `to` can be sent to; its incarnation if so.
+    fn reachable(&self, to: NodeId) -> Result<u64, Error> {
+        match self.state.lock().membership.get(to) {
+            None => Err(Error::UnknownNode(to)),
+            Some(member) => match member.state {
+                MemberState::Dead => Err(Error::NodeDead(to)),
+                MemberState::Left => Err(Error::NodeLeft(to)),
+                MemberState::Alive | MemberState::Suspect => Ok(member.incarnation),
+            },
+        }
+    }
+
+    /// Sends one message of `to`'s direct stream, in order with the others.
+    pub(super) async fn send_direct(
+        &self,
+        kind: Kind,
+        to: NodeId,
+        aux: u64,
+        payload: Bytes,
+    ) -> Result<(), Error> {
+        self.check_open()?;
+        let incarnation = self.reachable(to)?;
+        let lane = self.direct_out.lock().entry(to).or_default().clone();
+        let mut lane = lane.lock().await;
+        if lane.incarnation != incarnation {
+            *lane = DirectOut {
+                incarnation,
+                last_seq: 0,
+            };
+        }
+        let seq = lane.last_seq + 1;
+        let frame = self.encode(kind, to, incarnation, seq, aux, Bytes::new(), payload)?;
+        self.transport
+            .send_to(to, frame)
+            .await
+            .map_err(|error| self.failed(error))?;
+        lane.last_seq = seq;
+        Stats::inc(&self.stats.direct_sent);
+        Ok(())
+    }
+
+    pub(super) async fn send(&self, to: NodeId, payload: Bytes) -> Result<(), Error> {
+        self.check_open()?;
+        self.check_size(0, payload.len())?;
+        if to == self.id {
+            self.deliver_to_inbox(Incoming {
+                from: self.id,
+                payload,
+                reply: None,
+            });
+            return Ok(());
+        }
+        self.send_direct(Kind::Direct, to, 0, payload).await
+    }
+
+    pub(super) async fn request(
+        self: &Arc<Self>,
+        to: NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, Error> {
+        self.check_open()?;
+        self.check_size(0, payload.len())?;
+        let (sender, receiver) = oneshot::channel();
+        let _pending = if to == self.id {
+            let reply = Replier {
+                target: Target::Local {
+                    node: self.id,
+                    sender: Some(sender),
+                },
+                answered: false,
+            };
+            self.deliver_to_inbox(Incoming {
+                from: self.id,
+                payload,
+                reply: Some(reply),
+            });
+            None
+        } else {
+            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+            self.pending.lock().insert(
+                id,
+                PendingRequest {
+                    node: to,
+                    reply: sender,
+                },
+            );
+            let guard = PendingGuard { inner: self, id };
+            self.send_direct(Kind::Request, to, id, payload).await?;
+            Some(guard)
+        };
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                Stats::inc(&self.stats.requests_timed_out);
+                Err(Error::Timeout { node: to, timeout })
+            }
+        }
+    }
+
+    /// A heartbeat-like message (`Heartbeat`, `Join`, `Leave`; `Announce` to one node).
+    pub(super) async fn send_heartbeat(&self, kind: Kind, to: Option<NodeId>) -> Result<(), Error> {
+        let last = self.last_broadcast.lock().await;
+        let counter = self.heartbeat_counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let result = match to {
+            None => {
+                let frame = self.encode(kind, 0, 0, *last, counter, Bytes::new(), Bytes::new())?;
+                self.transport.publish(frame).await
+            }
+            Some(node) => {
+                let incarnation = self.reachable(node)?;
+                let frame = self.encode(
+                    kind,
+                    node,
+                    incarnation,
+                    *last,
+                    counter,
+                    Bytes::new(),
+                    Bytes::new(),
+                )?;
+                self.transport.send_to(node, frame).await
+            }
+        };
+        drop(last);
+        result.map_err(|error| self.failed(error))?;
+        Stats::inc(&self.stats.heartbeats_sent);
+        Ok(())
+    }
+}
+
+/// Forgets a pending request when its caller stops waiting, for whatever reason.
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.pending.lock().remove(&self.id);
+    }
+}
+
+/// Answers one request. Dropping it unanswered sends an error reply, so the
+/// requester fails at once instead of waiting for its time-out.
+pub struct Replier {
+    target: Target,
+    answered: bool,
+}
+
+enum Target {
+    Remote {
+        inner: Weak<Inner>,
+        node: NodeId,
+        to: NodeId,
+        request: u64,
+    },
+    Local {
+        node: NodeId,
+        sender: Option<oneshot::Sender<Result<Bytes, Error>>>,
+    },
+}
+
+impl std::fmt::Debug for Replier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.target {
+            Target::Remote { to, request, .. } => {
+                write!(f, "Replier(to node {to}, request {request})")
+            }
+            Target::Local { .. } => f.write_str("Replier(local)"),
+        }
+    }
+}
+
+impl Replier {
+    pub(crate) fn remote(inner: &Arc<Inner>, to: NodeId, request: u64) -> Self {
+        Self {
+            target: Target::Remote {
+                inner: Arc::downgrade(inner),
+                node: inner.id,
+                to,
+                request,
+            },
+            answered: false,
+        }
+    }
+
+    pub(crate) async fn reply(mut self, result: Result<Bytes, String>) -> Result<(), Error> {
+        self.answered = true;
+        match &mut self.target {
+            Target::Remote {
+                inner, to, request, ..
+            } => {
+                let inner = inner.upgrade().ok_or(Error::Closed)?;
+                let (kind, payload) = match result {
+                    Ok(payload) => (Kind::Reply, payload),
+                    Err(message) => (Kind::ReplyError, Bytes::from(message)),
+                };
+                inner.send_direct(kind, *to, *request, payload).await
+            }
+            Target::Local { node, sender } => {
+                let node = *node;
+                let sender = sender.take().ok_or(Error::Closed)?;
+                sender
+                    .send(result.map_err(|message| Error::Remote { node, message }))
+                    .map_err(|_| Error::Closed)
+            }
+        }
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        match &mut self.target {
+            Target::Remote {
+                inner,
+                node,
+                to,
+                request,
+            } => {
+                let (Some(inner), Ok(runtime)) =
+                    (inner.upgrade(), tokio::runtime::Handle::try_current())
+                else {
+                    return;
+                };
+                let (node, to, request) = (*node, *to, *request);
+                runtime.spawn(async move {
+                    let message =
+                        Bytes::from(format!("node {node} dropped the request without replying"));
+                    let _ = inner
+                        .send_direct(Kind::ReplyError, to, request, message)
+                        .await;
+                });
+            }
+            Target::Local { node, sender } => {
+                if let Some(sender) = sender.take() {
+                    let message = format!("node {node} dropped the request without replying");
+                    let _ = sender.send(Err(Error::Remote {
+                        node: *node,
+                        message,
+                    }));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The resolved settings a node runs with.
+
+use crate::api::NodeId;
+use crate::config::{ClusterConfig, SecretString};
+use crate::error::Error;
+use std::time::Duration;
+
+/// Everything the engine needs, resolved (node id known, secrets read).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Settings {
+    pub node_id: NodeId,
+    pub cluster: String,
+    pub cluster_key: Option<SecretString>,
+    pub encrypt: bool,
+    pub heartbeat_interval: Duration,
+    pub suspect_timeout: Duration,
+    pub dead_timeout: Duration,
+    pub reorder_timeout: Duration,
+    pub max_message_size: usize,
+    /// Messages buffered per subscription and in the inbox before new ones are
+    /// dropped (and reported as [`crate::Event::Overflow`]).
+    pub queue_capacity: usize,
+    /// How long a dead or departed member is remembered.
+    pub forget_after: Duration,
+}
+
+impl Settings {
+    /// Defaults of [`ClusterConfig`] for the given node.
+    pub fn new(node_id: NodeId) -> Self {
+        Self::with_config(node_id, None, &ClusterConfig::default())
+    }
+
+    /// Resolves a configuration: the node id and the cluster key.
+    pub fn from_config(config: &ClusterConfig) -> Result<Self, Error> {
+        let node_id = config.resolve_node_id().map_err(Error::Start)?;
+        let key = config
+            .cluster_key
+            .resolve("clusterKey")
+            .map_err(Error::Start)?;
+        Ok(Self::with_config(node_id, key, config))
+    }
+
+    fn with_config(
+        node_id: NodeId,
+        cluster_key: Option<SecretString>,
+        config: &ClusterConfig,
+    ) -> Self {
+        Self {
+            node_id,
+            cluster: config.cluster.clone(),
+            encrypt: config.encrypt && cluster_key.is_some(),
+            cluster_key,
+            heartbeat_interval: config.heartbeat_interval,
+            suspect_timeout: config.suspect_timeout,
+            dead_timeout: config.dead_timeout,
+            reorder_timeout: config.reorder_timeout,
+            max_message_size: config.max_message_size as usize,
+            queue_capacity: 65_536,
+            forget_after: Duration::from_secs(600),
+        }
+    }
+
+    /// Sets the cluster key (every envelope is authenticated with it).
+    pub fn cluster_key(mut self, key: impl Into<String>) -> Self {
+        self.cluster_key = Some(SecretString::new(key));
+        self
+    }
+
+    /// Also encrypts payloads (needs a cluster key).
+    pub fn encrypt(mut self, encrypt: bool) -> Self {
+        self.encrypt = encrypt;
+        self
+    }
+
+    /// Sets the heartbeat interval and the failure-detection time-outs.
+    pub fn timing(mut self, heartbeat: Duration, suspect: Duration, dead: Duration) -> Self {
+        self.heartbeat_interval = heartbeat;
+        self.suspect_timeout = suspect;
+        self.dead_timeout = dead;
+        self
+    }
+
+    /// Sets how long out-of-order messages wait before a gap is declared.
+    pub fn reorder_timeout(mut self, timeout: Duration) -> Self {
+        self.reorder_timeout = timeout;
+        self
+    }
+
+    /// Sets the cluster name.
+    pub fn cluster(mut self, name: impl Into<String>) -> Self {
+        self.cluster = name.into();
+        self
+    }
+
+    /// Sets the per-subscription and inbox queue size.
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+}

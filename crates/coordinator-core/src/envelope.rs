@@ -1,0 +1,348 @@
+//! The versioned, length-checked envelope every message travels in, and its
+//! authentication with the cluster key.
+//!
+//! Layout (big-endian), see `docs/ENVELOPE.md`:
+//!
+//! ```text
+//! 0   magic        2  0xC0 0xDE
+//! 2   version      1  1
+//! 3   kind         1  see `Kind`
+//! 4   flags        1  bit 0 sealed, bit 1 payload encrypted; others must be 0
+//! 5   from         8  sender node id
+//! 13  from_inc     8  sender incarnation
+//! 21  to           8  recipient node id (0 for broadcast kinds)
+//! 29  to_inc       8  recipient incarnation as the sender knows it
+//! 37  seq          8  position in the sender's stream; for heartbeats, the last broadcast seq
+//! 45  aux          8  request id for Request/Reply, counter for Heartbeat/Join/Announce
+//! 53  topic_len    1
+//! 54  topic        topic_len bytes of UTF-8
+//! ..  payload_len  4
+//! ..  payload      payload_len bytes (ciphertext when encrypted)
+//! ..  nonce 24, tag 16   only when sealed (XChaCha20-Poly1305 over all bytes before)
+//! ```
+
+use crate::api::NodeId;
+use bytes::{BufMut, Bytes, BytesMut};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use std::fmt;
+
+pub const MAGIC: [u8; 2] = [0xC0, 0xDE];
+pub const VERSION: u8 = 1;
+const FIXED_LEN: usize = 54;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+const SEAL_LEN: usize = NONCE_LEN + TAG_LEN;
+const FLAG_SEALED: u8 = 1;
+const FLAG_ENCRYPTED: u8 = 2;
+/// Longest topic, in bytes.
+pub const MAX_TOPIC_LEN: usize = 255;
+/// Bytes an envelope adds around its payload and topic, at most.
+pub const OVERHEAD: usize = FIXED_LEN + 4 + SEAL_LEN;
+
+/// What an envelope carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    /// A message to every node (sequenced in the sender's broadcast stream).
+    Broadcast = 1,
+    /// A one-way message to one node (sequenced in the pair's direct stream).
+    Direct = 2,
+    /// A request to one node; `aux` is the request id.
+    Request = 3,
+    /// The reply to request `aux`.
+    Reply = 4,
+    /// An error reply to request `aux`; the payload is the UTF-8 message.
+    ReplyError = 5,
+    /// "I am alive" to every node; `seq` is the last broadcast seq sent.
+    Heartbeat = 6,
+    /// A heartbeat from a node that just started: the others answer with `Announce` at once.
+    Join = 7,
+    /// A heartbeat sent to one node, in answer to its `Join`.
+    Announce = 8,
+    /// "I am leaving": the others drop this node at once.
+    Leave = 9,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Kind::Broadcast,
+            2 => Kind::Direct,
+            3 => Kind::Request,
+            4 => Kind::Reply,
+            5 => Kind::ReplyError,
+            6 => Kind::Heartbeat,
+            7 => Kind::Join,
+            8 => Kind::Announce,
+            9 => Kind::Leave,
+            _ => return None,
+        })
+    }
+
+    /// Whether the message is numbered in the direct stream of its (sender, recipient) pair.
+    pub fn is_direct_stream(self) -> bool {
+        matches!(
+            self,
+            Kind::Direct | Kind::Request | Kind::Reply | Kind::ReplyError
+        )
+    }
+}
+
+/// One decoded message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub kind: Kind,
+    pub from: NodeId,
+    pub from_incarnation: u64,
+    pub to: NodeId,
+    pub to_incarnation: u64,
+    pub seq: u64,
+    pub aux: u64,
+    pub topic: Bytes,
+    pub payload: Bytes,
+}
+
+impl Envelope {
+    /// The topic as text (checked to be UTF-8 when decoded).
+    pub fn topic_str(&self) -> &str {
+        std::str::from_utf8(&self.topic).unwrap_or_default()
+    }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("frame of {0} bytes is shorter than an envelope header")]
+    Truncated(usize),
+    #[error("not an envelope (bad magic bytes)")]
+    BadMagic,
+    #[error("unsupported envelope version {0} (this node speaks {VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
+    #[error("length fields disagree with the frame size ({0})")]
+    BadLength(&'static str),
+    #[error("frame of {size} bytes is larger than the maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("topic is not UTF-8")]
+    BadTopic,
+    #[error("frame is not sealed, but this cluster requires the cluster key")]
+    NotSealed,
+    #[error("frame is sealed, but this node has no cluster key to check it")]
+    NoKey,
+    #[error("authentication failed (wrong cluster key or tampered frame)")]
+    BadTag,
+}
+
+impl DecodeError {
+    pub fn reason(&self) -> crate::api::DropReason {
+        use crate::api::DropReason;
+        match self {
+            DecodeError::NotSealed | DecodeError::NoKey | DecodeError::BadTag => {
+                DropReason::Unauthenticated
+            }
+            DecodeError::TooLarge { .. } => DropReason::TooLarge,
+            _ => DropReason::Malformed,
+        }
+    }
+}
+
+/// Why a message could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("envelope of {size} bytes is larger than the maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("topic is longer than {MAX_TOPIC_LEN} bytes")]
+    TopicTooLong,
+}
+
+/// Encodes and decodes envelopes, sealing them when a cluster key is set.
+#[derive(Clone)]
+pub struct Codec {
+    cipher: Option<XChaCha20Poly1305>,
+    encrypt: bool,
+    max_size: usize,
+}
+
+impl fmt::Debug for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Codec")
+            .field("sealed", &self.cipher.is_some())
+            .field("encrypt", &self.encrypt)
+            .field("max_size", &self.max_size)
+            .finish()
+    }
+}
+
+impl Codec {
+    /// `key`: the cluster key (any length; a 256-bit key is derived from it with
+    /// HKDF-SHA256, bound to the cluster name). `encrypt` needs a key.
+    pub fn new(cluster: &str, key: Option<&[u8]>, encrypt: bool, max_size: usize) -> Self {
+        let cipher = key.map(|key| {
+            let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"coordinator envelope v1"), key);
+            let mut derived = [0u8; 32];
+            hkdf.expand(cluster.as_bytes(), &mut derived)
+                .expect("32 bytes is a valid HKDF length");
+            XChaCha20Poly1305::new(&derived.into())
+        });
+        Self {
+            encrypt: encrypt && cipher.is_some(),
+            cipher,
+            max_size,
+        }
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
+    /// The largest payload that fits with a topic of `topic_len` bytes.
+    pub fn max_payload(&self, topic_len: usize) -> usize {
+        self.max_size.saturating_sub(OVERHEAD + topic_len)
+    }
+
+    pub fn encode(&self, envelope: &Envelope) -> Result<Bytes, EncodeError> {
+        if envelope.topic.len() > MAX_TOPIC_LEN {
+            return Err(EncodeError::TopicTooLong);
+        }
+        let sealed = self.cipher.is_some();
+        let size = FIXED_LEN
+            + envelope.topic.len()
+            + 4
+            + envelope.payload.len()
+            + if sealed { SEAL_LEN } else { 0 };
+        if size > self.max_size {
+            return Err(EncodeError::TooLarge {
+                size,
+                max: self.max_size,
+            });
+        }
+        let mut frame = BytesMut::with_capacity(size);
+        frame.put_slice(&MAGIC);
+        frame.put_u8(VERSION);
+        frame.put_u8(envelope.kind as u8);
+        let flags =
+            if sealed { FLAG_SEALED } else { 0 } | if self.encrypt { FLAG_ENCRYPTED } else { 0 };
+        frame.put_u8(flags);
+        frame.put_u64(envelope.from);
+        frame.put_u64(envelope.from_incarnation);
+        frame.put_u64(envelope.to);
+        frame.put_u64(envelope.to_incarnation);
+        frame.put_u64(envelope.seq);
+        frame.put_u64(envelope.aux);
+        frame.put_u8(envelope.topic.len() as u8);
+        frame.put_slice(&envelope.topic);
+        frame.put_u32(envelope.payload.len() as u32);
+        let payload_at = frame.len();
+        frame.put_slice(&envelope.payload);
+        if let Some(cipher) = &self.cipher {
+            let mut nonce = XNonce::default();
+            rand::rng().fill_bytes(&mut nonce);
+            let tag = if self.encrypt {
+                let (head, payload) = frame.split_at_mut(payload_at);
+                cipher.encrypt_in_place_detached(&nonce, head, payload)
+            } else {
+                cipher.encrypt_in_place_detached(&nonce, &frame, &mut [])
+            }
+            .expect("XChaCha20-Poly1305 seals any envelope that fits in memory");
+            frame.put_slice(&nonce);
+            frame.put_slice(&tag);
+        }
+        Ok(frame.freeze())
+    }
+
+    /// Decodes and verifies a frame. Never panics, whatever the bytes.
+    pub fn decode(&self, frame: Bytes) -> Result<Envelope, DecodeError> {
+        if frame.len() > self.max_size {
+            return Err(DecodeError::TooLarge {
+                size: frame.len(),
+                max: self.max_size,
+            });
+        }
+        if frame.len() < FIXED_LEN + 4 {
+            return Err(DecodeError::Truncated(frame.len()));
+        }
+        if frame[0..2] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if frame[2] != VERSION {
+            return Err(DecodeError::UnsupportedVersion(frame[2]));
+        }
+        let kind = Kind::from_byte(frame[3]).ok_or(DecodeError::UnknownKind(frame[3]))?;
+        let flags = frame[4];
+        if flags & !(FLAG_SEALED | FLAG_ENCRYPTED) != 0 || flags == FLAG_ENCRYPTED {
+            return Err(DecodeError::UnknownFlags(flags));
+        }
+        let sealed = flags & FLAG_SEALED != 0;
+        match (&self.cipher, sealed) {
+            (Some(_), false) => return Err(DecodeError::NotSealed),
+            (None, true) => return Err(DecodeError::NoKey),
+            _ => {}
+        }
+        let word =
+            |at: usize| u64::from_be_bytes(frame[at..at + 8].try_into().expect("8 bytes in range"));
+        let topic_len = frame[53] as usize;
+        let body_end = frame.len() - if sealed { SEAL_LEN } else { 0 };
+        let topic_end = FIXED_LEN + topic_len;
+        if topic_end + 4 > body_end {
+            return Err(DecodeError::BadLength("topic length"));
+        }
+        let payload_len = u32::from_be_bytes(
+            frame[topic_end..topic_end + 4]
+                .try_into()
+                .expect("4 bytes in range"),
+        ) as usize;
+        let payload_at = topic_end + 4;
+        if payload_at.checked_add(payload_len) != Some(body_end) {
+            return Err(DecodeError::BadLength("payload length"));
+        }
+        let mut payload = frame.slice(payload_at..body_end);
+        if let Some(cipher) = &self.cipher {
+            let nonce = XNonce::from_slice(&frame[body_end..body_end + NONCE_LEN]);
+            let tag = chacha20poly1305::Tag::from_slice(&frame[body_end + NONCE_LEN..]);
+            if flags & FLAG_ENCRYPTED != 0 {
+                let mut plain = BytesMut::from(&payload[..]);
+                cipher
+                    .decrypt_in_place_detached(nonce, &frame[..payload_at], &mut plain, tag)
+                    .map_err(|_| DecodeError::BadTag)?;
+                payload = plain.freeze();
+            } else {
+                cipher
+                    .decrypt_in_place_detached(nonce, &frame[..body_end], &mut [], tag)
+                    .map_err(|_| DecodeError::BadTag)?;
+            }
+        }
+        let topic = frame.slice(FIXED_LEN..topic_end);
+        if std::str::from_utf8(&topic).is_err() {
+            return Err(DecodeError::BadTopic);
+        }
+        Ok(Envelope {
+            kind,
+            from: word(5),
+            from_incarnation: word(13),
+            to: word(21),
+            to_incarnation: word(29),
+            seq: word(37),
+            aux: word(45),
+            topic,
+            payload,
+        })
+    }
+}
+
+/// The claimed sender of a frame, without checking anything else (for fault injection).
+pub fn peek_sender(frame: &[u8]) -> Option<NodeId> {
+    if frame.len() >= FIXED_LEN && frame[0..2] == MAGIC {
+        Some(u64::from_be_bytes(frame[5..13].try_into().ok()?))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;

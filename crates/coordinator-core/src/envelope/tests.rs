@@ -1,0 +1,165 @@
+use super::*;
+use proptest::prelude::*;
+
+fn sample() -> Envelope {
+    Envelope {
+        kind: Kind::Broadcast,
+        from: 7,
+        from_incarnation: 1_700_000_000_000_000,
+        to: 0,
+        to_incarnation: 0,
+        seq: 42,
+        aux: 9,
+        topic: Bytes::from_static(b"cache.invalidate"),
+        payload: Bytes::from_static(b"mailbox 1234 changed"),
+    }
+}
+
+#[test]
+fn round_trips_plain_sealed_and_encrypted() {
+    for codec in [
+        Codec::new("c", None, false, 1 << 20),
+        Codec::new("c", Some(b"key"), false, 1 << 20),
+        Codec::new("c", Some(b"key"), true, 1 << 20),
+    ] {
+        let frame = codec.encode(&sample()).unwrap();
+        assert_eq!(codec.decode(frame).unwrap(), sample(), "{codec:?}");
+    }
+}
+
+#[test]
+fn encryption_hides_the_payload_and_authentication_alone_does_not() {
+    let sealed = Codec::new("c", Some(b"key"), false, 1 << 20)
+        .encode(&sample())
+        .unwrap();
+    let encrypted = Codec::new("c", Some(b"key"), true, 1 << 20)
+        .encode(&sample())
+        .unwrap();
+    let contains = |frame: &Bytes| frame.windows(7).any(|w| w == b"mailbox");
+    assert!(contains(&sealed));
+    assert!(!contains(&encrypted));
+}
+
+#[test]
+fn wrong_key_missing_key_and_unsealed_frames_are_refused() {
+    let ours = Codec::new("c", Some(b"right"), false, 1 << 20);
+    let theirs = Codec::new("c", Some(b"wrong"), false, 1 << 20);
+    let plain = Codec::new("c", None, false, 1 << 20);
+    let other_cluster = Codec::new("other", Some(b"right"), false, 1 << 20);
+    assert_eq!(
+        ours.decode(theirs.encode(&sample()).unwrap()),
+        Err(DecodeError::BadTag)
+    );
+    assert_eq!(
+        ours.decode(other_cluster.encode(&sample()).unwrap()),
+        Err(DecodeError::BadTag)
+    );
+    assert_eq!(
+        ours.decode(plain.encode(&sample()).unwrap()),
+        Err(DecodeError::NotSealed)
+    );
+    assert_eq!(
+        plain.decode(ours.encode(&sample()).unwrap()),
+        Err(DecodeError::NoKey)
+    );
+}
+
+#[test]
+fn every_flipped_bit_of_a_sealed_frame_is_detected() {
+    let codec = Codec::new("c", Some(b"key"), false, 1 << 20);
+    let frame = codec.encode(&sample()).unwrap();
+    for byte in 0..frame.len() {
+        for bit in 0..8 {
+            let mut tampered = frame.to_vec();
+            tampered[byte] ^= 1 << bit;
+            assert!(
+                codec.decode(Bytes::from(tampered)).is_err(),
+                "byte {byte} bit {bit} went unnoticed"
+            );
+        }
+    }
+}
+
+#[test]
+fn sizes_are_enforced_both_ways() {
+    let codec = Codec::new("c", None, false, 200);
+    let mut big = sample();
+    big.payload = Bytes::from(vec![0u8; 200]);
+    assert!(matches!(
+        codec.encode(&big),
+        Err(EncodeError::TooLarge { .. })
+    ));
+    let roomy = Codec::new("c", None, false, 1 << 20);
+    let frame = roomy.encode(&big).unwrap();
+    assert!(matches!(
+        codec.decode(frame),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    let mut fits = sample();
+    fits.payload = Bytes::from(vec![1u8; codec.max_payload(fits.topic.len())]);
+    assert!(codec.encode(&fits).is_ok());
+}
+
+#[test]
+fn garbage_gets_a_precise_error() {
+    let codec = Codec::new("c", None, false, 1 << 20);
+    assert_eq!(
+        codec.decode(Bytes::from_static(b"hello")),
+        Err(DecodeError::Truncated(5))
+    );
+    assert_eq!(
+        codec.decode(Bytes::from(vec![0u8; 100])),
+        Err(DecodeError::BadMagic)
+    );
+    let mut frame = codec.encode(&sample()).unwrap().to_vec();
+    frame[2] = 9;
+    assert_eq!(
+        codec.decode(Bytes::from(frame.clone())),
+        Err(DecodeError::UnsupportedVersion(9))
+    );
+    frame[2] = VERSION;
+    frame.push(0);
+    assert_eq!(
+        codec.decode(Bytes::from(frame)),
+        Err(DecodeError::BadLength("payload length"))
+    );
+}
+
+#[test]
+fn peek_sender_reads_the_claimed_sender() {
+    let frame = Codec::new("c", None, false, 1 << 20)
+        .encode(&sample())
+        .unwrap();
+    assert_eq!(peek_sender(&frame), Some(7));
+    assert_eq!(peek_sender(b"junk"), None);
+}
+
+proptest! {
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        for codec in [Codec::new("c", None, false, 1 << 20), Codec::new("c", Some(b"k"), true, 1 << 20)] {
+            let _ = codec.decode(Bytes::from(bytes.clone()));
+        }
+    }
+
+    #[test]
+    fn decoding_a_mutated_valid_frame_never_panics(at in 0usize..200, value in any::<u8>(), cut in 0usize..200) {
+        let codec = Codec::new("c", None, false, 1 << 20);
+        let mut frame = codec.encode(&sample()).unwrap().to_vec();
+        let at = at % frame.len();
+        frame[at] = value;
+        frame.truncate(frame.len() - cut % frame.len());
+        let _ = codec.decode(Bytes::from(frame));
+    }
+
+    #[test]
+    fn any_envelope_round_trips(kind in 1u8..=9, from in any::<u64>(), seq in any::<u64>(), aux in any::<u64>(),
+                                topic in "[a-z.]{0,40}", payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let codec = Codec::new("c", Some(b"k"), false, 1 << 20);
+        let envelope = Envelope {
+            kind: Kind::from_byte(kind).unwrap(), from, from_incarnation: 3, to: 4, to_incarnation: 5, seq, aux,
+            topic: Bytes::from(topic), payload: Bytes::from(payload),
+        };
+        prop_assert_eq!(codec.decode(codec.encode(&envelope).unwrap()).unwrap(), envelope);
+    }
+}

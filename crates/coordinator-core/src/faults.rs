@@ -1,0 +1,235 @@
+//! Fault injection between named nodes: drop, delay, duplicate, reorder,
+//! partition and heal. Applied to what a node receives, so it works over any
+//! carrier; the `Memory` carrier and the conformance suite use it.
+
+use crate::api::NodeId;
+use crate::envelope::peek_sender;
+use crate::transport::Inbound;
+use parking_lot::Mutex;
+use rand::Rng;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long a frame held back for re-ordering waits for the next one to overtake it.
+const REORDER_HOLD: Duration = Duration::from_millis(5);
+
+/// Faults on the frames from one node to another.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkFaults {
+    /// Probability that a frame is lost.
+    pub drop: f64,
+    /// Probability that a frame arrives twice.
+    pub duplicate: f64,
+    /// Probability that a frame is overtaken by the next one.
+    pub reorder: f64,
+    /// Added latency (order is kept).
+    pub delay: Duration,
+}
+
+impl LinkFaults {
+    pub fn is_none(&self) -> bool {
+        *self == LinkFaults::default()
+    }
+}
+
+#[derive(Default)]
+struct Rules {
+    everywhere: LinkFaults,
+    links: HashMap<(NodeId, NodeId), LinkFaults>,
+    cut: HashSet<(NodeId, NodeId)>,
+}
+
+/// Shared fault settings for a set of nodes. Change them at any time.
+#[derive(Default)]
+pub struct Faults {
+    rules: Mutex<Rules>,
+    dropped: AtomicU64,
+    duplicated: AtomicU64,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Faults {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Faults on every link that has no faults of its own.
+    pub fn set_everywhere(&self, faults: LinkFaults) {
+        self.rules.lock().everywhere = faults;
+    }
+
+    /// Faults on the frames from `from` to `to`.
+    pub fn set_link(&self, from: NodeId, to: NodeId, faults: LinkFaults) {
+        self.rules.lock().links.insert((from, to), faults);
+    }
+
+    /// Nothing passes between a node of `side_a` and a node of `side_b`, either way.
+    pub fn partition(&self, side_a: &[NodeId], side_b: &[NodeId]) {
+        let mut rules = self.rules.lock();
+        for &a in side_a {
+            for &b in side_b {
+                rules.cut.insert((a, b));
+                rules.cut.insert((b, a));
+            }
+        }
+    }
+
+    /// Removes every partition.
+    pub fn heal(&self) {
+        self.rules.lock().cut.clear();
+    }
+
+    /// Removes every fault and partition.
+    pub fn clear(&self) {
+        *self.rules.lock() = Rules::default();
+    }
+
+    /// Frames lost to injected faults so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Extra copies injected so far.
+    pub fn duplicated(&self) -> u64 {
+        self.duplicated.load(Ordering::Relaxed)
+    }
+
+    fn link(&self, from: NodeId, to: NodeId) -> Option<LinkFaults> {
+        let rules = self.rules.lock();
+        if rules.cut.contains(&(from, to)) {
+            return None;
+        }
+        Some(
+            rules
+                .links
+                .get(&(from, to))
+                .copied()
+                .unwrap_or(rules.everywhere),
+        )
+    }
+
+    /// Puts a fault stage in front of `node`'s inbound stream.
+    pub fn wrap(
+        self: &Arc<Self>,
+        node: NodeId,
+        inbound: mpsc::Receiver<Inbound>,
+    ) -> (mpsc::Receiver<Inbound>, tokio::task::JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(4096);
+        let task = tokio::spawn(FaultStage::new(self.clone(), node).run(inbound, sender));
+        (receiver, task)
+    }
+}
+
+struct FaultStage {
+    faults: Arc<Faults>,
+    node: NodeId,
+    /// Frames waiting out their delay, in arrival order, with their reorder chance.
+    delayed: VecDeque<(Instant, f64, Inbound)>,
+    /// A frame held back so that the next one overtakes it.
+    held: Option<(Instant, Inbound)>,
+}
+
+impl FaultStage {
+    fn new(faults: Arc<Faults>, node: NodeId) -> Self {
+        Self {
+            faults,
+            node,
+            delayed: VecDeque::new(),
+            held: None,
+        }
+    }
+
+    async fn run(mut self, mut input: mpsc::Receiver<Inbound>, output: mpsc::Sender<Inbound>) {
+        loop {
+            let next_due = self
+                .delayed
+                .front()
+                .map(|(due, ..)| *due)
+                .into_iter()
+                .chain(self.held.as_ref().map(|(due, _)| *due))
+                .min();
+            tokio::select! {
+                item = input.recv() => match item {
+                    Some(item) => self.admit(item),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
+            }
+            if self.release(&output).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn admit(&mut self, item: Inbound) {
+        let now = Instant::now();
+        let Inbound::Frame(frame) = &item else {
+            self.delayed.push_back((now, 0.0, item));
+            return;
+        };
+        let faults = match peek_sender(frame) {
+            Some(from) => self.faults.link(from, self.node),
+            None => Some(LinkFaults::default()),
+        };
+        let Some(faults) = faults else {
+            Stats::count(&self.faults.dropped);
+            return;
+        };
+        let mut rng = rand::rng();
+        if faults.drop > 0.0 && rng.random_bool(faults.drop.min(1.0)) {
+            Stats::count(&self.faults.dropped);
+            return;
+        }
+        if faults.duplicate > 0.0 && rng.random_bool(faults.duplicate.min(1.0)) {
+            Stats::count(&self.faults.duplicated);
+            self.delayed.push_back((
+                now + faults.delay,
+                faults.reorder,
+                Inbound::Frame(frame.clone()),
+            ));
+        }
+        self.delayed
+            .push_back((now + faults.delay, faults.reorder, item));
+    }
+
+    async fn release(
+        &mut self,
+        output: &mpsc::Sender<Inbound>,
+    ) -> Result<(), mpsc::error::SendError<Inbound>> {
+        let now = Instant::now();
+        while self.delayed.front().is_some_and(|(due, ..)| *due <= now) {
+            let (_, reorder, item) = self.delayed.pop_front().expect("checked non-empty");
+            if self.held.is_none() && reorder > 0.0 && rand::rng().random_bool(reorder.min(1.0)) {
+                self.held = Some((now + REORDER_HOLD, item));
+                continue;
+            }
+            output.send(item).await?;
+            if let Some((_, held)) = self.held.take() {
+                output.send(held).await?;
+            }
+        }
+        if self.held.as_ref().is_some_and(|(due, _)| *due <= now) {
+            let (_, held) = self.held.take().expect("checked some");
+            output.send(held).await?;
+        }
+        Ok(())
+    }
+}
+
+struct Stats;
+impl Stats {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

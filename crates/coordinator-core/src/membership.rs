@@ -1,0 +1,442 @@
+//! Heartbeat membership, sans-IO: it is told what was heard and what time it
+//! is, and says what changed. The engine feeds it; tests drive it with a fake
+//! clock.
+
+use crate::api::{Member, MemberChange, MemberEvent, MemberState, NodeId};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Failure-detection settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Detection {
+    /// Silence after which a member is suspected.
+    pub suspect_after: Duration,
+    /// Silence after which a member is declared dead.
+    pub dead_after: Duration,
+    /// How long a dead or departed member is remembered (so that its stale
+    /// messages are recognised) before it is forgotten.
+    pub forget_after: Duration,
+}
+
+/// What hearing from a node amounted to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// A node (or incarnation) not known before.
+    New,
+    /// A known member, refreshed.
+    Known,
+    /// Old news: an older incarnation, a replayed counter, or a departed node.
+    Stale,
+    /// Another process claims this node's id.
+    Conflict,
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    incarnation: u64,
+    state: MemberState,
+    last_heard: Instant,
+    counter: u64,
+    /// When `state` last changed.
+    since: Instant,
+}
+
+/// The membership as seen by one node.
+#[derive(Debug)]
+pub struct Membership {
+    local: NodeId,
+    local_incarnation: u64,
+    detection: Detection,
+    peers: BTreeMap<NodeId, Peer>,
+}
+
+impl Membership {
+    pub fn new(local: NodeId, local_incarnation: u64, detection: Detection) -> Self {
+        Self {
+            local,
+            local_incarnation,
+            detection,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// A heartbeat (or join, or announce) from `from`, with its monotonic `counter`.
+    pub fn heard(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        incarnation: u64,
+        counter: u64,
+        events: &mut Vec<MemberEvent>,
+    ) -> Heard {
+        self.observe(now, from, incarnation, Some(counter), events)
+    }
+
+    /// Any other authenticated, fresh message from `from`: evidence of life.
+    pub fn touched(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        incarnation: u64,
+        events: &mut Vec<MemberEvent>,
+    ) -> Heard {
+        self.observe(now, from, incarnation, None, events)
+    }
+
+    fn observe(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        incarnation: u64,
+        counter: Option<u64>,
+        events: &mut Vec<MemberEvent>,
+    ) -> Heard {
+        if from == self.local {
+            return if incarnation == self.local_incarnation {
+                Heard::Stale
+            } else {
+                Heard::Conflict
+            };
+        }
+        let fresh = |counter: Option<u64>| Peer {
+            incarnation,
+            state: MemberState::Alive,
+            last_heard: now,
+            counter: counter.unwrap_or(0),
+            since: now,
+        };
+        let Some(peer) = self.peers.get_mut(&from) else {
+            let peer = fresh(counter);
+            events.push(event(from, &peer, MemberChange::Joined));
+            self.peers.insert(from, peer);
+            return Heard::New;
+        };
+        if incarnation > peer.incarnation {
+            let previous_incarnation = peer.incarnation;
+            *peer = fresh(counter);
+            events.push(event(
+                from,
+                peer,
+                MemberChange::Restarted {
+                    previous_incarnation,
+                },
+            ));
+            return Heard::New;
+        }
+        if incarnation < peer.incarnation || peer.state == MemberState::Left {
+            return Heard::Stale;
+        }
+        if let Some(counter) = counter {
+            if counter <= peer.counter {
+                return Heard::Stale;
+            }
+            peer.counter = counter;
+        }
+        peer.last_heard = peer.last_heard.max(now);
+        if matches!(peer.state, MemberState::Suspect | MemberState::Dead) {
+            peer.state = MemberState::Alive;
+            peer.since = now;
+            events.push(event(from, peer, MemberChange::Recovered));
+        }
+        Heard::Known
+    }
+
+    /// `from` said it is leaving.
+    pub fn left(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        incarnation: u64,
+        events: &mut Vec<MemberEvent>,
+    ) -> Heard {
+        if from == self.local {
+            return if incarnation == self.local_incarnation {
+                Heard::Stale
+            } else {
+                Heard::Conflict
+            };
+        }
+        match self.peers.get_mut(&from) {
+            Some(peer) if peer.incarnation > incarnation || peer.state == MemberState::Left => {
+                Heard::Stale
+            }
+            Some(peer) => {
+                peer.incarnation = incarnation;
+                peer.state = MemberState::Left;
+                peer.since = now;
+                events.push(event(from, peer, MemberChange::Left));
+                Heard::Known
+            }
+            None => {
+                // Never seen alive: remember the departure so late heartbeats do not revive it.
+                let peer = Peer {
+                    incarnation,
+                    state: MemberState::Left,
+                    last_heard: now,
+                    counter: u64::MAX,
+                    since: now,
+                };
+                self.peers.insert(from, peer);
+                Heard::Stale
+            }
+        }
+    }
+
+    /// Moves silent members to suspect and dead, and forgets old ones.
+    pub fn tick(&mut self, now: Instant, events: &mut Vec<MemberEvent>) {
+        let detection = self.detection;
+        let mut forgotten = Vec::new();
+        for (&id, peer) in self.peers.iter_mut() {
+            let silence = now.saturating_duration_since(peer.last_heard);
+            if peer.state == MemberState::Alive && silence >= detection.suspect_after {
+                peer.state = MemberState::Suspect;
+                peer.since = now;
+                events.push(event(id, peer, MemberChange::Suspected));
+            }
+            if peer.state == MemberState::Suspect && silence >= detection.dead_after {
+                peer.state = MemberState::Dead;
+                peer.since = now;
+                events.push(event(id, peer, MemberChange::Died));
+            }
+            let gone = matches!(peer.state, MemberState::Dead | MemberState::Left);
+            if gone && now.saturating_duration_since(peer.since) >= detection.forget_after {
+                if peer.state == MemberState::Dead {
+                    events.push(event(id, peer, MemberChange::Removed));
+                }
+                forgotten.push(id);
+            }
+        }
+        for id in forgotten {
+            self.peers.remove(&id);
+        }
+    }
+
+    /// When [`Membership::tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let d = self.detection;
+        self.peers
+            .values()
+            .map(|peer| match peer.state {
+                MemberState::Alive => peer.last_heard + d.suspect_after,
+                MemberState::Suspect => peer.last_heard + d.dead_after,
+                MemberState::Dead | MemberState::Left => peer.since + d.forget_after,
+            })
+            .min()
+    }
+
+    /// The local node and every member that has not left, by id.
+    pub fn members(&self) -> Vec<Member> {
+        let mut members: Vec<Member> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.state != MemberState::Left)
+            .map(|(&id, peer)| member(id, peer))
+            .collect();
+        let local = Member {
+            id: self.local,
+            incarnation: self.local_incarnation,
+            state: MemberState::Alive,
+            local: true,
+        };
+        let at = members.partition_point(|m| m.id < self.local);
+        members.insert(at, local);
+        members
+    }
+
+    /// One member as known here (the local node included).
+    pub fn get(&self, id: NodeId) -> Option<Member> {
+        if id == self.local {
+            return Some(Member {
+                id,
+                incarnation: self.local_incarnation,
+                state: MemberState::Alive,
+                local: true,
+            });
+        }
+        self.peers.get(&id).map(|peer| member(id, peer))
+    }
+}
+
+fn member(id: NodeId, peer: &Peer) -> Member {
+    Member {
+        id,
+        incarnation: peer.incarnation,
+        state: peer.state,
+        local: false,
+    }
+}
+
+fn event(id: NodeId, peer: &Peer, change: MemberChange) -> MemberEvent {
+    MemberEvent {
+        member: member(id, peer),
+        change,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn detection() -> Detection {
+        Detection {
+            suspect_after: 300 * MS,
+            dead_after: 500 * MS,
+            forget_after: 10_000 * MS,
+        }
+    }
+
+    fn changes(events: &mut Vec<MemberEvent>) -> Vec<(NodeId, MemberChange)> {
+        events.drain(..).map(|e| (e.member.id, e.change)).collect()
+    }
+
+    #[test]
+    fn a_new_node_joins_and_is_listed_once_beside_the_local_one() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(2, 7, detection());
+        let mut ev = Vec::new();
+        assert_eq!(m.heard(t0, 1, 100, 1, &mut ev), Heard::New);
+        assert_eq!(m.heard(t0, 1, 100, 2, &mut ev), Heard::Known);
+        assert_eq!(changes(&mut ev), vec![(1, MemberChange::Joined)]);
+        let ids: Vec<_> = m.members().iter().map(|m| (m.id, m.local)).collect();
+        assert_eq!(ids, vec![(1, false), (2, true)]);
+    }
+
+    #[test]
+    fn silence_makes_suspect_then_dead_at_the_configured_times() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 1, 1, &mut ev);
+        ev.clear();
+        assert_eq!(m.next_deadline(), Some(t0 + 300 * MS));
+        m.tick(t0 + 299 * MS, &mut ev);
+        assert!(ev.is_empty());
+        m.tick(t0 + 300 * MS, &mut ev);
+        assert_eq!(changes(&mut ev), vec![(2, MemberChange::Suspected)]);
+        assert_eq!(m.next_deadline(), Some(t0 + 500 * MS));
+        m.tick(t0 + 500 * MS, &mut ev);
+        assert_eq!(changes(&mut ev), vec![(2, MemberChange::Died)]);
+        assert_eq!(m.get(2).unwrap().state, MemberState::Dead);
+    }
+
+    #[test]
+    fn a_late_tick_still_reports_suspect_before_dead() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 1, 1, &mut ev);
+        ev.clear();
+        m.tick(t0 + 2000 * MS, &mut ev);
+        assert_eq!(
+            changes(&mut ev),
+            vec![(2, MemberChange::Suspected), (2, MemberChange::Died)]
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_refutes_suspicion() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 1, 1, &mut ev);
+        m.tick(t0 + 350 * MS, &mut ev);
+        ev.clear();
+        m.heard(t0 + 360 * MS, 2, 1, 2, &mut ev);
+        assert_eq!(changes(&mut ev), vec![(2, MemberChange::Recovered)]);
+        m.tick(t0 + 600 * MS, &mut ev);
+        assert!(ev.is_empty(), "heard 240 ms ago, not yet suspect");
+    }
+
+    #[test]
+    fn a_replayed_heartbeat_does_not_revive_a_dead_node() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 1, 5, &mut ev);
+        m.tick(t0 + 600 * MS, &mut ev);
+        ev.clear();
+        assert_eq!(m.heard(t0 + 700 * MS, 2, 1, 5, &mut ev), Heard::Stale);
+        assert_eq!(m.heard(t0 + 700 * MS, 2, 1, 3, &mut ev), Heard::Stale);
+        assert!(ev.is_empty());
+        assert_eq!(m.get(2).unwrap().state, MemberState::Dead);
+    }
+
+    #[test]
+    fn a_restart_replaces_the_old_incarnation_and_is_never_listed_twice() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 10, 9, &mut ev);
+        m.tick(t0 + 600 * MS, &mut ev);
+        ev.clear();
+        assert_eq!(m.heard(t0 + 700 * MS, 2, 11, 1, &mut ev), Heard::New);
+        assert_eq!(
+            changes(&mut ev),
+            vec![(
+                2,
+                MemberChange::Restarted {
+                    previous_incarnation: 10
+                }
+            )]
+        );
+        assert_eq!(m.members().iter().filter(|m| m.id == 2).count(), 1);
+        assert_eq!(m.get(2).unwrap().incarnation, 11);
+        assert_eq!(
+            m.heard(t0 + 710 * MS, 2, 10, 99, &mut ev),
+            Heard::Stale,
+            "old incarnation ignored"
+        );
+    }
+
+    #[test]
+    fn a_leave_removes_the_member_at_once_and_keeps_it_gone() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 1, 1, &mut ev);
+        ev.clear();
+        m.left(t0 + MS, 2, 1, &mut ev);
+        assert_eq!(changes(&mut ev), vec![(2, MemberChange::Left)]);
+        assert!(m.members().iter().all(|m| m.id != 2));
+        assert_eq!(
+            m.heard(t0 + 2 * MS, 2, 1, 2, &mut ev),
+            Heard::Stale,
+            "a late heartbeat does not revive it"
+        );
+        m.tick(t0 + 5000 * MS, &mut ev);
+        assert!(ev.is_empty(), "a departed node is not suspected");
+        assert_eq!(
+            m.heard(t0 + 6000 * MS, 2, 2, 1, &mut ev),
+            Heard::New,
+            "its next incarnation may join"
+        );
+    }
+
+    #[test]
+    fn dead_members_are_forgotten_after_a_while() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 1, 1, &mut ev);
+        m.tick(t0 + 500 * MS, &mut ev);
+        ev.clear();
+        m.tick(t0 + 10_500 * MS, &mut ev);
+        assert_eq!(changes(&mut ev), vec![(2, MemberChange::Removed)]);
+        assert!(m.get(2).is_none());
+    }
+
+    #[test]
+    fn another_process_with_our_id_is_a_conflict() {
+        let mut m = Membership::new(1, 5, detection());
+        let mut ev = Vec::new();
+        assert_eq!(m.heard(Instant::now(), 1, 6, 1, &mut ev), Heard::Conflict);
+        assert_eq!(
+            m.heard(Instant::now(), 1, 5, 1, &mut ev),
+            Heard::Stale,
+            "our own echo"
+        );
+        assert!(ev.is_empty());
+    }
+}

@@ -1,0 +1,286 @@
+//! Per-sender sequencing, sans-IO: de-duplication, re-ordering and gap
+//! detection for one sender's stream of numbered messages.
+//!
+//! A message that arrives ahead of its turn waits until the ones before it
+//! arrive, or until `reorder_timeout` passes: then the missing numbers are
+//! reported as a [`Gap`] and delivery goes on. A sender's heartbeat tells the
+//! highest number it has sent, so a lost last message is reported too.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Messages `first..first + count` of a stream that never arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub first: u64,
+    pub count: u64,
+}
+
+/// What happened to a received message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered, possibly with earlier held messages after it.
+    Delivered,
+    /// Ahead of its turn: held until the missing ones arrive or time out.
+    Held,
+    /// Already delivered, already held, or arrived after it was reported lost.
+    Duplicate,
+}
+
+/// One sender's stream.
+#[derive(Debug)]
+pub struct Stream<T> {
+    next: u64,
+    held: BTreeMap<u64, T>,
+    /// Highest number the sender said it has sent.
+    announced: u64,
+    /// Since when the stream has been waiting for a missing message.
+    waiting_since: Option<Instant>,
+    max_held: usize,
+}
+
+impl<T> Stream<T> {
+    /// A stream whose next expected message is `next`. At most `max_held`
+    /// messages wait for a missing one; beyond that the gap is declared at once.
+    pub fn starting_at(next: u64, max_held: usize) -> Self {
+        Self {
+            next: next.max(1),
+            held: BTreeMap::new(),
+            announced: 0,
+            waiting_since: None,
+            max_held,
+        }
+    }
+
+    /// The next number this stream expects.
+    pub fn next_expected(&self) -> u64 {
+        self.next
+    }
+
+    /// Takes message `seq`. Messages ready for delivery are appended to
+    /// `deliver` in order; gaps found on the way to `gaps`.
+    pub fn receive(
+        &mut self,
+        seq: u64,
+        item: T,
+        now: Instant,
+        deliver: &mut Vec<T>,
+        gaps: &mut Vec<Gap>,
+    ) -> Outcome {
+        if seq < self.next || self.held.contains_key(&seq) {
+            return Outcome::Duplicate;
+        }
+        if seq > self.next {
+            self.held.insert(seq, item);
+            self.waiting_since.get_or_insert(now);
+            if self.held.len() > self.max_held {
+                self.skip_missing(deliver, gaps);
+            }
+            return Outcome::Held;
+        }
+        deliver.push(item);
+        self.next += 1;
+        self.drain_ready(deliver);
+        self.waiting_since = self.is_incomplete().then_some(now);
+        Outcome::Delivered
+    }
+
+    /// The sender says it has sent up to `high`.
+    pub fn announce(&mut self, high: u64, now: Instant) {
+        if high > self.announced {
+            self.announced = high;
+            if self.is_incomplete() {
+                self.waiting_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// When [`Stream::expire`] has something to do, if ever.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.waiting_since.map(|since| since + timeout)
+    }
+
+    /// Gives up on missing messages that were waited for `timeout`: reports
+    /// them as gaps and delivers what was held behind them.
+    pub fn expire(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        deliver: &mut Vec<T>,
+        gaps: &mut Vec<Gap>,
+    ) {
+        match self.waiting_since {
+            Some(since) if now >= since + timeout => self.skip_missing(deliver, gaps),
+            _ => {}
+        }
+    }
+
+    fn skip_missing(&mut self, deliver: &mut Vec<T>, gaps: &mut Vec<Gap>) {
+        while let Some((&seq, _)) = self.held.first_key_value() {
+            if seq > self.next {
+                gaps.push(Gap {
+                    first: self.next,
+                    count: seq - self.next,
+                });
+                self.next = seq;
+            }
+            self.drain_ready(deliver);
+        }
+        if self.announced >= self.next {
+            gaps.push(Gap {
+                first: self.next,
+                count: self.announced - self.next + 1,
+            });
+            self.next = self.announced + 1;
+        }
+        self.waiting_since = None;
+    }
+
+    fn drain_ready(&mut self, deliver: &mut Vec<T>) {
+        while let Some(item) = self.held.remove(&self.next) {
+            deliver.push(item);
+            self.next += 1;
+        }
+    }
+
+    fn is_incomplete(&self) -> bool {
+        !self.held.is_empty() || self.announced >= self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_millis(100);
+
+    fn feed(
+        stream: &mut Stream<u64>,
+        seqs: &[u64],
+        now: Instant,
+    ) -> (Vec<u64>, Vec<Gap>, Vec<Outcome>) {
+        let (mut out, mut gaps, mut outcomes) = (Vec::new(), Vec::new(), Vec::new());
+        for &seq in seqs {
+            outcomes.push(stream.receive(seq, seq, now, &mut out, &mut gaps));
+        }
+        (out, gaps, outcomes)
+    }
+
+    #[test]
+    fn in_order_is_delivered_at_once() {
+        let mut stream = Stream::starting_at(1, 100);
+        let (out, gaps, _) = feed(&mut stream, &[1, 2, 3], Instant::now());
+        assert_eq!(out, vec![1, 2, 3]);
+        assert!(gaps.is_empty());
+        assert_eq!(stream.deadline(TIMEOUT), None);
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let mut stream = Stream::starting_at(1, 100);
+        let (out, _, outcomes) = feed(&mut stream, &[1, 1, 2, 1, 2, 3, 3], Instant::now());
+        assert_eq!(out, vec![1, 2, 3]);
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == Outcome::Duplicate)
+                .count(),
+            4
+        );
+    }
+
+    #[test]
+    fn reordered_messages_come_out_in_order() {
+        let mut stream = Stream::starting_at(1, 100);
+        let (out, gaps, _) = feed(&mut stream, &[2, 4, 3, 1, 5, 4], Instant::now());
+        assert_eq!(out, vec![1, 2, 3, 4, 5]);
+        assert!(gaps.is_empty());
+        assert_eq!(stream.deadline(TIMEOUT), None, "nothing left to wait for");
+    }
+
+    #[test]
+    fn a_hole_is_reported_after_the_timeout_and_delivery_goes_on() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(1, 100);
+        let (out, _, _) = feed(&mut stream, &[1, 2, 5, 6], t0);
+        assert_eq!(out, vec![1, 2]);
+        assert_eq!(stream.deadline(TIMEOUT), Some(t0 + TIMEOUT));
+        let (mut out, mut gaps) = (Vec::new(), Vec::new());
+        stream.expire(t0 + TIMEOUT / 2, TIMEOUT, &mut out, &mut gaps);
+        assert!(out.is_empty() && gaps.is_empty(), "too early");
+        stream.expire(t0 + TIMEOUT, TIMEOUT, &mut out, &mut gaps);
+        assert_eq!(out, vec![5, 6]);
+        assert_eq!(gaps, vec![Gap { first: 3, count: 2 }]);
+        let (late, _, outcomes) = feed(&mut stream, &[3], t0 + TIMEOUT * 2);
+        assert!(late.is_empty());
+        assert_eq!(
+            outcomes,
+            vec![Outcome::Duplicate],
+            "a message reported lost is not delivered late"
+        );
+    }
+
+    #[test]
+    fn a_lost_last_message_is_found_from_the_heartbeat() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(1, 100);
+        feed(&mut stream, &[1, 2], t0);
+        stream.announce(4, t0);
+        let (mut out, mut gaps) = (Vec::new(), Vec::new());
+        stream.expire(t0 + TIMEOUT, TIMEOUT, &mut out, &mut gaps);
+        assert_eq!(gaps, vec![Gap { first: 3, count: 2 }]);
+        assert_eq!(stream.next_expected(), 5);
+    }
+
+    #[test]
+    fn an_announcement_of_what_already_arrived_starts_no_timer() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(1, 100);
+        feed(&mut stream, &[1, 2], t0);
+        stream.announce(2, t0);
+        assert_eq!(stream.deadline(TIMEOUT), None);
+    }
+
+    #[test]
+    fn a_message_in_flight_when_the_heartbeat_overtook_it_is_not_a_gap() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(1, 100);
+        stream.announce(2, t0);
+        let (out, gaps, _) = feed(&mut stream, &[1, 2], t0 + TIMEOUT / 2);
+        assert_eq!(out, vec![1, 2]);
+        assert!(gaps.is_empty());
+        assert_eq!(stream.deadline(TIMEOUT), None);
+    }
+
+    #[test]
+    fn too_many_held_messages_declare_the_gap_at_once() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(1, 3);
+        let (out, gaps, _) = feed(&mut stream, &[3, 4, 5, 6], t0);
+        assert_eq!(out, vec![3, 4, 5, 6]);
+        assert_eq!(gaps, vec![Gap { first: 1, count: 2 }]);
+    }
+
+    #[test]
+    fn several_holes_are_each_reported() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(10, 100);
+        feed(&mut stream, &[12, 15], t0);
+        let (mut out, mut gaps) = (Vec::new(), Vec::new());
+        stream.expire(t0 + TIMEOUT, TIMEOUT, &mut out, &mut gaps);
+        assert_eq!(out, vec![12, 15]);
+        assert_eq!(
+            gaps,
+            vec![
+                Gap {
+                    first: 10,
+                    count: 2
+                },
+                Gap {
+                    first: 13,
+                    count: 2
+                }
+            ]
+        );
+    }
+}
