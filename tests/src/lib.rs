@@ -1,1 +1,46 @@
-//! placeholder
+//! Integration tests of the coordinator.
+//!
+//! * [`harness`]: starts, kills and restarts nodes of one carrier, and injects
+//!   faults and raw frames.
+//! * [`suite`]: the conformance suite, written once against the `Coordinator`
+//!   trait; [`conformance_suite!`] instantiates it for one carrier so that every
+//!   test is named `conformance::<carrier>::<test>`.
+
+pub mod harness;
+pub mod suite;
+pub mod wait;
+
+/// Instantiates the whole conformance suite for one carrier.
+///
+/// `$make` is an async function returning a fresh [`harness::Harness`].
+#[macro_export]
+macro_rules! conformance_suite {
+    ($carrier:ident, $make:path) => {
+        mod $carrier {
+            $crate::conformance_suite!(@tests $make;
+                broadcast_in_order,
+                own_messages_only_when_asked,
+                join_is_seen_by_all_within_one_interval,
+                killed_node_is_suspected_then_dead_in_time,
+                graceful_leave_is_seen_at_once,
+                restarted_node_is_never_listed_twice,
+                point_to_point_is_fifo_per_pair,
+                request_gets_its_reply,
+                request_times_out_with_a_typed_error,
+                unknown_and_dead_nodes_fail_fast,
+                gap_is_reported_under_loss,
+                tampered_and_unauthenticated_frames_are_dropped_and_counted,
+                replayed_frames_are_not_delivered_twice,
+                oversized_messages_are_refused,
+            );
+        }
+    };
+    (@tests $make:path; $($test:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                $crate::suite::$test($make().await).await;
+            }
+        )*
+    };
+}

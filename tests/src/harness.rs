@@ -1,0 +1,178 @@
+//! Running nodes of one carrier for a test.
+
+use async_trait::async_trait;
+use coordinator_core::{
+    Coordinator, Faults, Link, LinkFaults, MemoryNetwork, Node, NodeId, Settings,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The cluster key every conformance cluster uses (so authentication is always on).
+pub const CLUSTER_KEY: &str = "conformance-cluster-key";
+
+/// Timing settings of test clusters: fast, so the suite is fast.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub suspect: Duration,
+    pub dead: Duration,
+    pub reorder: Duration,
+    /// What the carrier may add to a delivery, for time bounds in assertions.
+    pub delivery: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(50),
+            suspect: Duration::from_millis(250),
+            dead: Duration::from_millis(500),
+            reorder: Duration::from_millis(100),
+            delivery: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Starts, kills and restarts the nodes of one test cluster.
+#[async_trait]
+pub trait Harness: Send + 'static {
+    /// The carrier's name, as in test paths (`memory`, `nats`…).
+    fn carrier(&self) -> &'static str;
+    fn timing(&self) -> Timing;
+    /// Faults applied to what every node receives.
+    fn faults(&self) -> Arc<Faults>;
+    /// Starts node `id` (again, after a kill: with a new incarnation).
+    async fn start(&mut self, id: NodeId) -> Arc<dyn Coordinator>;
+    /// Stops node `id` abruptly, without leaving.
+    async fn kill(&mut self, id: NodeId);
+    /// A connection that is not a node, to inject raw frames as an attacker would.
+    async fn raw(&mut self, id: NodeId) -> Link;
+}
+
+/// Connects a node to a carrier; what a carrier adds to run the suite.
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    fn carrier(&self) -> &'static str;
+    async fn connect(&self, id: NodeId) -> Link;
+}
+
+/// A harness for any carrier that plugs into the core engine.
+pub struct EngineHarness<C: Connector> {
+    connector: C,
+    timing: Timing,
+    faults: Arc<Faults>,
+    nodes: HashMap<NodeId, Arc<Node>>,
+}
+
+impl<C: Connector> EngineHarness<C> {
+    pub fn new(connector: C, timing: Timing) -> Self {
+        Self {
+            connector,
+            timing,
+            faults: Faults::new(),
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// Faults on every link for the whole test (e.g. duplication and re-ordering).
+    pub fn with_background_faults(self, faults: LinkFaults) -> Self {
+        self.faults.set_everywhere(faults);
+        self
+    }
+
+    pub fn settings(&self, id: NodeId) -> Settings {
+        let t = self.timing;
+        Settings::new(id)
+            .cluster("conformance")
+            .cluster_key(CLUSTER_KEY)
+            .timing(t.heartbeat, t.suspect, t.dead)
+            .reorder_timeout(t.reorder)
+    }
+}
+
+#[async_trait]
+impl<C: Connector> Harness for EngineHarness<C> {
+    fn carrier(&self) -> &'static str {
+        self.connector.carrier()
+    }
+
+    fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    fn faults(&self) -> Arc<Faults> {
+        self.faults.clone()
+    }
+
+    async fn start(&mut self, id: NodeId) -> Arc<dyn Coordinator> {
+        if let Some(old) = self.nodes.remove(&id) {
+            old.abort();
+        }
+        let link = self.connector.connect(id).await;
+        let node = Node::builder(self.settings(id), self.connector.carrier(), link)
+            .faults(self.faults.clone())
+            .start()
+            .expect("node starts");
+        let node = Arc::new(node);
+        self.nodes.insert(id, node.clone());
+        node
+    }
+
+    async fn kill(&mut self, id: NodeId) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.abort();
+        }
+    }
+
+    async fn raw(&mut self, id: NodeId) -> Link {
+        self.connector.connect(id).await
+    }
+}
+
+/// Connects nodes to one in-process [`MemoryNetwork`].
+pub struct MemoryConnector {
+    network: Arc<MemoryNetwork>,
+}
+
+impl MemoryConnector {
+    pub fn new() -> Self {
+        Self {
+            network: MemoryNetwork::new(),
+        }
+    }
+}
+
+impl Default for MemoryConnector {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Connector for MemoryConnector {
+    fn carrier(&self) -> &'static str {
+        "Memory"
+    }
+
+    async fn connect(&self, id: NodeId) -> Link {
+        self.network.connect(id)
+    }
+}
+
+/// The `Memory` carrier with no background faults.
+pub async fn memory() -> EngineHarness<MemoryConnector> {
+    EngineHarness::new(MemoryConnector::new(), Timing::default())
+}
+
+/// The `Memory` carrier with duplication, re-ordering and delay on every link.
+pub async fn memory_faulty() -> EngineHarness<MemoryConnector> {
+    EngineHarness::new(MemoryConnector::new(), Timing::default()).with_background_faults(
+        LinkFaults {
+            drop: 0.0,
+            duplicate: 0.2,
+            reorder: 0.2,
+            delay: Duration::from_millis(2),
+        },
+    )
+}

@@ -1,0 +1,76 @@
+//! Waiting on events with a bound, never on a fixed sleep.
+
+use coordinator_core::{Coordinator, Event, MemberChange, MemberEvent, MemberState, NodeId};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Fails the test with `what` if `future` does not finish within `limit`.
+pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds (bounded by `limit`).
+/// For counters, which have no event of their own.
+pub async fn until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    within(limit, what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// Whether `node` sees every id in `ids` alive (and itself).
+pub fn sees_alive(node: &dyn Coordinator, ids: &[NodeId]) -> bool {
+    let members = node.members();
+    ids.iter().all(|id| {
+        members
+            .iter()
+            .any(|m| m.id == *id && m.state == MemberState::Alive)
+    })
+}
+
+/// Waits until every node sees every other one alive.
+pub async fn converge(nodes: &[Arc<dyn Coordinator>], limit: Duration) {
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.node_id()).collect();
+    within(limit, &format!("nodes {ids:?} to see each other"), async {
+        for node in nodes {
+            let mut events = node.member_events();
+            while !sees_alive(node.as_ref(), &ids) {
+                events.recv().await;
+            }
+        }
+    })
+    .await
+}
+
+/// Waits for the first membership event about `id` that matches `wanted`.
+pub async fn member_change(
+    events: &mut coordinator_core::EventStream<MemberEvent>,
+    id: NodeId,
+    wanted: impl Fn(&MemberChange) -> bool,
+) -> MemberEvent {
+    loop {
+        let event = events.next_event().await.expect("membership events ended");
+        if event.member.id == id && wanted(&event.change) {
+            return event;
+        }
+    }
+}
+
+/// Waits for the next diagnostic event matching `wanted`.
+pub async fn event(
+    events: &mut coordinator_core::EventStream<Event>,
+    wanted: impl Fn(&Event) -> bool,
+) -> Event {
+    loop {
+        let event = events.next_event().await.expect("events ended");
+        if wanted(&event) {
+            return event;
+        }
+    }
+}

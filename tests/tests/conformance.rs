@@ -1,0 +1,7 @@
+//! The conformance suite on every carrier available without a broker.
+//! Test paths: `conformance::<carrier>::<test>`.
+
+mod conformance {
+    tests::conformance_suite!(memory, tests::harness::memory);
+    tests::conformance_suite!(memory_faulty, tests::harness::memory_faulty);
+}
