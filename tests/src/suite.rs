@@ -168,7 +168,6 @@ pub async fn join_is_seen_by_all_within_one_interval(mut harness: impl Harness) 
             node.node_id()
         );
     }
-    converge(&[newcomer.clone()], limit).await;
     within(limit, "node 4 to learn the members", async {
         let mut events = newcomer.member_events();
         while newcomer.members().len() < 4 {
@@ -346,7 +345,8 @@ pub async fn point_to_point_is_fifo_per_pair(mut harness: impl Harness) {
     let nodes = cluster(&mut harness, &[1, 2, 3]).await;
     let mut inbox = nodes[2].inbox().unwrap();
     let mut senders = Vec::new();
-    for node in nodes[..2].iter().cloned() {
+    for node in &nodes[..2] {
+        let node = node.clone();
         senders.push(tokio::spawn(async move {
             for i in 0..COUNT {
                 node.send(3, Bytes::from(i.to_string())).await.unwrap();

@@ -1,1 +1,103 @@
-//! placeholder
+//! One interface for the nodes of a clustered server: broadcast, membership
+//! and Raft message delivery, over the carrier a configuration selects.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), coordinator::Error> {
+//! use coordinator::{Coordinator, CoordinatorConfig, SubscribeOptions};
+//! let config = CoordinatorConfig::from_file("coordinator.json")?;
+//! let node = coordinator::start(&config).await?;
+//! let mut reloads = node.subscribe("config.reload", SubscribeOptions::default()).await?;
+//! node.broadcast("config.reload", "now".into()).await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub use coordinator_core::*;
+
+/// Starts this node on the carrier the configuration selects.
+///
+/// Secrets are read and the node id resolved here; a carrier that this build
+/// does not include, or that is not implemented yet, is a clear error.
+pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
+    let settings = Settings::from_config(&config.cluster)?;
+    match &config.carrier {
+        CarrierConfig::Disabled => Node::alone(settings),
+        other => Err(unavailable(other.name())),
+    }
+}
+
+/// Why a carrier cannot start in this build.
+fn unavailable(name: &'static str) -> Error {
+    let (built, implemented) = match name {
+        "Kafka" => carrier_status!("kafka", coordinator_kafka),
+        "Nats" => carrier_status!("nats", coordinator_nats),
+        "Zenoh" => carrier_status!("zenoh", coordinator_zenoh),
+        "Redis" | "RedisCluster" => carrier_status!("redis", coordinator_redis),
+        "Native" => carrier_status!("native", coordinator_native),
+        _ => (false, false),
+    };
+    if !built {
+        Error::Start(format!(
+            "the {name} carrier is not in this build (enable the cargo feature for it)"
+        ))
+    } else if !implemented {
+        Error::Start(format!(
+            "the {name} carrier is not implemented yet in this version; use \"Disabled\" for a single node, \
+             or the in-process Memory carrier (coordinator demo) to try a cluster"
+        ))
+    } else {
+        Error::Start(format!(
+            "the {name} carrier cannot be started by this version of the facade"
+        ))
+    }
+}
+
+/// (compiled in, implemented) for a carrier crate behind a cargo feature.
+macro_rules! carrier_status {
+    ($feature:literal, $krate:ident) => {{
+        #[cfg(feature = $feature)]
+        let status = (true, $krate::IMPLEMENTED);
+        #[cfg(not(feature = $feature))]
+        let status = (false, false);
+        status
+    }};
+}
+use carrier_status;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn disabled_starts_a_single_node_and_others_say_why_not() {
+        let config = CoordinatorConfig::from_json(r#"{"@type":"Disabled","nodeId":5}"#).unwrap();
+        let node = start(&config).await.unwrap();
+        assert_eq!(node.node_id(), 5);
+        assert_eq!(node.carrier(), "Disabled");
+        let config = CoordinatorConfig::from_json(
+            r#"{"@type":"Kafka","brokers":["k:9092"],"groupId":"g","nodeId":1}"#,
+        )
+        .unwrap();
+        let error = start(&config).await.unwrap_err().to_string();
+        assert!(
+            error.contains("Kafka carrier is not implemented yet"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_cluster_key_variable_stops_the_start() {
+        let config = CoordinatorConfig::from_json(
+            r#"{"@type":"Disabled","nodeId":1,"clusterKey":{"@type":"EnvironmentVariable","variableName":"COORDINATOR_TEST_NO_SUCH_KEY"}}"#,
+        )
+        .unwrap();
+        let error = start(&config).await.unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "clusterKey: environment variable COORDINATOR_TEST_NO_SUCH_KEY is not set"
+            ),
+            "{error}"
+        );
+    }
+}

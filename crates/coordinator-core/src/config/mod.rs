@@ -146,6 +146,45 @@ impl CoordinatorConfig {
         }
     }
 
+    /// Every secret of the configuration with the path of its field.
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        let mut secrets = vec![("clusterKey".to_string(), &self.cluster.cluster_key)];
+        match &self.carrier {
+            CarrierConfig::Nats(nats) => {
+                secrets.push(("nats.authSecret".into(), &nats.auth_secret));
+                secrets.push(("nats.credentials".into(), &nats.credentials));
+            }
+            CarrierConfig::RedisCluster(cluster) => {
+                secrets.push(("redisCluster.authSecret".into(), &cluster.auth_secret));
+            }
+            _ => {}
+        }
+        secrets
+    }
+
+    /// Reads every secret (environment variables, files), reporting each one
+    /// that cannot be read, without revealing any value.
+    pub fn check_secrets(&self) -> Result<(), ConfigErrors> {
+        let errors: Vec<FieldError> = self
+            .secrets()
+            .into_iter()
+            .filter_map(|(path, secret)| secret.resolve(&path).err())
+            .map(|message| {
+                let (path, message) = message
+                    .split_once(": ")
+                    .map_or((String::new(), message.clone()), |(p, m)| {
+                        (p.to_string(), m.to_string())
+                    });
+                FieldError { path, message }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
     /// The normalized configuration as pretty JSON, defaults filled in, secrets redacted.
     pub fn to_json_pretty(&self) -> String {
         serde_json::to_string_pretty(self).expect("a configuration always serializes")

@@ -326,3 +326,32 @@ fn node_id_is_derived_when_absent() {
         node_id_from_name("mx2.example.org")
     );
 }
+
+#[test]
+fn check_secrets_names_every_unreadable_secret() {
+    let config = CoordinatorConfig::from_value(json!({
+        "@type": "Nats",
+        "authUsername": "u",
+        "authSecret": {"@type": "EnvironmentVariable", "variableName": "COORDINATOR_TEST_UNSET_PASSWORD"},
+        "credentials": {"@type": "File", "filePath": "/nonexistent/user.creds"},
+        "clusterKey": {"@type": "Value", "secret": "fine"}
+    }))
+    .unwrap();
+    let found: Vec<String> = config
+        .check_secrets()
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0]
+            .starts_with("nats.authSecret: environment variable COORDINATOR_TEST_UNSET_PASSWORD"),
+        "{found:#?}"
+    );
+    assert!(
+        found[1].starts_with("nats.credentials: cannot read file /nonexistent/user.creds"),
+        "{found:#?}"
+    );
+}

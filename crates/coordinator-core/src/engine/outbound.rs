@@ -13,17 +13,16 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 impl Inner {
-    fn encode(
+    /// An envelope from this node with no topic and no payload.
+    fn envelope(
         &self,
         kind: Kind,
         to: NodeId,
         to_incarnation: u64,
         seq: u64,
         aux: u64,
-        topic: Bytes,
-        payload: Bytes,
-    ) -> Result<Bytes, Error> {
-        let envelope = Envelope {
+    ) -> Envelope {
+        Envelope {
             kind,
             from: self.id,
             from_incarnation: self.incarnation,
@@ -31,9 +30,12 @@ impl Inner {
             to_incarnation,
             seq,
             aux,
-            topic,
-            payload,
-        };
+            topic: Bytes::new(),
+            payload: Bytes::new(),
+        }
+    }
+
+    fn encode(&self, envelope: Envelope) -> Result<Bytes, Error> {
         self.codec.encode(&envelope).map_err(|error| match error {
             EncodeError::TooLarge { size, max } => Error::TooLarge { size, max },
             EncodeError::TopicTooLong => Error::InvalidTopic {
@@ -68,7 +70,11 @@ impl Inner {
         let seq = {
             let mut last = self.last_broadcast.lock().await;
             let seq = *last + 1;
-            let frame = self.encode(Kind::Broadcast, 0, 0, seq, 0, topic_bytes, payload.clone())?;
+            let frame = self.encode(Envelope {
+                topic: topic_bytes,
+                payload: payload.clone(),
+                ..self.envelope(Kind::Broadcast, 0, 0, seq, 0)
+            })?;
             self.transport
                 .publish(frame)
                 .await
@@ -112,7 +118,10 @@ impl Inner {
             };
         }
         let seq = lane.last_seq + 1;
-        let frame = self.encode(kind, to, incarnation, seq, aux, Bytes::new(), payload)?;
+        let frame = self.encode(Envelope {
+            payload,
+            ..self.envelope(kind, to, incarnation, seq, aux)
+        })?;
         self.transport
             .send_to(to, frame)
             .await
@@ -188,20 +197,12 @@ impl Inner {
         let counter = self.heartbeat_counter.fetch_add(1, Ordering::Relaxed) + 1;
         let result = match to {
             None => {
-                let frame = self.encode(kind, 0, 0, *last, counter, Bytes::new(), Bytes::new())?;
+                let frame = self.encode(self.envelope(kind, 0, 0, *last, counter))?;
                 self.transport.publish(frame).await
             }
             Some(node) => {
                 let incarnation = self.reachable(node)?;
-                let frame = self.encode(
-                    kind,
-                    node,
-                    incarnation,
-                    *last,
-                    counter,
-                    Bytes::new(),
-                    Bytes::new(),
-                )?;
+                let frame = self.encode(self.envelope(kind, node, incarnation, *last, counter))?;
                 self.transport.send_to(node, frame).await
             }
         };

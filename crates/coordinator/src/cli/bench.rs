@@ -1,0 +1,335 @@
+//! `coordinator bench`: broadcast throughput, end-to-end latency and
+//! request/reply latency between two nodes of one carrier, beside the raw
+//! channel of the same carrier measured in the same run.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use coordinator::{Coordinator, CoordinatorConfig, MemoryNetwork, Settings, SubscribeOptions};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Carrier to measure when no --config is given: `memory` (in-process).
+    #[arg(long, default_value = "memory")]
+    carrier: String,
+    /// Measure the carrier of this configuration file (two nodes, ids 1 and 2, in this process).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Messages in the throughput run.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Round trips measured for each latency figure.
+    #[arg(long, default_value_t = 2_000)]
+    samples: u64,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    subject: String,
+    test: &'static str,
+    size: usize,
+    count: u64,
+    /// Messages per second (throughput rows).
+    per_second: Option<f64>,
+    /// Microseconds (latency rows).
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    /// Messages the receiver did not get (throughput rows).
+    lost: Option<u64>,
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    super::init_logging("warn");
+    let (a, b): (Arc<dyn Coordinator>, Arc<dyn Coordinator>) = match &args.config {
+        Some(file) => {
+            let config = CoordinatorConfig::from_file(file)
+                .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
+            let node = |id| {
+                let mut config = config.clone();
+                config.cluster.node_id = Some(id);
+                async move { coordinator::start(&config).await }
+            };
+            (Arc::new(node(1).await?), Arc::new(node(2).await?))
+        }
+        None if args.carrier.eq_ignore_ascii_case("memory") => {
+            let network = MemoryNetwork::new();
+            let settings = |id| {
+                Settings::new(id)
+                    .cluster_key("bench-cluster-key")
+                    .queue_capacity(1 << 20)
+            };
+            (
+                Arc::new(network.start(settings(1))?),
+                Arc::new(network.start(settings(2))?),
+            )
+        }
+        None => bail!(
+            "unknown carrier {:?}: use --carrier memory, or --config FILE for another carrier",
+            args.carrier
+        ),
+    };
+    let subject = a.carrier().to_string();
+    wait_for_peer(&a, 2).await?;
+    wait_for_peer(&b, 1).await?;
+    let progress = |what: &str| {
+        if !args.json {
+            eprintln!("measuring {what}…");
+        }
+    };
+    let mut rows = Vec::new();
+    progress(&format!(
+        "{subject} broadcast throughput ({} × {} B)",
+        args.messages, args.size
+    ));
+    rows.push(broadcast_throughput(&subject, &a, &b, args.messages, args.size).await?);
+    progress(&format!(
+        "{subject} broadcast latency ({} samples)",
+        args.samples
+    ));
+    rows.push(broadcast_latency(&subject, &a, &b, args.samples, args.size).await?);
+    progress(&format!(
+        "{subject} request/reply latency ({} samples)",
+        args.samples
+    ));
+    rows.push(request_latency(&subject, &a, &b, args.samples, args.size).await?);
+    if subject == "Memory" {
+        progress("raw tokio channel (the limit for the Memory carrier)");
+        rows.push(raw_channel_throughput(args.messages, args.size).await?);
+        rows.push(raw_channel_latency(args.samples, args.size).await?);
+    }
+    a.leave().await.ok();
+    b.leave().await.ok();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows);
+    }
+    Ok(())
+}
+
+async fn wait_for_peer(node: &Arc<dyn Coordinator>, peer: u64) -> anyhow::Result<()> {
+    let mut events = node.member_events();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !node.members().iter().any(|m| m.id == peer) {
+            events.recv().await;
+        }
+    })
+    .await
+    .with_context(|| format!("node {} never saw node {peer}", node.node_id()))
+}
+
+fn payload(size: usize) -> Bytes {
+    Bytes::from(vec![0x5a; size])
+}
+
+async fn broadcast_throughput(
+    subject: &str,
+    a: &Arc<dyn Coordinator>,
+    b: &Arc<dyn Coordinator>,
+    count: u64,
+    size: usize,
+) -> anyhow::Result<Row> {
+    let mut subscription = b
+        .subscribe("bench.throughput", SubscribeOptions::default())
+        .await?;
+    let lost_before = b.stats().messages_lost + b.stats().dropped_overflow;
+    let body = payload(size);
+    let started = Instant::now();
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for _ in 0..count {
+                a.broadcast("bench.throughput", body.clone()).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut received = 0u64;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while received < count {
+        let lost = b.stats().messages_lost + b.stats().dropped_overflow - lost_before;
+        if received + lost >= count {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, subscription.recv()).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => bail!("subscription closed"),
+            Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    sender.await??;
+    Ok(Row {
+        subject: subject.into(),
+        test: "broadcast throughput",
+        size,
+        count,
+        per_second: Some(received as f64 / elapsed.as_secs_f64()),
+        p50_us: None,
+        p99_us: None,
+        lost: Some(count - received),
+    })
+}
+
+fn latency_row(subject: &str, test: &'static str, size: usize, histogram: &Histogram<u64>) -> Row {
+    Row {
+        subject: subject.into(),
+        test,
+        size,
+        count: histogram.len(),
+        per_second: None,
+        p50_us: Some(histogram.value_at_quantile(0.5) as f64 / 1000.0),
+        p99_us: Some(histogram.value_at_quantile(0.99) as f64 / 1000.0),
+        lost: None,
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn broadcast_latency(
+    subject: &str,
+    a: &Arc<dyn Coordinator>,
+    b: &Arc<dyn Coordinator>,
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Row> {
+    let mut subscription = b
+        .subscribe("bench.latency", SubscribeOptions::default())
+        .await?;
+    let body = payload(size);
+    let mut histogram = histogram();
+    for _ in 0..samples {
+        let sent = Instant::now();
+        a.broadcast("bench.latency", body.clone()).await?;
+        tokio::time::timeout(LIMIT, subscription.recv())
+            .await
+            .context("broadcast lost")?
+            .context("subscription closed")?;
+        histogram.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    Ok(latency_row(subject, "broadcast latency", size, &histogram))
+}
+
+async fn request_latency(
+    subject: &str,
+    a: &Arc<dyn Coordinator>,
+    b: &Arc<dyn Coordinator>,
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Row> {
+    let mut inbox = b.inbox()?;
+    let server = tokio::spawn(async move {
+        while let Some(request) = inbox.recv().await {
+            let payload = request.payload.clone();
+            let _ = request.reply(payload).await;
+        }
+    });
+    let body = payload(size);
+    let mut histogram = histogram();
+    for _ in 0..samples {
+        let sent = Instant::now();
+        a.request(2, body.clone(), Duration::from_secs(10)).await?;
+        histogram.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    server.abort();
+    Ok(latency_row(
+        subject,
+        "request/reply latency",
+        size,
+        &histogram,
+    ))
+}
+
+async fn raw_channel_throughput(count: u64, size: usize) -> anyhow::Result<Row> {
+    let (sender, mut receiver) = mpsc::channel::<Bytes>(65_536);
+    let body = payload(size);
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for _ in 0..count {
+            if sender.send(body.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut received = 0;
+    while received < count && receiver.recv().await.is_some() {
+        received += 1;
+    }
+    let elapsed = started.elapsed();
+    producer.await?;
+    Ok(Row {
+        subject: "raw tokio mpsc".into(),
+        test: "broadcast throughput",
+        size,
+        count,
+        per_second: Some(received as f64 / elapsed.as_secs_f64()),
+        p50_us: None,
+        p99_us: None,
+        lost: Some(count - received),
+    })
+}
+
+async fn raw_channel_latency(samples: u64, size: usize) -> anyhow::Result<Row> {
+    let (to_server, mut server_in) = mpsc::channel::<Bytes>(1);
+    let (to_client, mut client_in) = mpsc::channel::<Bytes>(1);
+    let echo = tokio::spawn(async move {
+        while let Some(message) = server_in.recv().await {
+            if to_client.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    let body = payload(size);
+    let mut histogram = histogram();
+    for _ in 0..samples {
+        let sent = Instant::now();
+        to_server.send(body.clone()).await?;
+        client_in.recv().await.context("echo stopped")?;
+        histogram.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    echo.abort();
+    Ok(latency_row(
+        "raw tokio mpsc",
+        "request/reply latency",
+        size,
+        &histogram,
+    ))
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<16} {:<24} {:>7} {:>9} {:>14} {:>10} {:>10} {:>6}",
+        "carrier", "test", "size B", "count", "msg/s", "p50 µs", "p99 µs", "lost"
+    );
+    let show = |value: Option<f64>, precision: usize| {
+        value.map_or("-".to_string(), |v| format!("{v:.precision$}"))
+    };
+    for row in rows {
+        println!(
+            "{:<16} {:<24} {:>7} {:>9} {:>14} {:>10} {:>10} {:>6}",
+            row.subject,
+            row.test,
+            row.size,
+            row.count,
+            show(row.per_second, 0),
+            show(row.p50_us, 1),
+            show(row.p99_us, 1),
+            row.lost.map_or("-".to_string(), |l| l.to_string()),
+        );
+    }
+}

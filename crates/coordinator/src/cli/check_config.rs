@@ -1,0 +1,31 @@
+//! `coordinator check-config FILE`
+
+use coordinator::CoordinatorConfig;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Exit 0 with the normalized configuration, or 2 with every error.
+pub fn run(file: &Path) -> ExitCode {
+    let config = match CoordinatorConfig::from_file(file) {
+        Ok(config) => config,
+        Err(errors) => return fail(file, &errors),
+    };
+    if let Err(errors) = config.check_secrets() {
+        return fail(file, &errors);
+    }
+    println!("{}", config.to_json_pretty());
+    ExitCode::SUCCESS
+}
+
+fn fail(file: &Path, errors: &coordinator::ConfigErrors) -> ExitCode {
+    let count = errors.0.len();
+    eprintln!(
+        "{}: {count} error{}",
+        file.display(),
+        if count == 1 { "" } else { "s" }
+    );
+    for error in &errors.0 {
+        eprintln!("  {error}");
+    }
+    ExitCode::from(2)
+}

@@ -1,0 +1,19 @@
+pub mod bench;
+pub mod check_config;
+pub mod demo;
+pub mod node;
+
+/// Logs to standard error, `RUST_LOG` overriding `default`.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Milliseconds with one decimal, for human output.
+pub fn ms(duration: std::time::Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,69 @@
+//! The `coordinator` command: check a configuration, watch a demo cluster,
+//! measure a carrier, or run one node by hand.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "Broadcast, membership and Raft message delivery for clustered servers"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a configuration file (JSON or TOML): print it normalized, or every error with its field path.
+    CheckConfig { file: PathBuf },
+    /// Start a small cluster in this process, broadcast, request, then kill a node and watch it detected.
+    Demo {
+        /// Nodes in the demo cluster.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(2..=20))]
+        nodes: u64,
+    },
+    /// Measure broadcast throughput, end-to-end latency and request/reply latency between two nodes.
+    Bench(cli::bench::BenchArgs),
+    /// Run one node from a configuration file; lines typed on standard input are broadcast.
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+        /// Topic to broadcast on and listen to.
+        #[arg(long, default_value = "chat")]
+        topic: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Command::CheckConfig { file } = &args.command {
+        return cli::check_config::run(file);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::CheckConfig { .. } => unreachable!("handled above"),
+            Command::Demo { nodes } => cli::demo::run(nodes).await,
+            Command::Bench(bench) => cli::bench::run(bench).await,
+            Command::Node { config, topic } => cli::node::run(&config, &topic).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
