@@ -643,38 +643,30 @@ pub async fn tampered_and_unauthenticated_frames_are_dropped_and_counted(
     for frame in frames {
         attacker.transport.publish(frame).await.unwrap();
     }
-    let mut reasons = Vec::new();
-    within(LONG, "six dropped frames to be reported", async {
-        while reasons.len() < 6 {
+    // Each kind of bad frame must be reported (a duplicating carrier may report one twice).
+    let expected = [
+        (DropReason::Malformed, 1),
+        (DropReason::Unauthenticated, 4),
+        (DropReason::TooLarge, 1),
+    ];
+    let mut seen: HashMap<DropReason, u64> = HashMap::new();
+    within(LONG, "every bad frame to be reported", async {
+        while expected
+            .iter()
+            .any(|(reason, count)| seen.get(reason).copied().unwrap_or(0) < *count)
+        {
             if let Event::Dropped { reason, .. } =
                 event(&mut events, |e| matches!(e, Event::Dropped { .. })).await
             {
-                reasons.push(reason);
+                *seen.entry(reason).or_default() += 1;
             }
         }
     })
     .await;
-    reasons.sort_by_key(|r| format!("{r:?}"));
-    assert_eq!(
-        reasons,
-        vec![
-            DropReason::Malformed,
-            DropReason::TooLarge,
-            DropReason::Unauthenticated,
-            DropReason::Unauthenticated,
-            DropReason::Unauthenticated,
-            DropReason::Unauthenticated
-        ]
-    );
     let stats = nodes[1].stats();
-    assert_eq!(
-        (
-            stats.dropped_malformed,
-            stats.dropped_unauthenticated,
-            stats.dropped_too_large
-        ),
-        (1, 4, 1)
-    );
+    assert!(stats.dropped_malformed >= 1, "{stats:?}");
+    assert!(stats.dropped_unauthenticated >= 4, "{stats:?}");
+    assert!(stats.dropped_too_large >= 1, "{stats:?}");
     assert!(
         nodes[1].members().iter().all(|m| m.id != 666),
         "an unauthenticated node became a member"

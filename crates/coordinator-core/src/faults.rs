@@ -41,6 +41,8 @@ struct Rules {
     everywhere: LinkFaults,
     links: HashMap<(NodeId, NodeId), LinkFaults>,
     cut: HashSet<(NodeId, NodeId)>,
+    /// Frames dropped per (from, to) link.
+    dropped: HashMap<(NodeId, NodeId), u64>,
 }
 
 /// Shared fault settings for a set of nodes. Change them at any time.
@@ -90,9 +92,29 @@ impl Faults {
         self.rules.lock().cut.clear();
     }
 
-    /// Removes every fault and partition.
+    /// Removes every fault and partition (the drop counts stay).
     pub fn clear(&self) {
-        *self.rules.lock() = Rules::default();
+        let mut rules = self.rules.lock();
+        let dropped = std::mem::take(&mut rules.dropped);
+        *rules = Rules {
+            dropped,
+            ..Rules::default()
+        };
+    }
+
+    /// Frames from `from` to `to` lost to injected faults so far.
+    pub fn dropped_between(&self, from: NodeId, to: NodeId) -> u64 {
+        self.rules
+            .lock()
+            .dropped
+            .get(&(from, to))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_drop(&self, from: NodeId, to: NodeId) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        *self.rules.lock().dropped.entry((from, to)).or_default() += 1;
     }
 
     /// Frames lost to injected faults so far.
@@ -178,21 +200,22 @@ impl FaultStage {
             self.delayed.push_back((now, 0.0, item));
             return;
         };
-        let faults = match peek_sender(frame) {
-            Some(from) => self.faults.link(from, self.node),
-            None => Some(LinkFaults::default()),
+        // Frames that are not envelopes pass untouched: the engine must see them.
+        let Some(from) = peek_sender(frame) else {
+            self.delayed.push_back((now, 0.0, item));
+            return;
         };
-        let Some(faults) = faults else {
-            Stats::count(&self.faults.dropped);
+        let Some(faults) = self.faults.link(from, self.node) else {
+            self.faults.count_drop(from, self.node);
             return;
         };
         let mut rng = rand::rng();
         if faults.drop > 0.0 && rng.random_bool(faults.drop.min(1.0)) {
-            Stats::count(&self.faults.dropped);
+            self.faults.count_drop(from, self.node);
             return;
         }
         if faults.duplicate > 0.0 && rng.random_bool(faults.duplicate.min(1.0)) {
-            Stats::count(&self.faults.duplicated);
+            self.faults.duplicated.fetch_add(1, Ordering::Relaxed);
             self.delayed.push_back((
                 now + faults.delay,
                 faults.reorder,
@@ -224,12 +247,5 @@ impl FaultStage {
             output.send(held).await?;
         }
         Ok(())
-    }
-}
-
-struct Stats;
-impl Stats {
-    fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,166 @@
+//! The `coordinator` command as a user runs it.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn coordinator(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coordinator-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_config_prints_the_normalized_config_with_secrets_redacted() {
+    let path = file(
+        "ok.json",
+        r#"{"@type":"Nats","addresses":["127.0.0.1:4222"],"authUsername":"u",
+            "authSecret":{"@type":"Value","secret":"hunter2"},"clusterKey":{"@type":"Value","secret":"k3y"}}"#,
+    );
+    let output = coordinator(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    let printed: serde_json::Value = serde_json::from_str(&text).expect("JSON on stdout");
+    assert_eq!(printed["@type"], "Nats");
+    assert_eq!(printed["capacityClient"], 2048, "defaults filled in");
+    assert_eq!(printed["timeoutRequest"], "10s");
+    assert_eq!(printed["heartbeatInterval"], "250ms");
+    assert!(
+        !text.contains("hunter2") && !text.contains("k3y"),
+        "a secret was printed:\n{text}"
+    );
+}
+
+#[test]
+fn check_config_exits_2_with_every_error_and_its_path() {
+    let path = file(
+        "bad.json",
+        r#"{"@type":"Nats","capacityClient":0,"noEcho":"yes","colour":"blue"}"#,
+    );
+    let output = coordinator(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let errors = stderr(&output);
+    assert!(errors.contains("3 errors"), "{errors}");
+    assert!(
+        errors.contains("nats.capacityClient: must be at least 1, found 0"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("nats.noEcho: expected true or false"),
+        "{errors}"
+    );
+    assert!(errors.contains("colour: unknown field"), "{errors}");
+    assert!(stdout(&output).is_empty());
+}
+
+#[test]
+fn check_config_reads_toml_and_resolves_secrets_without_printing_them() {
+    let path = file(
+        "missing-secret.toml",
+        "\"@type\" = \"Disabled\"\n[clusterKey]\n\"@type\" = \"EnvironmentVariable\"\nvariableName = \"COORDINATOR_CLI_TEST_UNSET\"\n",
+    );
+    let output = coordinator(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", stdout(&output));
+    assert!(
+        stderr(&output)
+            .contains("clusterKey: environment variable COORDINATOR_CLI_TEST_UNSET is not set")
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["check-config", path.to_str().unwrap()])
+        .env("COORDINATOR_CLI_TEST_UNSET", "the-real-key")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!stdout(&output).contains("the-real-key"));
+}
+
+#[test]
+fn check_config_names_an_unreadable_file_and_broken_syntax() {
+    let output = coordinator(&["check-config", "/nonexistent/coordinator.json"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("cannot read /nonexistent/coordinator.json"),
+        "{}",
+        stderr(&output)
+    );
+    let path = file("broken.json", "{\"@type\": \"Nats\",");
+    let output = coordinator(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not valid JSON at line 1"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn demo_runs_a_cluster_and_detects_the_killed_node() {
+    let output = coordinator(&["demo"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}\n{}", stderr(&output));
+    assert!(text.contains("all 3 nodes see each other"), "{text}");
+    assert!(
+        text.contains("node 2 received \"tls certificate renewed\" from node 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("reply \"quota of alice@example.org is 2 GiB\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("node 1 declares node 3 dead")
+            && text.contains("node 2 declares node 3 dead"),
+        "{text}"
+    );
+    assert!(text.contains("no healthy node was suspected"), "{text}");
+}
+
+#[test]
+fn node_refuses_a_carrier_that_is_not_implemented_yet_with_a_clear_error() {
+    let path = file(
+        "kafka.json",
+        r#"{"@type":"Kafka","brokers":["127.0.0.1:9"],"groupId":"g","nodeId":1}"#,
+    );
+    let output = coordinator(&["node", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("the Kafka carrier is not implemented yet"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bench_measures_the_memory_carrier_as_json() {
+    let output = coordinator(&["bench", "--messages", "2000", "--samples", "50", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).expect("JSON rows");
+    let tests: Vec<_> = rows
+        .iter()
+        .map(|r| format!("{} / {}", r["subject"], r["test"]))
+        .collect();
+    assert_eq!(rows.len(), 5, "{tests:?}");
+    let memory = &rows[0];
+    assert_eq!(
+        (memory["subject"].as_str(), memory["lost"].as_u64()),
+        (Some("Memory"), Some(0))
+    );
+    assert!(memory["per_second"].as_f64().unwrap() > 0.0);
+    assert!(rows[2]["p99_us"].as_f64().unwrap() >= rows[2]["p50_us"].as_f64().unwrap());
+}
