@@ -117,3 +117,64 @@ async fn a_partition_is_detected_on_both_sides_and_heals_by_itself() {
         "the message lost in the partition was not reported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_with_one_node_id_are_reported_once() {
+    use coordinator::envelope::{Codec, Envelope, Kind};
+    use coordinator::{DropReason, Event};
+    let mut harness = harness::memory().await;
+    let node = harness.start(1).await;
+    let mut events = node.events();
+    let other_process = harness.raw(99).await;
+    let codec = Codec::new(
+        "conformance",
+        Some(harness::CLUSTER_KEY.as_bytes()),
+        false,
+        1 << 20,
+    );
+    let impostor_incarnation = 42;
+    for counter in 1..=3 {
+        let heartbeat = Envelope {
+            kind: Kind::Heartbeat,
+            from: 1,
+            from_incarnation: impostor_incarnation,
+            to: 0,
+            to_incarnation: 0,
+            seq: 0,
+            aux: counter,
+            topic: Bytes::new(),
+            payload: Bytes::new(),
+        };
+        other_process
+            .transport
+            .publish(codec.encode(&heartbeat).unwrap())
+            .await
+            .unwrap();
+    }
+    // A frame that is dropped as malformed marks the end of the heartbeats.
+    other_process
+        .transport
+        .publish(Bytes::from_static(b"end of the test frames"))
+        .await
+        .unwrap();
+    let mut conflicts = Vec::new();
+    within(LONG, "the frames to be handled", async {
+        loop {
+            match events.next_event().await.unwrap() {
+                Event::Dropped {
+                    reason: DropReason::Malformed,
+                    ..
+                } => break,
+                Event::DuplicateNodeId { incarnation } => conflicts.push(incarnation),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        conflicts,
+        vec![impostor_incarnation],
+        "reported once per conflicting process"
+    );
+    assert_eq!(node.members().len(), 1, "the impostor is not a member");
+}

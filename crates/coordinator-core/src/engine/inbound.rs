@@ -10,6 +10,7 @@ use crate::stats::Stats;
 use crate::transport::Inbound;
 use bytes::Bytes;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -66,7 +67,10 @@ impl Inner {
         };
         let (from, incarnation) = (envelope.from, envelope.from_incarnation);
         if from == self.id {
-            if incarnation != self.incarnation {
+            // Reported once per conflicting process, not for each of its frames.
+            if incarnation != self.incarnation
+                && self.id_conflict.swap(incarnation, Ordering::Relaxed) != incarnation
+            {
                 tracing::error!(
                     other_incarnation = incarnation,
                     "another process uses this node id"

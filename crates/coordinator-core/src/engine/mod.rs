@@ -110,6 +110,7 @@ impl NodeBuilder {
             stats: Stats::default(),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            id_conflict: AtomicU64::new(0),
             wake_timer: Notify::new(),
             span: span.clone(),
             settings,
@@ -225,6 +226,8 @@ pub(crate) struct Inner {
     stats: Stats,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Incarnation of the last other process seen using this node id.
+    id_conflict: AtomicU64,
     wake_timer: Notify,
     span: tracing::Span,
 }
