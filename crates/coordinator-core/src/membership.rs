@@ -287,6 +287,15 @@ mod tests {
         }
     }
 
+    /// Node 1 (incarnation 1) that heard node 2 (incarnation 1, counter 1) at `t0`; events cleared.
+    fn knowing_node_2(t0: Instant) -> (Membership, Vec<MemberEvent>) {
+        let mut m = Membership::new(1, 1, detection());
+        let mut ev = Vec::new();
+        m.heard(t0, 2, 1, 1, &mut ev);
+        ev.clear();
+        (m, ev)
+    }
+
     fn changes(events: &mut Vec<MemberEvent>) -> Vec<(NodeId, MemberChange)> {
         events.drain(..).map(|e| (e.member.id, e.change)).collect()
     }
@@ -306,10 +315,7 @@ mod tests {
     #[test]
     fn silence_makes_suspect_then_dead_at_the_configured_times() {
         let t0 = Instant::now();
-        let mut m = Membership::new(1, 1, detection());
-        let mut ev = Vec::new();
-        m.heard(t0, 2, 1, 1, &mut ev);
-        ev.clear();
+        let (mut m, mut ev) = knowing_node_2(t0);
         assert_eq!(m.next_deadline(), Some(t0 + 300 * MS));
         m.tick(t0 + 299 * MS, &mut ev);
         assert!(ev.is_empty());
@@ -324,10 +330,7 @@ mod tests {
     #[test]
     fn a_late_tick_still_reports_suspect_before_dead() {
         let t0 = Instant::now();
-        let mut m = Membership::new(1, 1, detection());
-        let mut ev = Vec::new();
-        m.heard(t0, 2, 1, 1, &mut ev);
-        ev.clear();
+        let (mut m, mut ev) = knowing_node_2(t0);
         m.tick(t0 + 2000 * MS, &mut ev);
         assert_eq!(
             changes(&mut ev),
@@ -393,10 +396,7 @@ mod tests {
     #[test]
     fn a_leave_removes_the_member_at_once_and_keeps_it_gone() {
         let t0 = Instant::now();
-        let mut m = Membership::new(1, 1, detection());
-        let mut ev = Vec::new();
-        m.heard(t0, 2, 1, 1, &mut ev);
-        ev.clear();
+        let (mut m, mut ev) = knowing_node_2(t0);
         m.left(t0 + MS, 2, 1, &mut ev);
         assert_eq!(changes(&mut ev), vec![(2, MemberChange::Left)]);
         assert!(m.members().iter().all(|m| m.id != 2));
