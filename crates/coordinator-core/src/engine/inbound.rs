@@ -41,7 +41,7 @@ impl Inner {
         tracing::debug!("the carrier closed this node's inbound stream");
     }
 
-    fn count_drop(&self, reason: DropReason, detail: String) {
+    fn count_drop(&self, reason: DropReason, detail: impl FnOnce() -> String) {
         let counter = match reason {
             DropReason::Malformed => &self.stats.dropped_malformed,
             DropReason::Unauthenticated => &self.stats.dropped_unauthenticated,
@@ -54,6 +54,7 @@ impl Inner {
             reason,
             DropReason::Malformed | DropReason::Unauthenticated | DropReason::TooLarge
         ) {
+            let detail = detail();
             tracing::warn!(?reason, %detail, "frame dropped");
             self.emit(Event::Dropped { reason, detail });
         }
@@ -63,7 +64,7 @@ impl Inner {
         Stats::inc(&self.stats.frames_received);
         let envelope = match self.codec.decode(frame) {
             Ok(envelope) => envelope,
-            Err(error) => return self.count_drop(error.reason(), error.to_string()),
+            Err(error) => return self.count_drop(error.reason(), || error.to_string()),
         };
         let (from, incarnation) = (envelope.from, envelope.from_incarnation);
         if from == self.id {
@@ -131,7 +132,7 @@ impl Inner {
             dropped
         };
         if let Some(reason) = dropped {
-            self.count_drop(reason, format!("from node {from}"));
+            self.count_drop(reason, || format!("from node {from}"));
         }
         if answer_join {
             let inner = self.clone();
