@@ -1,6 +1,6 @@
 //! Waiting on events with a bound, never on a fixed sleep.
 
-use coordinator_core::{Coordinator, Event, MemberChange, MemberEvent, MemberState, NodeId};
+use coordinator_core::{Coordinator, Event, MemberChange, MemberEvent, NodeId, wait_for_members};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,25 +24,16 @@ pub async fn until(limit: Duration, what: &str, mut condition: impl FnMut() -> b
     .await
 }
 
-/// Whether `node` sees every id in `ids` alive (and itself).
-pub fn sees_alive(node: &dyn Coordinator, ids: &[NodeId]) -> bool {
-    let members = node.members();
-    ids.iter().all(|id| {
-        members
-            .iter()
-            .any(|m| m.id == *id && m.state == MemberState::Alive)
-    })
-}
-
 /// Waits until every node sees every other one alive.
 pub async fn converge(nodes: &[Arc<dyn Coordinator>], limit: Duration) {
     let ids: Vec<NodeId> = nodes.iter().map(|n| n.node_id()).collect();
     within(limit, &format!("nodes {ids:?} to see each other"), async {
         for node in nodes {
-            let mut events = node.member_events();
-            while !sees_alive(node.as_ref(), &ids) {
-                events.recv().await;
-            }
+            assert!(
+                wait_for_members(node.as_ref(), &ids).await,
+                "node {} stopped",
+                node.node_id()
+            );
         }
     })
     .await

@@ -174,6 +174,26 @@ pub trait Coordinator: Send + Sync {
     async fn leave(&self) -> Result<(), Error>;
 }
 
+/// Waits until `node` sees every node of `ids` alive (a cluster formed, a
+/// node back). Returns `false` if `node` stops first. Wrap it in a time-out.
+pub async fn wait_for_members(node: &dyn Coordinator, ids: &[NodeId]) -> bool {
+    let mut events = node.member_events();
+    loop {
+        let members = node.members();
+        let all_alive = ids.iter().all(|id| {
+            members
+                .iter()
+                .any(|m| m.id == *id && m.state == MemberState::Alive)
+        });
+        if all_alive {
+            return true;
+        }
+        if events.recv().await.is_none() {
+            return false;
+        }
+    }
+}
+
 /// The broadcasts of one topic. Also a [`futures_core::Stream`].
 #[derive(Debug)]
 pub struct Subscription {

@@ -80,14 +80,6 @@ impl Kind {
             _ => return None,
         })
     }
-
-    /// Whether the message is numbered in the direct stream of its (sender, recipient) pair.
-    pub fn is_direct_stream(self) -> bool {
-        matches!(
-            self,
-            Kind::Direct | Kind::Request | Kind::Reply | Kind::ReplyError
-        )
-    }
 }
 
 /// One decoded message.
@@ -195,10 +187,6 @@ impl Codec {
             cipher,
             max_size,
         }
-    }
-
-    pub fn max_size(&self) -> usize {
-        self.max_size
     }
 
     /// The largest payload that fits with a topic of `topic_len` bytes.

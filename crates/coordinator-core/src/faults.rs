@@ -9,7 +9,6 @@ use parking_lot::Mutex;
 use rand::Rng;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,27 +29,19 @@ pub struct LinkFaults {
     pub delay: Duration,
 }
 
-impl LinkFaults {
-    pub fn is_none(&self) -> bool {
-        *self == LinkFaults::default()
-    }
-}
-
 #[derive(Default)]
 struct Rules {
     everywhere: LinkFaults,
     links: HashMap<(NodeId, NodeId), LinkFaults>,
     cut: HashSet<(NodeId, NodeId)>,
-    /// Frames dropped per (from, to) link.
-    dropped: HashMap<(NodeId, NodeId), u64>,
 }
 
 /// Shared fault settings for a set of nodes. Change them at any time.
 #[derive(Default)]
 pub struct Faults {
     rules: Mutex<Rules>,
-    dropped: AtomicU64,
-    duplicated: AtomicU64,
+    /// Frames dropped per (from, to) link.
+    dropped: Mutex<HashMap<(NodeId, NodeId), u64>>,
 }
 
 impl std::fmt::Debug for Faults {
@@ -94,37 +85,21 @@ impl Faults {
 
     /// Removes every fault and partition (the drop counts stay).
     pub fn clear(&self) {
-        let mut rules = self.rules.lock();
-        let dropped = std::mem::take(&mut rules.dropped);
-        *rules = Rules {
-            dropped,
-            ..Rules::default()
-        };
+        *self.rules.lock() = Rules::default();
     }
 
     /// Frames from `from` to `to` lost to injected faults so far.
     pub fn dropped_between(&self, from: NodeId, to: NodeId) -> u64 {
-        self.rules
-            .lock()
-            .dropped
-            .get(&(from, to))
-            .copied()
-            .unwrap_or(0)
+        self.dropped.lock().get(&(from, to)).copied().unwrap_or(0)
     }
 
     fn count_drop(&self, from: NodeId, to: NodeId) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        *self.rules.lock().dropped.entry((from, to)).or_default() += 1;
+        *self.dropped.lock().entry((from, to)).or_default() += 1;
     }
 
     /// Frames lost to injected faults so far.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// Extra copies injected so far.
-    pub fn duplicated(&self) -> u64 {
-        self.duplicated.load(Ordering::Relaxed)
+        self.dropped.lock().values().sum()
     }
 
     fn link(&self, from: NodeId, to: NodeId) -> Option<LinkFaults> {
@@ -215,7 +190,6 @@ impl FaultStage {
             return;
         }
         if faults.duplicate > 0.0 && rng.random_bool(faults.duplicate.min(1.0)) {
-            self.faults.duplicated.fetch_add(1, Ordering::Relaxed);
             self.delayed.push_back((
                 now + faults.delay,
                 faults.reorder,

@@ -19,7 +19,8 @@ const QUEUE: usize = 65_536;
 /// An in-process network of nodes.
 #[derive(Debug, Default)]
 pub struct MemoryNetwork {
-    nodes: RwLock<HashMap<NodeId, mpsc::Sender<Inbound>>>,
+    /// Copied on write: a publish takes a snapshot without holding the lock.
+    nodes: RwLock<Arc<HashMap<NodeId, mpsc::Sender<Inbound>>>>,
     faults: Arc<Faults>,
 }
 
@@ -36,7 +37,7 @@ impl MemoryNetwork {
     /// Connects `node` (replacing an earlier connection of the same id).
     pub fn connect(self: &Arc<Self>, node: NodeId) -> Link {
         let (sender, inbound) = mpsc::channel(QUEUE);
-        self.nodes.write().insert(node, sender.clone());
+        Arc::make_mut(&mut self.nodes.write()).insert(node, sender.clone());
         Link {
             transport: Arc::new(MemoryTransport {
                 network: self.clone(),
@@ -74,15 +75,8 @@ struct MemoryTransport {
 #[async_trait]
 impl Transport for MemoryTransport {
     async fn publish(&self, frame: Bytes) -> Result<(), TransportError> {
-        let peers: Vec<_> = {
-            let nodes = self.network.nodes.read();
-            nodes
-                .iter()
-                .filter(|(id, _)| **id != self.node)
-                .map(|(_, sender)| sender.clone())
-                .collect()
-        };
-        for peer in peers {
+        let nodes = self.network.nodes.read().clone();
+        for (_, peer) in nodes.iter().filter(|(id, _)| **id != self.node) {
             // A node that is gone simply does not receive it, as on a real network.
             let _ = peer.send(Inbound::Frame(frame.clone())).await;
         }
@@ -105,7 +99,7 @@ impl Transport for MemoryTransport {
             .get(&self.node)
             .is_some_and(|sender| sender.same_channel(&self.mine))
         {
-            nodes.remove(&self.node);
+            Arc::make_mut(&mut nodes).remove(&self.node);
         }
     }
 }

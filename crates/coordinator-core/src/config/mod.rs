@@ -169,14 +169,6 @@ impl CoordinatorConfig {
             .secrets()
             .into_iter()
             .filter_map(|(path, secret)| secret.resolve(&path).err())
-            .map(|message| {
-                let (path, message) = message
-                    .split_once(": ")
-                    .map_or((String::new(), message.clone()), |(p, m)| {
-                        (p.to_string(), m.to_string())
-                    });
-                FieldError { path, message }
-            })
             .collect();
         if errors.is_empty() {
             Ok(())

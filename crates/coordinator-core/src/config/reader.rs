@@ -129,25 +129,24 @@ impl<'e> ObjectReader<'e> {
         }
     }
 
+    /// Whether the field is there (JSON `null` counts as absent).
+    pub fn present(&self, key: &str) -> bool {
+        self.fields.get(key).is_some_and(|value| !value.is_null())
+    }
+
     pub fn required_string(&mut self, key: &str) -> String {
+        if !self.present(key) {
+            self.error(key, "is required");
+            return String::new();
+        }
         match self.string(key) {
             Some(text) if !text.trim().is_empty() => text,
             Some(_) => {
                 self.error(key, "must not be empty");
                 String::new()
             }
-            None => {
-                if !self.has_error_at(key) {
-                    self.error(key, "is required");
-                }
-                String::new()
-            }
+            None => String::new(),
         }
-    }
-
-    fn has_error_at(&self, key: &str) -> bool {
-        let path = self.path(key);
-        self.errors.0.iter().any(|error| error.path == path)
     }
 
     pub fn bool_or(&mut self, key: &str, default: bool) -> bool {
@@ -282,18 +281,13 @@ impl<'e> ObjectReader<'e> {
         default: Option<Vec<String>>,
         min_items: usize,
     ) -> Vec<String> {
-        let had_error = self.has_error_at(key);
-        let list = match self.strings(key) {
-            Some(list) => list,
-            None if self.has_error_at(key) && !had_error => return Vec::new(),
-            None => match default {
-                Some(default) => default,
-                None => {
-                    self.error(key, format!("is required (a list of at least {min_items})"));
-                    return Vec::new();
-                }
-            },
-        };
+        if !self.present(key) {
+            return default.unwrap_or_else(|| {
+                self.error(key, format!("is required (a list of at least {min_items})"));
+                Vec::new()
+            });
+        }
+        let list = self.strings(key).unwrap_or_default();
         if list.len() < min_items {
             self.error(
                 key,
@@ -320,7 +314,15 @@ impl<'e> ObjectReader<'e> {
             return Secret::None;
         };
         let mut reader = ObjectReader::new(self.errors, &path, fields);
-        let kind = reader.string("@type");
+        let kind = if reader.present("@type") {
+            reader.string("@type")
+        } else {
+            reader.error(
+                "@type",
+                "is required (None, Value, EnvironmentVariable or File)",
+            );
+            None
+        };
         let secret = match kind.as_deref() {
             Some("None") => Secret::None,
             Some("Value") | Some("Text") => {
@@ -337,15 +339,7 @@ impl<'e> ObjectReader<'e> {
                 );
                 Secret::None
             }
-            None => {
-                if !reader.has_error_at("@type") {
-                    reader.error(
-                        "@type",
-                        "is required (None, Value, EnvironmentVariable or File)",
-                    );
-                }
-                Secret::None
-            }
+            None => Secret::None,
         };
         reader.finish();
         secret

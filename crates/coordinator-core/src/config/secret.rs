@@ -4,6 +4,7 @@
 //!
 //! A secret is never printed: `Debug`, `Display` and serialization redact the value.
 
+use super::reader::FieldError;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use std::fmt;
@@ -56,30 +57,34 @@ impl Secret {
         matches!(self, Secret::None)
     }
 
-    /// Reads the secret from where it lives. `field` names the setting in errors.
-    pub fn resolve(&self, field: &str) -> Result<Option<SecretString>, String> {
+    /// Reads the secret from where it lives. `field` is the path of the setting, for errors.
+    pub fn resolve(&self, field: &str) -> Result<Option<SecretString>, FieldError> {
+        let error = |message: String| FieldError {
+            path: field.to_string(),
+            message,
+        };
         match self {
             Secret::None => Ok(None),
             Secret::Value(value) => Ok(Some(value.clone())),
             Secret::EnvironmentVariable(name) => match std::env::var(name) {
                 Ok(value) if !value.is_empty() => Ok(Some(SecretString(value))),
-                Ok(_) => Err(format!("{field}: environment variable {name} is empty")),
+                Ok(_) => Err(error(format!("environment variable {name} is empty"))),
                 Err(std::env::VarError::NotPresent) => {
-                    Err(format!("{field}: environment variable {name} is not set"))
+                    Err(error(format!("environment variable {name} is not set")))
                 }
-                Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-                    "{field}: environment variable {name} is not valid UTF-8"
-                )),
+                Err(std::env::VarError::NotUnicode(_)) => Err(error(format!(
+                    "environment variable {name} is not valid UTF-8"
+                ))),
             },
             Secret::File(path) => match std::fs::read_to_string(path) {
                 Ok(text) if !text.trim().is_empty() => {
                     Ok(Some(SecretString(text.trim().to_string())))
                 }
-                Ok(_) => Err(format!("{field}: file {} is empty", path.display())),
-                Err(error) => Err(format!(
-                    "{field}: cannot read file {}: {error}",
+                Ok(_) => Err(error(format!("file {} is empty", path.display()))),
+                Err(cause) => Err(error(format!(
+                    "cannot read file {}: {cause}",
                     path.display()
-                )),
+                ))),
             },
         }
     }
@@ -137,6 +142,8 @@ mod tests {
         let error = Secret::EnvironmentVariable("COORDINATOR_TEST_SURELY_UNSET_VAR".into())
             .resolve("clusterKey")
             .unwrap_err();
+        assert_eq!(error.path, "clusterKey");
+        let error = error.to_string();
         assert!(error.starts_with("clusterKey: "), "{error}");
         assert!(
             error.contains("COORDINATOR_TEST_SURELY_UNSET_VAR"),
@@ -144,7 +151,8 @@ mod tests {
         );
         let error = Secret::File("/nonexistent/coordinator/key".into())
             .resolve("authSecret")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("authSecret") && error.contains("/nonexistent/coordinator/key"),
             "{error}"

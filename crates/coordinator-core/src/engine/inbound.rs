@@ -9,6 +9,7 @@ use crate::sequence::{Gap, Outcome, Stream};
 use crate::stats::Stats;
 use crate::transport::Inbound;
 use bytes::Bytes;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -277,29 +278,17 @@ impl Inner {
 
     fn fail_pending(&self, node: NodeId, error: impl Fn() -> crate::Error) {
         let mut pending = self.pending.lock();
-        let ids: Vec<u64> = pending
-            .iter()
-            .filter(|(_, p)| p.node == node)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in ids {
-            if let Some(request) = pending.remove(&id) {
-                let _ = request.reply.send(Err(error()));
-            }
+        for (_, request) in pending.extract_if(|_, request| request.node == node) {
+            let _ = request.reply.send(Err(error()));
         }
     }
 
     fn complete_request(&self, envelope: Envelope) {
-        let mut pending = self.pending.lock();
-        // A reply must come from the node the request went to.
-        if pending
-            .get(&envelope.aux)
-            .is_none_or(|request| request.node != envelope.from)
-        {
-            return;
-        }
-        let request = pending.remove(&envelope.aux).expect("checked present");
-        drop(pending);
+        let request = match self.pending.lock().entry(envelope.aux) {
+            // A reply must come from the node the request went to.
+            Entry::Occupied(entry) if entry.get().node == envelope.from => entry.remove(),
+            _ => return,
+        };
         let result = match envelope.kind {
             Kind::Reply => Ok(envelope.payload),
             _ => Err(crate::Error::Remote {

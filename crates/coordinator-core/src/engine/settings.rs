@@ -37,7 +37,7 @@ impl Settings {
         let key = config
             .cluster_key
             .resolve("clusterKey")
-            .map_err(Error::Start)?;
+            .map_err(|error| Error::Start(error.to_string()))?;
         Ok(Self::with_config(node_id, key, config))
     }
 

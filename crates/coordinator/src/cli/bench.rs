@@ -121,14 +121,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 async fn wait_for_peer(node: &Arc<dyn Coordinator>, peer: u64) -> anyhow::Result<()> {
-    let mut events = node.member_events();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while !node.members().iter().any(|m| m.id == peer) {
-            events.recv().await;
-        }
-    })
-    .await
-    .with_context(|| format!("node {} never saw node {peer}", node.node_id()))
+    let seen = tokio::time::timeout(
+        Duration::from_secs(30),
+        coordinator::wait_for_members(node.as_ref(), &[peer]),
+    )
+    .await;
+    anyhow::ensure!(
+        seen == Ok(true),
+        "node {} never saw node {peer}",
+        node.node_id()
+    );
+    Ok(())
 }
 
 fn payload(size: usize) -> Bytes {

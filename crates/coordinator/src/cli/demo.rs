@@ -171,17 +171,14 @@ pub async fn run(count: u64) -> anyhow::Result<()> {
 
 async fn wait_until_all_see_each_other(nodes: &[Arc<Node>], limit: Duration) -> anyhow::Result<()> {
     let ids: Vec<NodeId> = nodes.iter().map(|n| n.node_id()).collect();
-    tokio::time::timeout(limit, async {
-        for node in nodes {
-            let mut events = node.member_events();
-            while !ids
-                .iter()
-                .all(|id| node.members().iter().any(|m| m.id == *id))
-            {
-                events.recv().await;
-            }
-        }
-    })
-    .await
-    .context("nodes did not see each other in time")
+    for node in nodes {
+        let formed =
+            tokio::time::timeout(limit, coordinator::wait_for_members(node.as_ref(), &ids)).await;
+        anyhow::ensure!(
+            formed == Ok(true),
+            "node {} did not see the others in time",
+            node.node_id()
+        );
+    }
+    Ok(())
 }
