@@ -22,7 +22,7 @@ pub use api::*;
 pub use config::{
     CarrierConfig, ClusterConfig, ConfigErrors, CoordinatorConfig, FieldError, Secret,
 };
-pub use engine::{Node, NodeBuilder, Settings};
+pub use engine::{Node, NodeBuilder, Settings, new_incarnation};
 pub use error::{Error, TransportError};
 pub use faults::{Faults, LinkFaults};
 pub use memory::MemoryNetwork;

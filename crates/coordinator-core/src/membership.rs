@@ -1,6 +1,11 @@
 //! Heartbeat membership, sans-IO: it is told what was heard and what time it
 //! is, and says what changed. The engine feeds it; tests drive it with a fake
 //! clock.
+//!
+//! A carrier with a failure detector of its own (`Native`'s gossip) reports
+//! each member's state instead: then silence decides nothing here, messages
+//! only introduce members, and [`Membership::reported`] moves them between
+//! states.
 
 use crate::api::{Member, MemberChange, MemberEvent, MemberState, NodeId};
 use std::collections::BTreeMap;
@@ -47,6 +52,8 @@ pub struct Membership {
     local: NodeId,
     local_incarnation: u64,
     detection: Detection,
+    /// States come from the carrier's reports, not from silence.
+    carrier_reports: bool,
     peers: BTreeMap<NodeId, Peer>,
 }
 
@@ -56,8 +63,63 @@ impl Membership {
             local,
             local_incarnation,
             detection,
+            carrier_reports: false,
             peers: BTreeMap::new(),
         }
+    }
+
+    /// Membership whose states the carrier reports ([`Membership::reported`]).
+    pub fn reported_by_carrier(mut self) -> Self {
+        self.carrier_reports = true;
+        self
+    }
+
+    /// The carrier's failure detector says `id` (run `incarnation`) is now in `state`.
+    pub fn reported(
+        &mut self,
+        now: Instant,
+        id: NodeId,
+        incarnation: u64,
+        state: MemberState,
+        events: &mut Vec<MemberEvent>,
+    ) -> Heard {
+        if id == self.local {
+            return Heard::Stale;
+        }
+        if state == MemberState::Left {
+            return self.left(now, id, incarnation, events);
+        }
+        let known = self.peers.get(&id).map(|peer| peer.incarnation);
+        if known.is_none_or(|known| incarnation > known) {
+            let heard = self.observe(now, id, incarnation, None, events);
+            if state == MemberState::Alive {
+                return heard;
+            }
+        }
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return Heard::Stale;
+        };
+        if incarnation < peer.incarnation || peer.state == MemberState::Left {
+            return Heard::Stale;
+        }
+        if peer.state == state {
+            return Heard::Known;
+        }
+        let change = match (peer.state, state) {
+            (_, MemberState::Dead) => MemberChange::Died,
+            (MemberState::Dead, MemberState::Suspect) => return Heard::Known,
+            (_, MemberState::Suspect) => MemberChange::Suspected,
+            _ => MemberChange::Recovered,
+        };
+        if state == MemberState::Dead && peer.state == MemberState::Alive {
+            peer.state = MemberState::Suspect;
+            events.push(event(id, peer, MemberChange::Suspected));
+        }
+        peer.state = state;
+        peer.since = now;
+        peer.last_heard = now;
+        events.push(event(id, peer, change));
+        Heard::Known
     }
 
     /// A heartbeat (or join, or announce) from `from`, with its monotonic `counter`.
@@ -133,7 +195,7 @@ impl Membership {
             peer.counter = counter;
         }
         peer.last_heard = peer.last_heard.max(now);
-        if matches!(peer.state, MemberState::Suspect | MemberState::Dead) {
+        if !self.carrier_reports && matches!(peer.state, MemberState::Suspect | MemberState::Dead) {
             peer.state = MemberState::Alive;
             peer.since = now;
             events.push(event(from, peer, MemberChange::Recovered));
@@ -185,15 +247,17 @@ impl Membership {
     /// Moves silent members to suspect and dead, and forgets old ones.
     pub fn tick(&mut self, now: Instant, events: &mut Vec<MemberEvent>) {
         let detection = self.detection;
+        let by_silence = !self.carrier_reports;
         let mut forgotten = Vec::new();
         for (&id, peer) in self.peers.iter_mut() {
             let silence = now.saturating_duration_since(peer.last_heard);
-            if peer.state == MemberState::Alive && silence >= detection.suspect_after {
+            if by_silence && peer.state == MemberState::Alive && silence >= detection.suspect_after
+            {
                 peer.state = MemberState::Suspect;
                 peer.since = now;
                 events.push(event(id, peer, MemberChange::Suspected));
             }
-            if peer.state == MemberState::Suspect && silence >= detection.dead_after {
+            if by_silence && peer.state == MemberState::Suspect && silence >= detection.dead_after {
                 peer.state = MemberState::Dead;
                 peer.since = now;
                 events.push(event(id, peer, MemberChange::Died));
@@ -216,10 +280,12 @@ impl Membership {
         let d = self.detection;
         self.peers
             .values()
-            .map(|peer| match peer.state {
-                MemberState::Alive => peer.last_heard + d.suspect_after,
-                MemberState::Suspect => peer.last_heard + d.dead_after,
-                MemberState::Dead | MemberState::Left => peer.since + d.forget_after,
+            .filter_map(|peer| match peer.state {
+                MemberState::Alive if self.carrier_reports => None,
+                MemberState::Suspect if self.carrier_reports => None,
+                MemberState::Alive => Some(peer.last_heard + d.suspect_after),
+                MemberState::Suspect => Some(peer.last_heard + d.dead_after),
+                MemberState::Dead | MemberState::Left => Some(peer.since + d.forget_after),
             })
             .min()
     }
@@ -425,6 +491,55 @@ mod tests {
         m.tick(t0 + 10_500 * MS, &mut ev);
         assert_eq!(changes(&mut ev), vec![(2, MemberChange::Removed)]);
         assert!(m.get(2).is_none());
+    }
+
+    #[test]
+    fn carrier_reports_decide_states_and_silence_does_not() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection()).reported_by_carrier();
+        let mut ev = Vec::new();
+        assert_eq!(
+            m.reported(t0, 2, 5, MemberState::Alive, &mut ev),
+            Heard::New
+        );
+        assert_eq!(changes(&mut ev), vec![(2, MemberChange::Joined)]);
+        m.tick(t0 + 5000 * MS, &mut ev);
+        assert!(ev.is_empty(), "silence decides nothing");
+        m.reported(t0 + 5000 * MS, 2, 5, MemberState::Suspect, &mut ev);
+        m.reported(t0 + 5001 * MS, 2, 5, MemberState::Alive, &mut ev);
+        m.reported(t0 + 5002 * MS, 2, 5, MemberState::Dead, &mut ev);
+        assert_eq!(
+            changes(&mut ev),
+            vec![
+                (2, MemberChange::Suspected),
+                (2, MemberChange::Recovered),
+                (2, MemberChange::Suspected),
+                (2, MemberChange::Died)
+            ],
+            "death is always preceded by suspicion"
+        );
+        m.touched(t0 + 5003 * MS, 2, 5, &mut ev);
+        m.reported(t0 + 5003 * MS, 2, 5, MemberState::Suspect, &mut ev);
+        assert!(
+            ev.is_empty(),
+            "a message or a late suspicion does not revive the dead"
+        );
+        assert_eq!(m.get(2).unwrap().state, MemberState::Dead);
+        m.reported(t0 + 6000 * MS, 2, 6, MemberState::Alive, &mut ev);
+        assert_eq!(
+            changes(&mut ev),
+            vec![(
+                2,
+                MemberChange::Restarted {
+                    previous_incarnation: 5
+                }
+            )]
+        );
+        m.reported(t0 + 6001 * MS, 2, 5, MemberState::Dead, &mut ev);
+        assert!(ev.is_empty(), "reports about an older run are stale");
+        m.reported(t0 + 6002 * MS, 2, 6, MemberState::Left, &mut ev);
+        m.reported(t0 + 6003 * MS, 2, 6, MemberState::Alive, &mut ev);
+        assert_eq!(changes(&mut ev), vec![(2, MemberChange::Left)]);
     }
 
     #[test]

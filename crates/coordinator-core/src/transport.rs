@@ -1,7 +1,7 @@
 //! What a carrier implements: publish to all, send to one node, and a stream
 //! of what arrives for this node. The engine does everything else.
 
-use crate::api::NodeId;
+use crate::api::{MemberState, NodeId};
 use crate::error::TransportError;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +22,13 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Releases the carrier's resources. Frames stop flowing both ways.
     async fn close(&self) {}
+
+    /// Whether this carrier detects failures itself and reports every member's
+    /// state as [`Inbound::Member`]. When it does, the engine's membership
+    /// follows those reports instead of timing out silent nodes.
+    fn reports_membership(&self) -> bool {
+        false
+    }
 }
 
 /// What a carrier hands to the engine.
@@ -33,6 +40,14 @@ pub enum Inbound {
     LinkDown(String),
     /// The link is back.
     LinkUp,
+    /// The carrier's failure detector's verdict on a member (only from carriers
+    /// whose [`Transport::reports_membership`] is true).
+    Member {
+        id: NodeId,
+        /// The member's run (its engine incarnation).
+        incarnation: u64,
+        state: MemberState,
+    },
 }
 
 /// A connected carrier: the sending half and the stream of what arrives.

@@ -1,12 +1,9 @@
-//! The `Native` carrier of the coordinator.
-//!
-//! Not implemented yet (tracked by issue #3): until it lands, starting a
-//! coordinator with `"@type": "Native"` fails with an error that says so. The
-//! configuration of this carrier is already parsed and validated by
-//! `coordinator-core`.
+//! The `Native` carrier: TLS RPC on TCP and sealed SWIM gossip on UDP, on one
+//! port, with no broker.
 
-/// The `@type` name of this carrier.
+pub mod swim;
+
+/// The carrier's name in configurations and logs.
 pub const NAME: &str = "Native";
-
-/// Whether this build can run the carrier.
-pub const IMPLEMENTED: bool = false;
+/// Whether the carrier is implemented (the facade refuses it otherwise).
+pub const IMPLEMENTED: bool = true;

@@ -37,9 +37,34 @@ impl Inner {
                     tracing::info!("carrier link up");
                     self.emit(Event::LinkUp);
                 }
+                Inbound::Member {
+                    id,
+                    incarnation,
+                    state,
+                } => self.on_member_report(id, incarnation, state),
             }
         }
         tracing::debug!("the carrier closed this node's inbound stream");
+    }
+
+    fn on_member_report(self: &Arc<Self>, id: NodeId, incarnation: u64, state: MemberState) {
+        let mut work = Work::default();
+        {
+            let mut guard = self.state.lock();
+            let state_now = &mut *guard;
+            state_now.membership.reported(
+                Instant::now(),
+                id,
+                incarnation,
+                state,
+                &mut work.member_events,
+            );
+            Self::forget_streams(state_now, &work.member_events);
+        }
+        if !work.member_events.is_empty() {
+            self.wake_timer.notify_one();
+        }
+        self.dispatch(work);
     }
 
     fn count_drop(&self, reason: DropReason, detail: impl FnOnce() -> String) {

@@ -69,7 +69,16 @@ impl NodeBuilder {
             faults,
         } = self;
         let Link { transport, inbound } = link;
-        let incarnation = new_incarnation();
+        let detection = Detection {
+            suspect_after: settings.suspect_timeout,
+            dead_after: settings.dead_timeout,
+            forget_after: settings.forget_after,
+        };
+        let incarnation = settings.incarnation.unwrap_or_else(new_incarnation);
+        let mut membership = Membership::new(settings.node_id, incarnation, detection);
+        if transport.reports_membership() {
+            membership = membership.reported_by_carrier();
+        }
         let key = settings
             .cluster_key
             .as_ref()
@@ -80,11 +89,6 @@ impl NodeBuilder {
             settings.encrypt,
             settings.max_message_size,
         );
-        let detection = Detection {
-            suspect_after: settings.suspect_timeout,
-            dead_after: settings.dead_timeout,
-            forget_after: settings.forget_after,
-        };
         let (inbox_sender, inbox_receiver) = mpsc::channel(settings.queue_capacity);
         let span = tracing::info_span!("coordinator", node = settings.node_id, carrier);
         let inner = Arc::new(Inner {
@@ -94,7 +98,7 @@ impl NodeBuilder {
             codec,
             transport,
             state: Mutex::new(State {
-                membership: Membership::new(settings.node_id, incarnation, detection),
+                membership,
                 streams: HashMap::new(),
             }),
             last_broadcast: tokio::sync::Mutex::new(0),
@@ -185,8 +189,9 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// Microseconds since the epoch, so that a restarted process gets a higher incarnation.
-fn new_incarnation() -> u64 {
+/// A new run's incarnation: microseconds since the epoch, so that a restarted
+/// process gets a higher one, and never the same twice in one process.
+pub fn new_incarnation() -> u64 {
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

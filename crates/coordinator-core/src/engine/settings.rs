@@ -23,6 +23,9 @@ pub struct Settings {
     pub queue_capacity: usize,
     /// How long a dead or departed member is remembered.
     pub forget_after: Duration,
+    /// This run's incarnation; a fresh one (see [`super::new_incarnation`]) when `None`.
+    /// A carrier that needs it before the node starts sets it.
+    pub incarnation: Option<u64>,
 }
 
 impl Settings {
@@ -58,6 +61,7 @@ impl Settings {
             max_message_size: config.max_message_size as usize,
             queue_capacity: 65_536,
             forget_after: Duration::from_secs(600),
+            incarnation: None,
         }
     }
 
@@ -90,6 +94,12 @@ impl Settings {
     /// Sets the cluster name.
     pub fn cluster(mut self, name: impl Into<String>) -> Self {
         self.cluster = name.into();
+        self
+    }
+
+    /// Fixes this run's incarnation (it must be higher than any earlier run's).
+    pub fn incarnation(mut self, incarnation: u64) -> Self {
+        self.incarnation = Some(incarnation);
         self
     }
 
