@@ -482,7 +482,7 @@ impl Swim {
         };
         let mut room = MAX_PACKET.saturating_sub(packet.encoded_len());
         // Freshest news (most sends left) first.
-        self.news.sort_by(|a, b| b.1.cmp(&a.1));
+        self.news.sort_by_key(|(_, left)| std::cmp::Reverse(*left));
         for (update, left) in self.news.iter_mut() {
             let len = update.encoded_len();
             if len > room || packet.updates.len() >= u8::MAX as usize {
