@@ -1,10 +1,13 @@
 //! Running nodes of one carrier for a test.
 
 use async_trait::async_trait;
+use coordinator_core::config::NativeConfig;
 use coordinator_core::{
-    Coordinator, Faults, Link, LinkFaults, MemoryNetwork, Node, NodeId, Settings,
+    Coordinator, Faults, Link, LinkFaults, MemoryNetwork, Node, NodeId, Settings, new_incarnation,
 };
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +57,9 @@ pub trait Harness: Send + 'static {
 #[async_trait]
 pub trait Connector: Send + Sync + 'static {
     fn carrier(&self) -> &'static str;
-    async fn connect(&self, id: NodeId) -> Link;
+    /// Connects node `id`, which will run with `settings`; `faults` are the
+    /// test's, for carriers that also apply partitions to their own traffic.
+    async fn connect(&self, id: NodeId, settings: &Settings, faults: &Arc<Faults>) -> Link;
 }
 
 /// A harness for any carrier that plugs into the core engine.
@@ -109,8 +114,9 @@ impl<C: Connector> Harness for EngineHarness<C> {
         if let Some(old) = self.nodes.remove(&id) {
             old.abort();
         }
-        let link = self.connector.connect(id).await;
-        let node = Node::builder(self.settings(id), self.connector.carrier(), link)
+        let settings = self.settings(id).incarnation(new_incarnation());
+        let link = self.connector.connect(id, &settings, &self.faults).await;
+        let node = Node::builder(settings, self.connector.carrier(), link)
             .faults(self.faults.clone())
             .start()
             .expect("node starts");
@@ -126,7 +132,8 @@ impl<C: Connector> Harness for EngineHarness<C> {
     }
 
     async fn raw(&mut self, id: NodeId) -> Link {
-        self.connector.connect(id).await
+        let settings = self.settings(id).incarnation(new_incarnation());
+        self.connector.connect(id, &settings, &self.faults).await
     }
 }
 
@@ -155,9 +162,57 @@ impl Connector for MemoryConnector {
         "Memory"
     }
 
-    async fn connect(&self, id: NodeId) -> Link {
+    async fn connect(&self, id: NodeId, _settings: &Settings, _faults: &Arc<Faults>) -> Link {
         self.network.connect(id)
     }
+}
+
+/// Starts `Native` carriers on 127.0.0.1, each on a free port, each joining
+/// through the nodes started before it.
+#[derive(Default)]
+pub struct NativeConnector {
+    addresses: Mutex<HashMap<NodeId, SocketAddr>>,
+}
+
+impl NativeConnector {
+    /// The configuration node `id` starts with.
+    pub fn config(&self, id: NodeId) -> NativeConfig {
+        let addresses = self.addresses.lock();
+        NativeConfig {
+            bind_addr: [127, 0, 0, 1].into(),
+            port: 0,
+            seed_nodes: addresses
+                .iter()
+                .filter(|(other, _)| **other != id)
+                .map(|(_, addr)| addr.to_string())
+                .collect(),
+            ..NativeConfig::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for NativeConnector {
+    fn carrier(&self) -> &'static str {
+        coordinator_native::NAME
+    }
+
+    async fn connect(&self, id: NodeId, settings: &Settings, faults: &Arc<Faults>) -> Link {
+        let config = self.config(id);
+        let options = coordinator_native::NativeOptions {
+            faults: Some(faults.clone()),
+        };
+        let (link, transport) = coordinator_native::connect(&config, settings, options)
+            .await
+            .expect("the native carrier starts");
+        self.addresses.lock().insert(id, transport.local_addr());
+        link
+    }
+}
+
+/// The `Native` carrier: TLS and gossip on loopback ports.
+pub async fn native() -> EngineHarness<NativeConnector> {
+    EngineHarness::new(NativeConnector::default(), Timing::default())
 }
 
 /// The `Memory` carrier with no background faults.

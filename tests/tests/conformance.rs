@@ -4,4 +4,5 @@
 mod conformance {
     tests::conformance_suite!(memory, tests::harness::memory);
     tests::conformance_suite!(memory_faulty, tests::harness::memory_faulty);
+    tests::conformance_suite!(native, tests::harness::native);
 }

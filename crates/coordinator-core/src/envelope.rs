@@ -332,5 +332,15 @@ pub fn peek_sender(frame: &[u8]) -> Option<NodeId> {
     }
 }
 
+/// The claimed kind of a frame, without checking anything else (for carriers
+/// that give control traffic priority).
+pub fn peek_kind(frame: &[u8]) -> Option<Kind> {
+    if frame.len() >= FIXED_LEN && frame[0..2] == MAGIC {
+        Kind::from_byte(frame[3])
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests;

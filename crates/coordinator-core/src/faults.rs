@@ -116,6 +116,16 @@ impl Faults {
         )
     }
 
+    /// Whether `from` → `to` is cut by a partition; counts the loss if so. For
+    /// carriers that apply partitions to their own traffic (gossip).
+    pub fn blocks(&self, from: NodeId, to: NodeId) -> bool {
+        let cut = self.rules.lock().cut.contains(&(from, to));
+        if cut {
+            self.count_drop(from, to);
+        }
+        cut
+    }
+
     /// Puts a fault stage in front of `node`'s inbound stream.
     pub fn wrap(
         self: &Arc<Self>,

@@ -3,9 +3,10 @@
 //! clock.
 //!
 //! A carrier with a failure detector of its own (`Native`'s gossip) reports
-//! each member's state instead: then silence decides nothing here, messages
-//! only introduce members, and [`Membership::reported`] moves them between
-//! states.
+//! each member's state instead: then silence decides nothing here and
+//! [`Membership::reported`] moves members between states. A node becomes a
+//! member only once it has also spoken an authenticated envelope, so the
+//! carrier's word alone never adds one.
 
 use crate::api::{Member, MemberChange, MemberEvent, MemberState, NodeId};
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub struct Membership {
     detection: Detection,
     /// States come from the carrier's reports, not from silence.
     carrier_reports: bool,
+    /// The carrier's last report per node, members or not yet.
+    carrier_view: BTreeMap<NodeId, (u64, MemberState)>,
     peers: BTreeMap<NodeId, Peer>,
 }
 
@@ -64,6 +67,7 @@ impl Membership {
             local_incarnation,
             detection,
             carrier_reports: false,
+            carrier_view: BTreeMap::new(),
             peers: BTreeMap::new(),
         }
     }
@@ -86,19 +90,24 @@ impl Membership {
         if id == self.local {
             return Heard::Stale;
         }
-        if state == MemberState::Left {
-            return self.left(now, id, incarnation, events);
-        }
-        let known = self.peers.get(&id).map(|peer| peer.incarnation);
-        if known.is_none_or(|known| incarnation > known) {
-            let heard = self.observe(now, id, incarnation, None, events);
-            if state == MemberState::Alive {
-                return heard;
+        match self.carrier_view.get(&id) {
+            Some(&(run, _)) if run > incarnation => return Heard::Stale,
+            _ => {
+                self.carrier_view.insert(id, (incarnation, state));
             }
         }
         let Some(peer) = self.peers.get_mut(&id) else {
+            // Not a member until it speaks an envelope itself.
             return Heard::Stale;
         };
+        if incarnation > peer.incarnation {
+            // A new run the engine has not heard from yet: it becomes a restart
+            // when it speaks.
+            return Heard::Known;
+        }
+        if state == MemberState::Left {
+            return self.left(now, id, incarnation, events);
+        }
         if incarnation < peer.incarnation || peer.state == MemberState::Left {
             return Heard::Stale;
         }
@@ -167,10 +176,22 @@ impl Membership {
             counter: counter.unwrap_or(0),
             since: now,
         };
+        // What the carrier last said of this run, if it has.
+        let verdict = match self.carrier_view.get(&from) {
+            Some(&(run, state)) if run == incarnation => Some(state),
+            Some(&(run, _)) if run > incarnation => return Heard::Stale,
+            _ => None,
+        };
+        if self.carrier_reports && matches!(verdict, Some(MemberState::Dead | MemberState::Left)) {
+            return Heard::Stale;
+        }
         let Some(peer) = self.peers.get_mut(&from) else {
             let peer = fresh(counter);
             events.push(event(from, &peer, MemberChange::Joined));
             self.peers.insert(from, peer);
+            if self.carrier_reports && verdict == Some(MemberState::Suspect) {
+                self.reported(now, from, incarnation, MemberState::Suspect, events);
+            }
             return Heard::New;
         };
         if incarnation > peer.incarnation {
@@ -183,6 +204,9 @@ impl Membership {
                     previous_incarnation,
                 },
             ));
+            if self.carrier_reports && verdict == Some(MemberState::Suspect) {
+                self.reported(now, from, incarnation, MemberState::Suspect, events);
+            }
             return Heard::New;
         }
         if incarnation < peer.incarnation || peer.state == MemberState::Left {
@@ -500,8 +524,13 @@ mod tests {
         let mut ev = Vec::new();
         assert_eq!(
             m.reported(t0, 2, 5, MemberState::Alive, &mut ev),
-            Heard::New
+            Heard::Stale
         );
+        assert!(
+            m.get(2).is_none(),
+            "the carrier's word alone adds no member"
+        );
+        assert_eq!(m.touched(t0, 2, 5, &mut ev), Heard::New);
         assert_eq!(changes(&mut ev), vec![(2, MemberChange::Joined)]);
         m.tick(t0 + 5000 * MS, &mut ev);
         assert!(ev.is_empty(), "silence decides nothing");
@@ -526,6 +555,8 @@ mod tests {
         );
         assert_eq!(m.get(2).unwrap().state, MemberState::Dead);
         m.reported(t0 + 6000 * MS, 2, 6, MemberState::Alive, &mut ev);
+        assert!(ev.is_empty(), "a new run is a restart once it speaks");
+        m.heard(t0 + 6000 * MS, 2, 6, 1, &mut ev);
         assert_eq!(
             changes(&mut ev),
             vec![(
@@ -540,6 +571,21 @@ mod tests {
         m.reported(t0 + 6002 * MS, 2, 6, MemberState::Left, &mut ev);
         m.reported(t0 + 6003 * MS, 2, 6, MemberState::Alive, &mut ev);
         assert_eq!(changes(&mut ev), vec![(2, MemberChange::Left)]);
+    }
+
+    #[test]
+    fn a_node_the_carrier_declared_dead_is_not_revived_by_a_late_message() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection()).reported_by_carrier();
+        let mut ev = Vec::new();
+        m.reported(t0, 3, 7, MemberState::Dead, &mut ev);
+        assert_eq!(m.heard(t0, 3, 7, 1, &mut ev), Heard::Stale);
+        m.reported(t0, 4, 7, MemberState::Suspect, &mut ev);
+        m.heard(t0, 4, 7, 1, &mut ev);
+        assert_eq!(
+            changes(&mut ev),
+            vec![(4, MemberChange::Joined), (4, MemberChange::Suspected)]
+        );
     }
 
     #[test]

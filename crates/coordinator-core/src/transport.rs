@@ -1,7 +1,7 @@
 //! What a carrier implements: publish to all, send to one node, and a stream
 //! of what arrives for this node. The engine does everything else.
 
-use crate::api::{MemberState, NodeId};
+use crate::api::{DropReason, MemberState, NodeId};
 use crate::error::TransportError;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -48,6 +48,10 @@ pub enum Inbound {
         incarnation: u64,
         state: MemberState,
     },
+    /// The carrier refused something before it became a frame (a connection
+    /// without the cluster key, garbage on its port, a replayed datagram…):
+    /// counted and reported like a dropped frame.
+    Refused { reason: DropReason, detail: String },
 }
 
 /// A connected carrier: the sending half and the stream of what arrives.

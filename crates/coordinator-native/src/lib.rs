@@ -1,7 +1,16 @@
 //! The `Native` carrier: TLS RPC on TCP and sealed SWIM gossip on UDP, on one
 //! port, with no broker.
 
+pub mod frame;
+mod gossip;
+pub mod handshake;
+mod listener;
+mod peer;
 pub mod swim;
+pub mod tls;
+mod transport;
+
+pub use transport::{NativeOptions, NativeTransport, connect};
 
 /// The carrier's name in configurations and logs.
 pub const NAME: &str = "Native";

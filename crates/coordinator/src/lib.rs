@@ -23,6 +23,13 @@ pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
     let settings = Settings::from_config(&config.cluster)?;
     match &config.carrier {
         CarrierConfig::Disabled => Node::alone(settings),
+        #[cfg(feature = "native")]
+        CarrierConfig::Native(native) => {
+            let settings = settings.incarnation(new_incarnation());
+            let (link, _) =
+                coordinator_native::connect(native, &settings, Default::default()).await?;
+            Node::start(settings, coordinator_native::NAME, link)
+        }
         other => Err(unavailable(other.name())),
     }
 }

@@ -346,6 +346,26 @@ pub struct NativeConfig {
     pub advertise_addr: Option<String>,
 }
 
+impl Default for NativeConfig {
+    /// The defaults of the seed documents: `0.0.0.0:7911`, self-signed TLS,
+    /// 5 min inactivity, 1 s connect timeout, 5 retries, 3 min backoff ceiling.
+    fn default() -> Self {
+        Self {
+            bind_addr: IpAddr::from([0, 0, 0, 0]),
+            port: 7911,
+            cert_path: None,
+            key_path: None,
+            tls_domain: None,
+            inactivity_timeout: millis(300_000),
+            timeout: millis(1000),
+            retries_max: 5,
+            backoff_max: millis(180_000),
+            seed_nodes: Vec::new(),
+            advertise_addr: None,
+        }
+    }
+}
+
 impl NativeConfig {
     fn read(reader: &mut ObjectReader<'_>, name: &'static str) -> Self {
         reader.with_prefix(name, |v| {

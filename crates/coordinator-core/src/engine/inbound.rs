@@ -42,6 +42,7 @@ impl Inner {
                     incarnation,
                     state,
                 } => self.on_member_report(id, incarnation, state),
+                Inbound::Refused { reason, detail } => self.count_drop(reason, || detail),
             }
         }
         tracing::debug!("the carrier closed this node's inbound stream");

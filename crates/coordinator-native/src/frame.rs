@@ -1,0 +1,111 @@
+//! TCP frames: `length u32 | type u8 | body`, big-endian; `length` counts the
+//! type byte and the body. See `docs/PROTOCOL.md`.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Frame types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    /// Handshake: who is speaking, and a fresh nonce.
+    Hello = 1,
+    /// Handshake: proof of the cluster key, bound to this TLS session.
+    Proof = 2,
+    /// An engine envelope.
+    Message = 3,
+    /// A full gossip state; the receiver answers with its own.
+    SyncRequest = 4,
+    /// The answer to a `SyncRequest`.
+    SyncReply = 5,
+}
+
+impl FrameType {
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => FrameType::Hello,
+            2 => FrameType::Proof,
+            3 => FrameType::Message,
+            4 => FrameType::SyncRequest,
+            5 => FrameType::SyncReply,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {size} bytes is over the limit of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("unknown frame type {0}")]
+    UnknownType(u8),
+    #[error("empty frame")]
+    Empty,
+}
+
+/// Reads one frame whose body is at most `max` bytes.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<(FrameType, Bytes), FrameError> {
+    let length = reader.read_u32().await? as usize;
+    if length == 0 {
+        return Err(FrameError::Empty);
+    }
+    if length - 1 > max {
+        return Err(FrameError::TooLarge {
+            size: length - 1,
+            max,
+        });
+    }
+    let kind = reader.read_u8().await?;
+    let kind = FrameType::from_byte(kind).ok_or(FrameError::UnknownType(kind))?;
+    let mut body = BytesMut::zeroed(length - 1);
+    reader.read_exact(&mut body).await?;
+    Ok((kind, body.freeze()))
+}
+
+/// Writes one frame (not flushed).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    kind: FrameType,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut header = [0u8; 5];
+    header[..4].copy_from_slice(&((body.len() + 1) as u32).to_be_bytes());
+    header[4] = kind as u8;
+    writer.write_all(&header).await?;
+    writer.write_all(body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused_before_reading_them() {
+        let mut buffer = Vec::new();
+        write_frame(&mut buffer, FrameType::Message, b"hello")
+            .await
+            .unwrap();
+        write_frame(&mut buffer, FrameType::SyncReply, &[0; 100])
+            .await
+            .unwrap();
+        let mut reader = &buffer[..];
+        let (kind, body) = read_frame(&mut reader, 100).await.unwrap();
+        assert_eq!((kind, &body[..]), (FrameType::Message, &b"hello"[..]));
+        let mut reader_small = &buffer[10..];
+        assert!(matches!(
+            read_frame(&mut reader_small, 99).await,
+            Err(FrameError::TooLarge { size: 100, max: 99 })
+        ));
+        let mut unknown = &[0, 0, 0, 1, 9][..];
+        assert!(matches!(
+            read_frame(&mut unknown, 10).await,
+            Err(FrameError::UnknownType(9))
+        ));
+    }
+}

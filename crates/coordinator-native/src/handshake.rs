@@ -1,0 +1,326 @@
+//! After TLS, both sides prove they hold the cluster key, bound to the TLS
+//! session, and learn each other's node id from that proof.
+//!
+//! ```text
+//! client → Hello  magic "CRDN" | version u8 | node id u64 | run u64 | addr | nonce 32
+//! server → Hello  (the same fields)
+//! client → Proof  HMAC-SHA256(K, "client" | exporter | client hello | server hello)
+//! server → Proof  HMAC-SHA256(K, "server" | exporter | client hello | server hello)
+//! ```
+//!
+//! `K` is derived from the cluster key with HKDF-SHA256 (salt: the cluster
+//! name). `exporter` is 32 bytes of TLS keying material (RFC 8446 §7.5,
+//! label `EXPORTER-coordinator-native`), the same on both ends of one TLS
+//! session and different on any other, so a proof cannot be relayed. The
+//! server checks the client's proof (in constant time) before it sends its
+//! own, so a client without the key learns nothing.
+
+use crate::frame::{FrameError, FrameType, read_frame, write_frame};
+use coordinator_core::NodeId;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use std::net::{IpAddr, SocketAddr};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+const MAGIC: &[u8; 4] = b"CRDN";
+/// Protocol version spoken on the TCP side.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Label of the TLS exporter the proofs are bound to.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-coordinator-native";
+/// Largest handshake frame.
+const MAX_HANDSHAKE_FRAME: usize = 128;
+
+/// What a side says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub id: NodeId,
+    pub run: u64,
+    /// Where it listens (for the gossip layer).
+    pub addr: SocketAddr,
+    pub nonce: [u8; 32],
+}
+
+impl Hello {
+    pub fn new(id: NodeId, run: u64, addr: SocketAddr) -> Self {
+        let mut nonce = [0; 32];
+        rand::rng().fill_bytes(&mut nonce);
+        Self {
+            id,
+            run,
+            addr,
+            nonce,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(80);
+        out.extend_from_slice(MAGIC);
+        out.push(PROTOCOL_VERSION);
+        out.extend_from_slice(&self.id.to_be_bytes());
+        out.extend_from_slice(&self.run.to_be_bytes());
+        match self.addr.ip() {
+            IpAddr::V4(ip) => {
+                out.push(4);
+                out.extend_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.push(6);
+                out.extend_from_slice(&ip.octets());
+            }
+        }
+        out.extend_from_slice(&self.addr.port().to_be_bytes());
+        out.extend_from_slice(&self.nonce);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, HandshakeError> {
+        let bad = || HandshakeError::Malformed("hello");
+        if bytes.len() < 5 || &bytes[..4] != MAGIC {
+            return Err(bad());
+        }
+        if bytes[4] != PROTOCOL_VERSION {
+            return Err(HandshakeError::Version(bytes[4]));
+        }
+        let rest = &bytes[5..];
+        let word = |at: usize| -> Result<u64, HandshakeError> {
+            Ok(u64::from_be_bytes(
+                rest.get(at..at + 8)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .expect("8 bytes"),
+            ))
+        };
+        let (id, run) = (word(0)?, word(8)?);
+        let (ip, at): (IpAddr, usize) = match rest.get(16) {
+            Some(4) => (
+                <[u8; 4]>::try_from(rest.get(17..21).ok_or_else(bad)?)
+                    .expect("4 bytes")
+                    .into(),
+                21,
+            ),
+            Some(6) => (
+                <[u8; 16]>::try_from(rest.get(17..33).ok_or_else(bad)?)
+                    .expect("16 bytes")
+                    .into(),
+                33,
+            ),
+            _ => return Err(bad()),
+        };
+        let port = u16::from_be_bytes(rest.get(at..at + 2).ok_or_else(bad)?.try_into().expect("2"));
+        let nonce: [u8; 32] = rest
+            .get(at + 2..)
+            .filter(|n| n.len() == 32)
+            .ok_or_else(bad)?
+            .try_into()
+            .expect("32 bytes");
+        Ok(Hello {
+            id,
+            run,
+            addr: SocketAddr::new(ip, port),
+            nonce,
+        })
+    }
+}
+
+/// Why a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("protocol version {0} is not spoken here (this node speaks {PROTOCOL_VERSION})")]
+    Version(u8),
+    #[error("expected a {expected:?} frame, got {got:?}")]
+    Unexpected { expected: FrameType, got: FrameType },
+    #[error("the peer does not hold the cluster key")]
+    WrongKey,
+    #[error("TLS keying material unavailable: {0}")]
+    Exporter(String),
+}
+
+impl HandshakeError {
+    /// The peer failed authentication (as opposed to speaking garbage).
+    pub fn is_wrong_key(&self) -> bool {
+        matches!(self, HandshakeError::WrongKey)
+    }
+}
+
+/// The secret both sides prove they hold.
+#[derive(Clone)]
+pub struct AuthKey([u8; 32]);
+
+impl AuthKey {
+    pub fn derive(cluster_key: &[u8], cluster: &str) -> Self {
+        let hkdf = hkdf::Hkdf::<Sha256>::new(Some(cluster.as_bytes()), cluster_key);
+        let mut key = [0; 32];
+        hkdf.expand(b"coordinator-native/1 handshake", &mut key)
+            .expect("32 bytes is a valid HKDF length");
+        Self(key)
+    }
+
+    /// The key of the gossip datagrams.
+    pub fn gossip_key(cluster_key: &[u8], cluster: &str) -> [u8; 32] {
+        let hkdf = hkdf::Hkdf::<Sha256>::new(Some(cluster.as_bytes()), cluster_key);
+        let mut key = [0; 32];
+        hkdf.expand(b"coordinator-native/1 gossip", &mut key)
+            .expect("32 bytes is a valid HKDF length");
+        key
+    }
+
+    fn mac(&self, role: &[u8], exporter: &[u8], client: &[u8], server: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
+        for part in [role, exporter, client, server] {
+            mac.update(&(part.len() as u32).to_be_bytes());
+            mac.update(part);
+        }
+        mac
+    }
+}
+
+async fn expect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    expected: FrameType,
+) -> Result<bytes::Bytes, HandshakeError> {
+    let (got, body) = read_frame(stream, MAX_HANDSHAKE_FRAME).await?;
+    if got != expected {
+        return Err(HandshakeError::Unexpected { expected, got });
+    }
+    Ok(body)
+}
+
+/// The dialing side. `exporter`: the TLS session's keying material.
+pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    key: &AuthKey,
+    exporter: &[u8],
+    hello: &Hello,
+) -> Result<Hello, HandshakeError> {
+    let mine = hello.encode();
+    write_frame(stream, FrameType::Hello, &mine)
+        .await
+        .map_err(FrameError::from)?;
+    stream.flush().await.map_err(FrameError::from)?;
+    let theirs = expect(stream, FrameType::Hello).await?;
+    let peer = Hello::decode(&theirs)?;
+    let proof = key
+        .mac(b"client", exporter, &mine, &theirs)
+        .finalize()
+        .into_bytes();
+    write_frame(stream, FrameType::Proof, &proof)
+        .await
+        .map_err(FrameError::from)?;
+    stream.flush().await.map_err(FrameError::from)?;
+    let their_proof = expect(stream, FrameType::Proof).await?;
+    key.mac(b"server", exporter, &mine, &theirs)
+        .verify_slice(&their_proof)
+        .map_err(|_| HandshakeError::WrongKey)?;
+    Ok(peer)
+}
+
+/// The accepting side.
+pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    key: &AuthKey,
+    exporter: &[u8],
+    hello: &Hello,
+) -> Result<Hello, HandshakeError> {
+    let theirs = expect(stream, FrameType::Hello).await?;
+    let peer = Hello::decode(&theirs)?;
+    let mine = hello.encode();
+    write_frame(stream, FrameType::Hello, &mine)
+        .await
+        .map_err(FrameError::from)?;
+    stream.flush().await.map_err(FrameError::from)?;
+    let their_proof = expect(stream, FrameType::Proof).await?;
+    key.mac(b"client", exporter, &theirs, &mine)
+        .verify_slice(&their_proof)
+        .map_err(|_| HandshakeError::WrongKey)?;
+    let proof = key
+        .mac(b"server", exporter, &theirs, &mine)
+        .finalize()
+        .into_bytes();
+    write_frame(stream, FrameType::Proof, &proof)
+        .await
+        .map_err(FrameError::from)?;
+    stream.flush().await.map_err(FrameError::from)?;
+    Ok(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:7911".parse().unwrap()
+    }
+
+    async fn run(
+        client_key: &AuthKey,
+        server_key: &AuthKey,
+        client_exporter: &[u8],
+        server_exporter: &[u8],
+    ) -> (Result<Hello, HandshakeError>, Result<Hello, HandshakeError>) {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let client_hello = Hello::new(1, 10, addr());
+        let server_hello = Hello::new(2, 20, addr());
+        let client = client(&mut a, client_key, client_exporter, &client_hello);
+        let server = async {
+            let result = server(&mut b, server_key, server_exporter, &server_hello).await;
+            drop(b);
+            result
+        };
+        tokio::join!(client, server)
+    }
+
+    #[tokio::test]
+    async fn both_sides_learn_each_other_when_they_share_the_key_and_session() {
+        let key = AuthKey::derive(b"secret", "c");
+        let (client, server) = run(&key, &key, b"session", b"session").await;
+        assert_eq!(client.unwrap().id, 2);
+        let server = server.unwrap();
+        assert_eq!((server.id, server.run, server.addr), (1, 10, addr()));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_fails_on_the_server_before_it_proves_anything() {
+        let (client, server) = run(
+            &AuthKey::derive(b"wrong", "c"),
+            &AuthKey::derive(b"secret", "c"),
+            b"session",
+            b"session",
+        )
+        .await;
+        assert!(server.unwrap_err().is_wrong_key());
+        assert!(client.is_err(), "the client got no proof");
+    }
+
+    #[tokio::test]
+    async fn another_cluster_name_or_session_does_not_verify() {
+        let (_, server) = run(
+            &AuthKey::derive(b"secret", "a"),
+            &AuthKey::derive(b"secret", "b"),
+            b"session",
+            b"session",
+        )
+        .await;
+        assert!(server.unwrap_err().is_wrong_key());
+        let key = AuthKey::derive(b"secret", "c");
+        let (_, server) = run(&key, &key, b"session one", b"session two").await;
+        assert!(server.unwrap_err().is_wrong_key(), "a relayed proof fails");
+    }
+
+    #[test]
+    fn hello_round_trips_and_refuses_other_versions() {
+        let hello = Hello::new(u64::MAX, 3, "[::1]:1".parse().unwrap());
+        assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
+        let mut other = hello.encode();
+        other[4] = 2;
+        assert!(matches!(
+            Hello::decode(&other),
+            Err(HandshakeError::Version(2))
+        ));
+        assert!(Hello::decode(b"GET / HTTP/1.1").is_err());
+    }
+}
