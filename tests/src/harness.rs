@@ -86,6 +86,11 @@ impl<C: Connector> EngineHarness<C> {
         self
     }
 
+    /// The carrier's connector (to reach a node's address, say).
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+
     pub fn settings(&self, id: NodeId) -> Settings {
         let t = self.timing;
         Settings::new(id)
@@ -175,6 +180,11 @@ pub struct NativeConnector {
 }
 
 impl NativeConnector {
+    /// Where node `id` listens (TCP and UDP).
+    pub fn address(&self, id: NodeId) -> Option<SocketAddr> {
+        self.addresses.lock().get(&id).copied()
+    }
+
     /// The configuration node `id` starts with.
     pub fn config(&self, id: NodeId) -> NativeConfig {
         let addresses = self.addresses.lock();

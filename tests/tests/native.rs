@@ -1,0 +1,242 @@
+//! What the `Native` carrier refuses on its port, and how it heals.
+//!
+//! Each attack is refused and counted, nothing of it reaches the application,
+//! and the node keeps serving its real peers.
+
+use bytes::Bytes;
+use coordinator::{Coordinator, MemberChange, MemberState, SubscribeOptions};
+use coordinator_core::config::NativeConfig;
+use coordinator_native::handshake::{self, AuthKey, Hello};
+use coordinator_native::swim::{GossipCodec, Message, Packet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tests::harness::{self, CLUSTER_KEY, EngineHarness, Harness, NativeConnector};
+use tests::wait::{converge, member_change, until, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+const LONG: Duration = Duration::from_secs(10);
+
+async fn two_nodes() -> (
+    EngineHarness<NativeConnector>,
+    Vec<Arc<dyn Coordinator>>,
+    SocketAddr,
+) {
+    let mut harness = harness::native().await;
+    let nodes = vec![harness.start(1).await, harness.start(2).await];
+    converge(&nodes, LONG).await;
+    let target = harness.connector().address(2).unwrap();
+    (harness, nodes, target)
+}
+
+/// Node 1's broadcast still reaches node 2.
+async fn still_serving(nodes: &[Arc<dyn Coordinator>]) {
+    let mut subscription = nodes[1]
+        .subscribe("after", SubscribeOptions::default())
+        .await
+        .unwrap();
+    nodes[0]
+        .broadcast("after", Bytes::from_static(b"still here"))
+        .await
+        .unwrap();
+    let message = within(LONG, "real traffic after the attack", subscription.recv())
+        .await
+        .unwrap();
+    assert_eq!(message.payload, "still here");
+    assert_eq!(nodes[1].members().len(), 2, "no stranger became a member");
+}
+
+/// Waits until the server closes `stream` (a read returns nothing or fails).
+async fn closed_by_server(stream: &mut TcpStream) {
+    within(LONG, "the server to close the connection", async {
+        let mut buffer = [0u8; 1024];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+}
+
+/// TLS with the right cluster name and a key of our own.
+async fn tls_handshake(
+    target: SocketAddr,
+    key: &[u8],
+) -> (
+    tokio_rustls::client::TlsStream<TcpStream>,
+    Result<Hello, handshake::HandshakeError>,
+) {
+    let tls = coordinator_native::tls::build(&NativeConfig::default()).unwrap();
+    let tcp = TcpStream::connect(target).await.unwrap();
+    let mut stream = tls
+        .connector
+        .connect(tls.server_name.clone(), tcp)
+        .await
+        .unwrap();
+    let mut exporter = [0u8; 32];
+    stream
+        .get_ref()
+        .1
+        .export_keying_material(&mut exporter, handshake::EXPORTER_LABEL, None)
+        .unwrap();
+    let hello = Hello::new(666, 1, "127.0.0.1:9".parse().unwrap());
+    let result = handshake::client(
+        &mut stream,
+        &AuthKey::derive(key, "conformance"),
+        &exporter,
+        &hello,
+    )
+    .await;
+    (stream, result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_the_wrong_key_is_refused_and_counted() {
+    let (_harness, nodes, target) = two_nodes().await;
+    let before = nodes[1].stats().dropped_unauthenticated;
+    let (mut stream, result) = tls_handshake(target, b"not the cluster key").await;
+    assert!(result.is_err(), "the handshake must fail without the key");
+    closed_by_server(stream.get_mut().0).await;
+    until(LONG, "the refusal to be counted", || {
+        nodes[1].stats().dropped_unauthenticated > before
+    })
+    .await;
+    still_serving(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_and_garbage_are_refused_and_counted() {
+    let (_harness, nodes, target) = two_nodes().await;
+    let before = nodes[1].stats();
+    let mut plaintext = TcpStream::connect(target).await.unwrap();
+    plaintext
+        .write_all(b"\x00\x00\x00\x10\x03hello, no TLS here")
+        .await
+        .unwrap();
+    closed_by_server(&mut plaintext).await;
+    let mut garbage = TcpStream::connect(target).await.unwrap();
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let _ = garbage.write_all(&noise).await;
+    closed_by_server(&mut garbage).await;
+    until(LONG, "both refusals to be counted", || {
+        let now = nodes[1].stats();
+        now.dropped_unauthenticated + now.dropped_malformed
+            >= before.dropped_unauthenticated + before.dropped_malformed + 2
+    })
+    .await;
+    still_serving(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_dropped_after_the_handshake_timeout() {
+    let (_harness, nodes, target) = two_nodes().await;
+    let before = nodes[1].stats().dropped_malformed;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(target).await.unwrap();
+    closed_by_server(&mut silent).await;
+    let held = started.elapsed();
+    let timeout = NativeConfig::default().timeout;
+    assert!(
+        held >= timeout - Duration::from_millis(50) && held < timeout * 3,
+        "a silent socket was held {held:?} (handshake timeout {timeout:?})"
+    );
+    until(LONG, "the silent client to be counted", || {
+        nodes[1].stats().dropped_malformed > before
+    })
+    .await;
+    still_serving(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_size_limit_closes_the_connection_and_is_counted() {
+    let (_harness, nodes, target) = two_nodes().await;
+    let before = nodes[1].stats().dropped_too_large;
+    let (mut stream, result) = tls_handshake(target, CLUSTER_KEY.as_bytes()).await;
+    result.expect("the right key passes the handshake");
+    // A message frame announcing 64 MiB: refused on its header, before any allocation.
+    stream
+        .write_all(&[0x04, 0x00, 0x00, 0x01, 0x03])
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    closed_by_server(stream.get_mut().0).await;
+    until(LONG, "the oversized frame to be counted", || {
+        nodes[1].stats().dropped_too_large > before
+    })
+    .await;
+    still_serving(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_forged_gossip_datagrams_are_refused_and_counted() {
+    let (_harness, nodes, target) = two_nodes().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let key = AuthKey::gossip_key(CLUSTER_KEY.as_bytes(), "conformance");
+    // From a gossip-only peer that holds the key (a real member's id would be
+    // believed: whoever holds the key is trusted).
+    let packet = Packet {
+        from: 77,
+        run: 1,
+        messages: vec![Message::Ping { seq: 1, target: 2 }],
+        updates: Vec::new(),
+    };
+    let datagram = GossipCodec::new(key).seal(&packet);
+    let before = nodes[1].stats();
+    socket.send_to(&datagram, target).await.unwrap();
+    socket.send_to(&datagram, target).await.unwrap();
+    let forged = GossipCodec::new([9; 32]).seal(&packet);
+    socket.send_to(&forged, target).await.unwrap();
+    socket.send_to(b"garbage", target).await.unwrap();
+    until(
+        LONG,
+        "the replay, the forgery and the garbage to be counted",
+        || {
+            let now = nodes[1].stats();
+            now.dropped_duplicate > before.dropped_duplicate
+                && now.dropped_unauthenticated > before.dropped_unauthenticated
+                && now.dropped_malformed > before.dropped_malformed
+        },
+    )
+    .await;
+    still_serving(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossip_partition_is_detected_on_both_sides_and_heals_by_itself() {
+    let mut harness = harness::native().await;
+    let faults = harness.faults();
+    let mut nodes = Vec::new();
+    for id in 1..=4 {
+        nodes.push(harness.start(id).await);
+    }
+    converge(&nodes, LONG).await;
+    let mut at_1 = nodes[0].member_events();
+    let mut at_4 = nodes[3].member_events();
+    faults.partition(&[1, 2], &[3, 4]);
+    within(
+        LONG,
+        "node 1 to declare node 4 dead",
+        member_change(&mut at_1, 4, |c| *c == MemberChange::Died),
+    )
+    .await;
+    within(
+        LONG,
+        "node 4 to declare node 1 dead",
+        member_change(&mut at_4, 1, |c| *c == MemberChange::Died),
+    )
+    .await;
+    faults.heal();
+    within(
+        LONG,
+        "node 1 to see node 4 again",
+        member_change(&mut at_1, 4, |c| *c == MemberChange::Recovered),
+    )
+    .await;
+    converge(&nodes, LONG).await;
+    for node in &nodes {
+        assert!(node.members().iter().all(|m| m.state == MemberState::Alive));
+    }
+}
