@@ -32,6 +32,22 @@ enum Command {
     },
     /// Measure broadcast throughput, end-to-end latency and request/reply latency between two nodes.
     Bench(cli::bench::BenchArgs),
+    /// Write a self-signed TLS certificate and key (PEM) for the Native carrier's certPath and keyPath.
+    #[cfg(feature = "native")]
+    GenCert {
+        /// Where to write the certificate.
+        #[arg(long, default_value = "coordinator-cert.pem")]
+        cert: PathBuf,
+        /// Where to write the private key (created readable by its owner only).
+        #[arg(long, default_value = "coordinator-key.pem")]
+        key: PathBuf,
+        /// Names the certificate is valid for (set one of them as tlsDomain to have it checked).
+        #[arg(long = "name", default_values_t = [String::from("localhost")])]
+        names: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run one node from a configuration file; lines typed on standard input are broadcast.
     Node {
         #[arg(long)]
@@ -47,6 +63,16 @@ fn main() -> ExitCode {
     if let Command::CheckConfig { file } = &args.command {
         return cli::check_config::run(file);
     }
+    #[cfg(feature = "native")]
+    if let Command::GenCert {
+        cert,
+        key,
+        names,
+        force,
+    } = &args.command
+    {
+        return cli::gen_cert::run(cert, key, names, *force);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,6 +80,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match args.command {
             Command::CheckConfig { .. } => unreachable!("handled above"),
+            #[cfg(feature = "native")]
+            Command::GenCert { .. } => unreachable!("handled above"),
             Command::Demo { nodes } => cli::demo::run(nodes).await,
             Command::Bench(bench) => cli::bench::run(bench).await,
             Command::Node { config, topic } => cli::node::run(&config, &topic).await,

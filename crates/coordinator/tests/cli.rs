@@ -132,6 +132,89 @@ fn demo_runs_a_cluster_and_detects_the_killed_node() {
 }
 
 #[test]
+fn gen_cert_writes_a_certificate_and_key_that_a_native_node_starts_with() {
+    let dir = std::env::temp_dir().join(format!("coordinator-gen-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let _ = std::fs::remove_file(&cert);
+    let _ = std::fs::remove_file(&key);
+    let args = [
+        "gen-cert",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--name",
+        "node.cluster.test",
+    ];
+    let output = coordinator(&args);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        std::fs::read_to_string(&cert)
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        std::fs::read_to_string(&key)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
+    }
+    let again = coordinator(&args);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("exists; pass --force"),
+        "{}",
+        stderr(&again)
+    );
+    // Two nodes that check the certificate's name against tlsDomain form a cluster.
+    let config = |id: u64, seed: &str| {
+        format!(
+            r#"{{"@type":"Native","nodeId":{id},"clusterKey":{{"@type":"Value","secret":"k"}},
+               "bindAddr":"127.0.0.1","port":0,"certPath":{cert:?},"keyPath":{key:?},
+               "tlsDomain":"node.cluster.test","seedNodes":[{seed}]}}"#
+        )
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use coordinator::{CarrierConfig, Coordinator, CoordinatorConfig, Node, Settings};
+        let first = CoordinatorConfig::from_json(&config(1, "")).unwrap();
+        let CarrierConfig::Native(native) = &first.carrier else {
+            unreachable!()
+        };
+        let settings = Settings::from_config(&first.cluster)
+            .unwrap()
+            .incarnation(coordinator::new_incarnation());
+        let (link, transport) = coordinator_native::connect(native, &settings, Default::default())
+            .await
+            .unwrap();
+        let first = Node::start(settings, "Native", link).unwrap();
+        let seed = format!("{:?}", transport.local_addr().to_string());
+        let second = CoordinatorConfig::from_json(&config(2, &seed)).unwrap();
+        let second = coordinator::start(&second).await.unwrap();
+        for node in [&first, &second] {
+            let formed = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                coordinator::wait_for_members(node, &[1, 2]),
+            )
+            .await;
+            assert_eq!(
+                formed,
+                Ok(true),
+                "node {} did not see the other",
+                node.node_id()
+            );
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn node_refuses_a_carrier_that_is_not_implemented_yet_with_a_clear_error() {
     let path = file(
         "kafka.json",

@@ -328,6 +328,7 @@ impl RedisClusterConfig {
 #[serde(rename_all = "camelCase")]
 pub struct NativeConfig {
     pub bind_addr: IpAddr,
+    /// TCP and UDP port number; 0 picks a free one (the gossip tells the others).
     pub port: u16,
     pub cert_path: Option<String>,
     pub key_path: Option<String>,
@@ -381,7 +382,7 @@ impl NativeConfig {
             };
             let config = Self {
                 bind_addr,
-                port: v.u64_or("port", 7911, 1, u16::MAX as u64) as u16,
+                port: v.u64_or("port", 7911, 0, u16::MAX as u64) as u16,
                 cert_path: v.string("certPath"),
                 key_path: v.string("keyPath"),
                 tls_domain: v.string("tlsDomain"),

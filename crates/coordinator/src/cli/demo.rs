@@ -3,14 +3,69 @@
 use super::ms;
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use coordinator::{
-    Coordinator, MemberChange, MemoryNetwork, Node, NodeId, Settings, SubscribeOptions,
-};
+use coordinator::{Coordinator, MemberChange, Node, NodeId, Settings, SubscribeOptions};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The embedded default carrier (until the Native carrier lands).
-const CARRIER: &str = "Memory (in-process)";
+/// The embedded default carrier: Native (TLS + gossip on loopback ports).
+#[cfg(feature = "native")]
+const CARRIER: &str = "Native (TLS RPC + UDP gossip on 127.0.0.1)";
+#[cfg(not(feature = "native"))]
+const CARRIER: &str = "Memory (in-process; this build has no Native carrier)";
+
+/// Starts the demo's nodes one by one; each joins through the first.
+struct Launcher {
+    key: String,
+    #[cfg(feature = "native")]
+    seed: Option<std::net::SocketAddr>,
+    #[cfg(not(feature = "native"))]
+    network: Arc<coordinator::MemoryNetwork>,
+}
+
+impl Launcher {
+    fn new() -> Self {
+        Self {
+            // A fresh key per run: nothing else on this host can join the demo.
+            key: format!("demo-{:032x}", rand_key()),
+            #[cfg(feature = "native")]
+            seed: None,
+            #[cfg(not(feature = "native"))]
+            network: coordinator::MemoryNetwork::new(),
+        }
+    }
+
+    #[cfg(feature = "native")]
+    async fn start(&mut self, id: NodeId) -> anyhow::Result<Node> {
+        let settings = Settings::new(id)
+            .cluster("demo")
+            .cluster_key(self.key.clone())
+            .incarnation(coordinator::new_incarnation());
+        let config = coordinator::config::NativeConfig {
+            bind_addr: [127, 0, 0, 1].into(),
+            port: 0,
+            seed_nodes: self.seed.iter().map(|addr| addr.to_string()).collect(),
+            ..Default::default()
+        };
+        let (link, transport) =
+            coordinator_native::connect(&config, &settings, Default::default()).await?;
+        self.seed.get_or_insert(transport.local_addr());
+        Ok(Node::start(settings, coordinator_native::NAME, link)?)
+    }
+
+    #[cfg(not(feature = "native"))]
+    async fn start(&mut self, id: NodeId) -> anyhow::Result<Node> {
+        let settings = Settings::new(id).cluster_key(self.key.clone());
+        Ok(self.network.start(settings)?)
+    }
+}
+
+fn rand_key() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let mut high = state.build_hasher();
+    high.write_u128(coordinator::new_incarnation() as u128);
+    (u128::from(high.finish()) << 64) | u128::from(state.build_hasher().finish())
+}
 
 pub async fn run(count: u64) -> anyhow::Result<()> {
     super::init_logging("error");
@@ -22,13 +77,12 @@ pub async fn run(count: u64) -> anyhow::Result<()> {
         ms(defaults.suspect_timeout),
         ms(defaults.dead_timeout)
     );
-    let network = MemoryNetwork::new();
+    let mut launcher = Launcher::new();
     let clock = Instant::now();
     let at = |what: String| println!("[{:>9}] {what}", ms(clock.elapsed()));
     let mut nodes: Vec<Arc<Node>> = Vec::new();
     for id in 1..=count {
-        let settings = Settings::new(id).cluster_key("demo-cluster-key");
-        nodes.push(Arc::new(network.start(settings)?));
+        nodes.push(Arc::new(launcher.start(id).await?));
         at(format!("node {id} started"));
         if nodes.len() > 1 {
             wait_until_all_see_each_other(&nodes, Duration::from_secs(5)).await?;

@@ -1,6 +1,8 @@
 pub mod bench;
 pub mod check_config;
 pub mod demo;
+#[cfg(feature = "native")]
+pub mod gen_cert;
 pub mod node;
 
 /// Logs to standard error, `RUST_LOG` overriding `default`.
