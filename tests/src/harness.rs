@@ -177,6 +177,7 @@ impl Connector for MemoryConnector {
 #[derive(Default)]
 pub struct NativeConnector {
     addresses: Mutex<HashMap<NodeId, SocketAddr>>,
+    transports: Mutex<Vec<std::sync::Weak<coordinator_native::NativeTransport>>>,
 }
 
 impl NativeConnector {
@@ -216,6 +217,22 @@ impl Connector for NativeConnector {
             .await
             .expect("the native carrier starts");
         self.addresses.lock().insert(id, transport.local_addr());
+        // Return once every running node's gossip lists the new one, so that a
+        // test's next broadcast reaches it (bounded: the suite's own time
+        // limits report a node that never joins).
+        let others: Vec<_> = {
+            let mut transports = self.transports.lock();
+            transports.retain(|t| t.upgrade().is_some_and(|t| !t.is_closed()));
+            let others = transports.iter().filter_map(|t| t.upgrade()).collect();
+            transports.push(Arc::downgrade(&transport));
+            others
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !others.iter().all(|t| t.is_closed() || t.knows(id)) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
         link
     }
 }

@@ -248,6 +248,16 @@ impl NativeTransport {
         self.local
     }
 
+    /// Whether the gossip here lists `id` as a live member.
+    pub fn knows(&self, id: NodeId) -> bool {
+        self.swim.lock().address(id).is_some()
+    }
+
+    /// Whether [`Transport::close`] has run.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     /// The address other nodes dial.
     pub fn advertise_addr(&self) -> SocketAddr {
         self.advertise
