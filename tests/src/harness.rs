@@ -218,8 +218,7 @@ impl Connector for NativeConnector {
             .expect("the native carrier starts");
         self.addresses.lock().insert(id, transport.local_addr());
         // Return once every running node's gossip lists the new one, so that a
-        // test's next broadcast reaches it (bounded: the suite's own time
-        // limits report a node that never joins).
+        // test's next broadcast reaches it.
         let others: Vec<_> = {
             let mut transports = self.transports.lock();
             transports.retain(|t| t.upgrade().is_some_and(|t| !t.is_closed()));
@@ -227,11 +226,11 @@ impl Connector for NativeConnector {
             transports.push(Arc::downgrade(&transport));
             others
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while !others.iter().all(|t| t.is_closed() || t.knows(id)) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
+        crate::wait::until(
+            Duration::from_secs(10),
+            &format!("every running node's gossip to list node {id}"),
+            || others.iter().all(|t| t.is_closed() || t.knows(id)),
+        )
         .await;
         link
     }

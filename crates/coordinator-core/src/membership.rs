@@ -185,30 +185,23 @@ impl Membership {
         if self.carrier_reports && matches!(verdict, Some(MemberState::Dead | MemberState::Left)) {
             return Heard::Stale;
         }
-        let Some(peer) = self.peers.get_mut(&from) else {
+        let change = match self.peers.get(&from) {
+            None => Some(MemberChange::Joined),
+            Some(peer) if incarnation > peer.incarnation => Some(MemberChange::Restarted {
+                previous_incarnation: peer.incarnation,
+            }),
+            Some(_) => None,
+        };
+        if let Some(change) = change {
             let peer = fresh(counter);
-            events.push(event(from, &peer, MemberChange::Joined));
+            events.push(event(from, &peer, change));
             self.peers.insert(from, peer);
             if self.carrier_reports && verdict == Some(MemberState::Suspect) {
                 self.reported(now, from, incarnation, MemberState::Suspect, events);
             }
             return Heard::New;
-        };
-        if incarnation > peer.incarnation {
-            let previous_incarnation = peer.incarnation;
-            *peer = fresh(counter);
-            events.push(event(
-                from,
-                peer,
-                MemberChange::Restarted {
-                    previous_incarnation,
-                },
-            ));
-            if self.carrier_reports && verdict == Some(MemberState::Suspect) {
-                self.reported(now, from, incarnation, MemberState::Suspect, events);
-            }
-            return Heard::New;
         }
+        let peer = self.peers.get_mut(&from).expect("listed: checked above");
         if incarnation < peer.incarnation || peer.state == MemberState::Left {
             return Heard::Stale;
         }

@@ -16,11 +16,12 @@
 //! own, so a client without the key learns nothing.
 
 use crate::frame::{FrameError, FrameType, read_frame, write_frame};
+use crate::wire::{Reader, encode_addr};
 use coordinator_core::NodeId;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 const MAGIC: &[u8; 4] = b"CRDN";
@@ -59,67 +60,29 @@ impl Hello {
         out.push(PROTOCOL_VERSION);
         out.extend_from_slice(&self.id.to_be_bytes());
         out.extend_from_slice(&self.run.to_be_bytes());
-        match self.addr.ip() {
-            IpAddr::V4(ip) => {
-                out.push(4);
-                out.extend_from_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => {
-                out.push(6);
-                out.extend_from_slice(&ip.octets());
-            }
-        }
-        out.extend_from_slice(&self.addr.port().to_be_bytes());
+        encode_addr(&self.addr, &mut out);
         out.extend_from_slice(&self.nonce);
         out
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, HandshakeError> {
-        let bad = || HandshakeError::Malformed("hello");
-        if bytes.len() < 5 || &bytes[..4] != MAGIC {
-            return Err(bad());
+        let mut reader = Reader::new(bytes);
+        let malformed = |_| HandshakeError::Malformed("hello");
+        if &reader.take::<4>().map_err(malformed)? != MAGIC {
+            return Err(HandshakeError::Malformed("hello"));
         }
-        if bytes[4] != PROTOCOL_VERSION {
-            return Err(HandshakeError::Version(bytes[4]));
+        let version = reader.u8().map_err(malformed)?;
+        if version != PROTOCOL_VERSION {
+            return Err(HandshakeError::Version(version));
         }
-        let rest = &bytes[5..];
-        let word = |at: usize| -> Result<u64, HandshakeError> {
-            Ok(u64::from_be_bytes(
-                rest.get(at..at + 8)
-                    .ok_or_else(bad)?
-                    .try_into()
-                    .expect("8 bytes"),
-            ))
+        let hello = Hello {
+            id: reader.u64().map_err(malformed)?,
+            run: reader.u64().map_err(malformed)?,
+            addr: reader.addr().map_err(malformed)?,
+            nonce: reader.take().map_err(malformed)?,
         };
-        let (id, run) = (word(0)?, word(8)?);
-        let (ip, at): (IpAddr, usize) = match rest.get(16) {
-            Some(4) => (
-                <[u8; 4]>::try_from(rest.get(17..21).ok_or_else(bad)?)
-                    .expect("4 bytes")
-                    .into(),
-                21,
-            ),
-            Some(6) => (
-                <[u8; 16]>::try_from(rest.get(17..33).ok_or_else(bad)?)
-                    .expect("16 bytes")
-                    .into(),
-                33,
-            ),
-            _ => return Err(bad()),
-        };
-        let port = u16::from_be_bytes(rest.get(at..at + 2).ok_or_else(bad)?.try_into().expect("2"));
-        let nonce: [u8; 32] = rest
-            .get(at + 2..)
-            .filter(|n| n.len() == 32)
-            .ok_or_else(bad)?
-            .try_into()
-            .expect("32 bytes");
-        Ok(Hello {
-            id,
-            run,
-            addr: SocketAddr::new(ip, port),
-            nonce,
-        })
+        reader.finish().map_err(malformed)?;
+        Ok(hello)
     }
 }
 
@@ -179,6 +142,18 @@ impl AuthKey {
     }
 }
 
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    kind: FrameType,
+    body: &[u8],
+) -> Result<(), HandshakeError> {
+    write_frame(stream, kind, body)
+        .await
+        .map_err(FrameError::from)?;
+    stream.flush().await.map_err(FrameError::from)?;
+    Ok(())
+}
+
 async fn expect<S: AsyncRead + Unpin>(
     stream: &mut S,
     expected: FrameType,
@@ -198,20 +173,14 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     hello: &Hello,
 ) -> Result<Hello, HandshakeError> {
     let mine = hello.encode();
-    write_frame(stream, FrameType::Hello, &mine)
-        .await
-        .map_err(FrameError::from)?;
-    stream.flush().await.map_err(FrameError::from)?;
+    send(stream, FrameType::Hello, &mine).await?;
     let theirs = expect(stream, FrameType::Hello).await?;
     let peer = Hello::decode(&theirs)?;
     let proof = key
         .mac(b"client", exporter, &mine, &theirs)
         .finalize()
         .into_bytes();
-    write_frame(stream, FrameType::Proof, &proof)
-        .await
-        .map_err(FrameError::from)?;
-    stream.flush().await.map_err(FrameError::from)?;
+    send(stream, FrameType::Proof, &proof).await?;
     let their_proof = expect(stream, FrameType::Proof).await?;
     key.mac(b"server", exporter, &mine, &theirs)
         .verify_slice(&their_proof)
@@ -229,10 +198,7 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     let theirs = expect(stream, FrameType::Hello).await?;
     let peer = Hello::decode(&theirs)?;
     let mine = hello.encode();
-    write_frame(stream, FrameType::Hello, &mine)
-        .await
-        .map_err(FrameError::from)?;
-    stream.flush().await.map_err(FrameError::from)?;
+    send(stream, FrameType::Hello, &mine).await?;
     let their_proof = expect(stream, FrameType::Proof).await?;
     key.mac(b"client", exporter, &theirs, &mine)
         .verify_slice(&their_proof)
@@ -241,10 +207,7 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         .mac(b"server", exporter, &theirs, &mine)
         .finalize()
         .into_bytes();
-    write_frame(stream, FrameType::Proof, &proof)
-        .await
-        .map_err(FrameError::from)?;
-    stream.flush().await.map_err(FrameError::from)?;
+    send(stream, FrameType::Proof, &proof).await?;
     Ok(peer)
 }
 

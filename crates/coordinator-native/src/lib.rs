@@ -9,6 +9,7 @@ mod peer;
 pub mod swim;
 pub mod tls;
 mod transport;
+mod wire;
 
 pub use transport::{NativeOptions, NativeTransport, connect};
 

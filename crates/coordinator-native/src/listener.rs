@@ -103,9 +103,6 @@ async fn serve(
         }
     };
     drop(permit);
-    let span = tracing::debug_span!("connection", peer = peer.id, %remote);
-    let _enter = span.enter();
-    drop(_enter);
     if peer.id != transport.id {
         transport.with_swim(|swim| swim.contact(Instant::now(), peer.id, peer.run, peer.addr));
     }

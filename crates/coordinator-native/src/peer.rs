@@ -6,7 +6,7 @@
 //! alive again.
 
 use crate::frame::{FrameType, write_frame};
-use crate::transport::{NativeTransport, PEER_QUEUE};
+use crate::transport::NativeTransport;
 use bytes::Bytes;
 use coordinator_core::{NodeId, TransportError};
 use rand::Rng;
@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 
 /// Bytes gathered before a flush.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Frames queued per peer before publishing waits (or drops, if the peer is unreachable).
+const PEER_QUEUE: usize = 16_384;
 /// First backoff step.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 

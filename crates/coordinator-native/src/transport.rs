@@ -26,8 +26,6 @@ use tokio_rustls::TlsStream;
 
 /// Handshakes allowed in flight at once (slow or silent clients cannot hold more sockets).
 const MAX_HANDSHAKES: usize = 256;
-/// Frames queued per peer before publishing waits (or drops, if the peer is unreachable).
-pub(crate) const PEER_QUEUE: usize = 16_384;
 
 /// Options beyond the configuration (tests).
 #[derive(Clone, Default)]
@@ -95,7 +93,7 @@ pub async fn connect(
         inbound: inbound_sender.clone(),
         reports,
         peers: Mutex::new(HashMap::new()),
-        targets: RwLock::new(Arc::new(Vec::new())),
+        live: RwLock::new(Arc::new(HashMap::new())),
         wake: Notify::new(),
         faults: options.faults,
         handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
@@ -231,8 +229,9 @@ pub struct NativeTransport {
     pub(crate) inbound: mpsc::Sender<Inbound>,
     reports: mpsc::UnboundedSender<Inbound>,
     peers: Mutex<HashMap<NodeId, Arc<peer::PeerLink>>>,
-    /// Live members, for publishing without locking the gossip state.
-    targets: RwLock<Arc<Vec<NodeId>>>,
+    /// The links of live members (a subset of `peers`), rebuilt when the
+    /// membership changes, so that sending takes one read lock and nothing else.
+    live: RwLock<Arc<HashMap<NodeId, Arc<peer::PeerLink>>>>,
     pub(crate) wake: Notify,
     pub(crate) faults: Option<Arc<Faults>>,
     pub(crate) handshakes: Arc<Semaphore>,
@@ -269,7 +268,7 @@ impl NativeTransport {
 
     /// Counts and reports something refused before it became a frame.
     pub(crate) fn refuse(&self, reason: DropReason, detail: String) {
-        tracing::warn!(?reason, %detail, "refused");
+        // The engine logs it with the other dropped frames.
         let _ = self.reports.send(Inbound::Refused { reason, detail });
     }
 
@@ -310,8 +309,18 @@ impl NativeTransport {
             }
         }
         if membership_changed {
-            let targets: Vec<NodeId> = self.swim.lock().reachable().map(|(id, _)| id).collect();
-            *self.targets.write() = Arc::new(targets);
+            let ids: Vec<NodeId> = self.swim.lock().reachable().map(|(id, _)| id).collect();
+            let mut peers = self.peers.lock();
+            let live = ids
+                .into_iter()
+                .map(|id| {
+                    let link = peers
+                        .entry(id)
+                        .or_insert_with(|| peer::PeerLink::start(self.clone(), id));
+                    (id, link.clone())
+                })
+                .collect();
+            *self.live.write() = Arc::new(live);
         }
     }
 
@@ -362,22 +371,6 @@ impl NativeTransport {
         }
     }
 
-    fn peer(self: &Arc<Self>, id: NodeId) -> Arc<peer::PeerLink> {
-        self.peers
-            .lock()
-            .entry(id)
-            .or_insert_with(|| peer::PeerLink::start(self.clone(), id))
-            .clone()
-    }
-
-    async fn enqueue(self: &Arc<Self>, id: NodeId, frame: Bytes) -> Result<(), TransportError> {
-        let control = matches!(
-            peek_kind(&frame),
-            Some(Kind::Heartbeat | Kind::Join | Kind::Announce | Kind::Leave)
-        );
-        self.peer(id).send(frame, control).await
-    }
-
     fn check_open(&self) -> Result<(), TransportError> {
         if self.closed.load(Ordering::Relaxed) {
             Err(TransportError::Closed("Native"))
@@ -385,6 +378,14 @@ impl NativeTransport {
             Ok(())
         }
     }
+}
+
+/// Frames that go ahead of queued bulk traffic.
+fn is_control(kind: Option<Kind>) -> bool {
+    matches!(
+        kind,
+        Some(Kind::Heartbeat | Kind::Join | Kind::Announce | Kind::Leave)
+    )
 }
 
 /// The TLS session's keying material that handshake proofs are bound to.
@@ -410,25 +411,25 @@ pub(crate) fn exporter(stream: &TlsStream<TcpStream>) -> Result<[u8; 32], String
 impl Transport for NativeTransport {
     async fn publish(&self, frame: Bytes) -> Result<(), TransportError> {
         self.check_open()?;
-        let me = self.me();
-        if peek_kind(&frame) == Some(Kind::Leave) {
+        let kind = peek_kind(&frame);
+        if kind == Some(Kind::Leave) {
             // This node is leaving: the gossip says so too.
-            me.with_swim(|swim| swim.leave());
+            self.me().with_swim(|swim| swim.leave());
         }
-        let targets = self.targets.read().clone();
-        for &id in targets.iter() {
-            me.enqueue(id, frame.clone()).await?;
+        let control = is_control(kind);
+        let live = self.live.read().clone();
+        for link in live.values() {
+            link.send(frame.clone(), control).await?;
         }
         Ok(())
     }
 
     async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
         self.check_open()?;
-        let me = self.me();
-        if me.swim.lock().address(node).is_none() {
-            return Err(TransportError::NoRoute(node));
-        }
-        me.enqueue(node, frame).await
+        let link = self.live.read().get(&node).cloned();
+        let link = link.ok_or(TransportError::NoRoute(node))?;
+        let control = is_control(peek_kind(&frame));
+        link.send(frame, control).await
     }
 
     async fn close(&self) {

@@ -93,6 +93,28 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "native")]
+    #[tokio::test]
+    async fn native_without_a_cluster_key_or_with_an_unreadable_certificate_says_which_field() {
+        let config = CoordinatorConfig::from_json(
+            r#"{"@type":"Native","nodeId":1,"bindAddr":"127.0.0.1","port":0}"#,
+        )
+        .unwrap();
+        let error = start(&config).await.unwrap_err().to_string();
+        assert!(error.contains("clusterKey"), "{error}");
+        let config = CoordinatorConfig::from_json(
+            r#"{"@type":"Native","nodeId":1,"bindAddr":"127.0.0.1","port":0,
+                "clusterKey":{"@type":"Value","secret":"k"},
+                "certPath":"/nonexistent/cert.pem","keyPath":"/nonexistent/key.pem"}"#,
+        )
+        .unwrap();
+        let error = start(&config).await.unwrap_err().to_string();
+        assert!(
+            error.contains("native.certPath") && error.contains("/nonexistent/cert.pem"),
+            "{error}"
+        );
+    }
+
     #[tokio::test]
     async fn a_missing_cluster_key_variable_stops_the_start() {
         let config = CoordinatorConfig::from_json(

@@ -433,7 +433,7 @@ impl Swim {
             .iter()
             .filter(|(_, e)| e.update.state == State::Alive && e.failing_since.is_some())
             .map(|(&id, _)| id)
-            .nth(0);
+            .next();
         if let Some(target) = failing.filter(|&id| Some(id) != self.last_target) {
             self.probe_order.retain(|&id| id != target);
             self.probe_order.push(target);

@@ -16,12 +16,13 @@
 //! counter seen and a 64-wide window below it, and drops any datagram it has
 //! seen before or that is older than the window.
 
+use crate::wire::{Reader, addr_len, encode_addr};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use coordinator_core::{MemberState, NodeId};
 use rand::RngCore;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 const MAGIC: [u8; 2] = [0xC0, 0x55];
 const VERSION: u8 = 1;
@@ -236,7 +237,7 @@ pub fn encode_state(updates: &[Update]) -> Vec<u8> {
 
 /// Decodes a full state from a TCP sync frame.
 pub fn decode_state(bytes: &[u8]) -> Result<Vec<Update>, DecodeError> {
-    let mut reader = Reader { bytes };
+    let mut reader = Reader::new(bytes);
     let count = reader.u16()?;
     let updates = (0..count)
         .map(|_| Update::decode(&mut reader))
@@ -315,7 +316,7 @@ impl GossipCodec {
         self.cipher
             .decrypt_in_place_detached(XNonce::from_slice(nonce), header, &mut body, tag.into())
             .map_err(|_| DecodeError::Unauthenticated)?;
-        let mut reader = Reader { bytes: &body };
+        let mut reader = Reader::new(&body);
         let counter = reader.u64()?;
         let packet = Packet::decode(&mut reader)?;
         reader.finish()?;
@@ -353,74 +354,5 @@ impl GossipCodec {
         }
         *window |= bit;
         Ok(())
-    }
-}
-
-fn addr_len(addr: &SocketAddr) -> usize {
-    match addr {
-        SocketAddr::V4(_) => 1 + 4 + 2,
-        SocketAddr::V6(_) => 1 + 16 + 2,
-    }
-}
-
-fn encode_addr(addr: &SocketAddr, out: &mut Vec<u8>) {
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(4);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(6);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let (head, rest) = self
-            .bytes
-            .split_first_chunk::<N>()
-            .ok_or(DecodeError::Truncated)?;
-        self.bytes = rest;
-        Ok(*head)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.take()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.take()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.take()?))
-    }
-
-    fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
-        let ip = match self.u8()? {
-            4 => IpAddr::from(self.take::<4>()?),
-            6 => IpAddr::from(self.take::<16>()?),
-            _ => return Err(DecodeError::Malformed("address family")),
-        };
-        Ok(SocketAddr::new(ip, self.u16()?))
-    }
-
-    fn finish(&self) -> Result<(), DecodeError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::Malformed("trailing bytes"))
-        }
     }
 }
