@@ -8,6 +8,7 @@
 
 mod carriers;
 pub mod duration;
+mod legacy;
 mod reader;
 pub mod secret;
 
@@ -113,33 +114,48 @@ impl CoordinatorConfig {
         Self::from_value(value)
     }
 
-    /// Reads a file: TOML when its name ends in `.toml`, JSON otherwise.
+    /// Parses a YAML text (the same fields as JSON, or the legacy flat
+    /// `rpc-*` keys of a Stalwart JMAP `config.yml`).
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        let value: Value = serde_norway::from_str(text)
+            .map_err(|error| single(format!("not valid YAML: {error}")))?;
+        Self::from_value(value)
+    }
+
+    /// Reads a file: TOML when its name ends in `.toml`, YAML for `.yaml` or
+    /// `.yml`, JSON otherwise.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|error| single(format!("cannot read {}: {error}", path.display())))?;
-        let is_toml = path
+        let extension = path
             .extension()
-            .is_some_and(|extension| extension.eq_ignore_ascii_case("toml"));
-        if is_toml {
-            Self::from_toml(&text)
-        } else {
-            Self::from_json(&text)
+            .and_then(|extension| extension.to_str())
+            .map(str::to_ascii_lowercase);
+        match extension.as_deref() {
+            Some("toml") => Self::from_toml(&text),
+            Some("yaml" | "yml") => Self::from_yaml(&text),
+            _ => Self::from_json(&text),
         }
     }
 
     /// Reads an already parsed JSON value.
     pub fn from_value(value: Value) -> Result<Self, ConfigErrors> {
-        let Value::Object(fields) = value else {
+        let Value::Object(mut fields) = value else {
             return Err(single(
                 "the configuration must be an object with an \"@type\" field",
             ));
         };
         let mut errors = Errors::default();
+        let renames =
+            legacy::is_legacy(&fields).then(|| legacy::translate(&mut fields, &mut errors));
         let mut reader = ObjectReader::new(&mut errors, "", fields);
         let carrier = CarrierConfig::read(&mut reader);
         let cluster = ClusterConfig::read(&mut reader);
         reader.finish();
+        if let Some(renames) = renames {
+            renames.apply(&mut errors.0);
+        }
         match carrier {
             Some(carrier) if errors.0.is_empty() => Ok(Self { carrier, cluster }),
             _ => Err(ConfigErrors(errors.0)),

@@ -355,3 +355,101 @@ fn check_secrets_names_every_unreadable_secret() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn a_legacy_stalwart_jmap_yaml_file_maps_onto_native() {
+    let text = "\
+db-path: /var/lib/stalwart-jmap
+jmap-url: https://localhost:8080
+seed-nodes: 10.0.0.2:7911;10.0.0.3:7911
+rpc-bind-addr: 10.0.0.1
+rpc-advertise-addr: 10.0.0.1:7911
+rpc-port: 7912
+rpc-key: s3cret
+rpc-cert-path: /etc/rpc.crt
+rpc-key-path: /etc/rpc.key
+rpc-tls-domain: example.org
+rpc-inactivity-timeout: 60000
+rpc-timeout: 2000
+rpc-retries-max: 7
+rpc-backoff-max: 90000
+peer-ping-interval: 500
+raft-election-timeout: 1000
+nodeId: 3
+";
+    let config = CoordinatorConfig::from_yaml(text).unwrap();
+    let CarrierConfig::Native(native) = &config.carrier else {
+        panic!("{config:?}")
+    };
+    let expected = NativeConfig {
+        bind_addr: "10.0.0.1".parse().unwrap(),
+        port: 7912,
+        cert_path: Some("/etc/rpc.crt".into()),
+        key_path: Some("/etc/rpc.key".into()),
+        tls_domain: Some("example.org".into()),
+        inactivity_timeout: Duration::from_secs(60),
+        timeout: Duration::from_secs(2),
+        retries_max: 7,
+        backoff_max: Duration::from_secs(90),
+        seed_nodes: vec!["10.0.0.2:7911".into(), "10.0.0.3:7911".into()],
+        advertise_addr: Some("10.0.0.1:7911".into()),
+    };
+    assert_eq!(native, &expected);
+    assert_eq!(config.cluster.node_id, Some(3));
+    let key = config.cluster.cluster_key.resolve("clusterKey").unwrap();
+    assert_eq!(key.as_ref().map(SecretString::expose), Some("s3cret"));
+}
+
+#[test]
+fn legacy_keys_work_in_toml_and_rpc_tls_domain_false_means_none() {
+    let config =
+        CoordinatorConfig::from_toml("rpc-port = 7911\nrpc-tls-domain = false\nrpc-key = \"k\"\n")
+            .unwrap();
+    let CarrierConfig::Native(native) = config.carrier else {
+        panic!()
+    };
+    assert_eq!((native.port, native.tls_domain), (7911, None));
+}
+
+#[test]
+fn legacy_key_errors_name_the_key_the_user_wrote() {
+    let found = CoordinatorConfig::from_yaml(
+        "rpc-port: 70000\nrpc-timeout: soon\nrpc-prot: 1\nseed-nodes: 10.0.0.2\nrpc-retries-max: 2\nretriesMax: 3\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "rpc-port (native.port): must be at most 65535",
+        "rpc-timeout (native.timeout): expected a duration",
+        "rpc-prot: unknown legacy cluster key",
+        "seed-nodes[0] (native.seedNodes[0]): expected host:port",
+        "rpc-retries-max: is also given as \"retriesMax\"",
+    ] {
+        assert!(found.contains(expected), "{expected:?} not in:\n{found}");
+    }
+    let mixed = CoordinatorConfig::from_yaml("\"@type\": Nats\nrpc-port: 7911\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        mixed.contains("@type: is \"Nats\", but the legacy key \"rpc-port\""),
+        "{mixed}"
+    );
+    let bad = CoordinatorConfig::from_yaml("rpc-port: [")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.starts_with("not valid YAML"), "{bad}");
+}
+
+#[test]
+fn from_file_reads_yaml_by_extension() {
+    let dir = std::env::temp_dir().join(format!("coordinator-yaml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.yml");
+    std::fs::write(&path, "\"@type\": Disabled\ncluster: mail\n").unwrap();
+    let config = CoordinatorConfig::from_file(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        (config.carrier, config.cluster.cluster.as_str()),
+        (CarrierConfig::Disabled, "mail")
+    );
+}
