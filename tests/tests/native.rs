@@ -4,7 +4,7 @@
 //! and the node keeps serving its real peers.
 
 use bytes::Bytes;
-use coordinator::{Coordinator, MemberChange, MemberState, SubscribeOptions};
+use coordinator::{Coordinator, MemberChange, SubscribeOptions};
 use coordinator_core::config::NativeConfig;
 use coordinator_native::handshake::{self, AuthKey, Hello};
 use coordinator_native::swim::{GossipCodec, Message, Packet};
@@ -213,6 +213,22 @@ async fn a_gossip_partition_is_detected_on_both_sides_and_heals_by_itself() {
         nodes.push(harness.start(id).await);
     }
     converge(&nodes, LONG).await;
+    // Every death each node declares, for the check at the end.
+    let deaths = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let watchers: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let (observer, mut events) = (node.node_id(), node.member_events());
+            let deaths = deaths.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.next_event().await {
+                    if event.change == MemberChange::Died {
+                        deaths.lock().push((observer, event.member.id));
+                    }
+                }
+            })
+        })
+        .collect();
     let mut at_1 = nodes[0].member_events();
     let mut at_4 = nodes[3].member_events();
     faults.partition(&[1, 2], &[3, 4]);
@@ -236,7 +252,22 @@ async fn a_gossip_partition_is_detected_on_both_sides_and_heals_by_itself() {
     )
     .await;
     converge(&nodes, LONG).await;
-    for node in &nodes {
-        assert!(node.members().iter().all(|m| m.state == MemberState::Alive));
+    // The far side's verdicts arrive with the heal; none may kill a member
+    // that its own side could reach all along.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    converge(&nodes, LONG).await;
+    watchers.iter().for_each(|watcher| watcher.abort());
+    let side = |id| if id <= 2 { 0 } else { 1 };
+    let deaths = deaths.lock().clone();
+    for (observer, dead) in &deaths {
+        assert_ne!(
+            side(*observer),
+            side(*dead),
+            "node {observer} declared node {dead} of its own side dead: {deaths:?}"
+        );
     }
+    assert!(
+        deaths.contains(&(1, 4)) && deaths.contains(&(4, 1)),
+        "{deaths:?}"
+    );
 }

@@ -631,7 +631,20 @@ impl Swim {
             }
             return;
         }
+        let mut update = update;
         let current = self.members.get(&update.id);
+        if update.state == State::Dead
+            && let Some(entry) = current
+            && entry.update.run == update.run
+            && entry.update.state.is_live()
+            && entry.failing_since.is_none()
+            && now.saturating_duration_since(entry.last_heard) <= self.suspect_delay()
+        {
+            // A death verdict about a member this node hears from directly
+            // comes from the far side of a (healed) partition: treat it as a
+            // suspicion, which the member refutes, instead of a death.
+            update.state = State::Suspect;
+        }
         let accept = match current {
             None => true,
             Some(entry) => supersedes(&update, &entry.update),

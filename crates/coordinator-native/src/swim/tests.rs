@@ -289,6 +289,18 @@ fn a_healed_partition_merges_by_itself() {
     for id in 1..=6 {
         assert!(sim.all_see(id, State::Alive), "node {id} alive everywhere");
     }
+    // The other side's verdicts reach each side with the heal, but a member
+    // heard from directly is only suspected by them, and refutes in time.
+    for side in [[1, 2, 3], [4, 5, 6]] {
+        for a in side {
+            for b in side {
+                assert!(
+                    sim.first_report(a, b, MemberState::Dead).is_none(),
+                    "node {a} declared node {b} of its own side dead"
+                );
+            }
+        }
+    }
 }
 
 #[test]

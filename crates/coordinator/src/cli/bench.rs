@@ -1,10 +1,12 @@
-//! `coordinator bench`: broadcast throughput, end-to-end latency and
-//! request/reply latency between two nodes of one carrier, beside the raw
-//! channel of the same carrier measured in the same run.
+//! `coordinator bench`: broadcast and point-to-point throughput, end-to-end
+//! latency and request/reply latency between two nodes of one carrier, beside
+//! the raw channel of the same carrier measured in the same run.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use coordinator::{Coordinator, CoordinatorConfig, MemoryNetwork, Settings, SubscribeOptions};
+use coordinator::{
+    Coordinator, CoordinatorConfig, Inbox, MemoryNetwork, Settings, SubscribeOptions,
+};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -14,7 +16,8 @@ use tokio::sync::mpsc;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Carrier to measure when no --config is given: `memory` (in-process).
+    /// Carrier to measure when no --config is given: `memory` (in-process) or
+    /// `native` (two Native nodes on 127.0.0.1, beside a raw tokio-rustls echo).
     #[arg(long, default_value = "memory")]
     carrier: String,
     /// Measure the carrier of this configuration file (two nodes, ids 1 and 2, in this process).
@@ -50,6 +53,9 @@ struct Row {
 }
 
 const LIMIT: Duration = Duration::from_secs(120);
+/// Room for a whole throughput run in the receiver's queue, so the figure is
+/// the carrier's and not the reader's.
+const QUEUE_CAPACITY: usize = 1 << 20;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     super::init_logging("warn");
@@ -69,15 +75,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let settings = |id| {
                 Settings::new(id)
                     .cluster_key("bench-cluster-key")
-                    .queue_capacity(1 << 20)
+                    .queue_capacity(QUEUE_CAPACITY)
             };
             (
                 Arc::new(network.start(settings(1))?),
                 Arc::new(network.start(settings(2))?),
             )
         }
+        #[cfg(feature = "native")]
+        None if args.carrier.eq_ignore_ascii_case("native") => {
+            let mut launcher =
+                super::local_native::LocalNative::new().queue_capacity(QUEUE_CAPACITY);
+            (
+                Arc::new(launcher.start(1, "bench").await?),
+                Arc::new(launcher.start(2, "bench").await?),
+            )
+        }
         None => bail!(
-            "unknown carrier {:?}: use --carrier memory, or --config FILE for another carrier",
+            "unknown carrier {:?}: use --carrier memory or native, or --config FILE for another carrier",
             args.carrier
         ),
     };
@@ -96,6 +111,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     ));
     rows.push(broadcast_throughput(&subject, &a, &b, args.messages, args.size).await?);
     progress(&format!(
+        "{subject} point-to-point throughput ({} × {} B)",
+        args.messages, args.size
+    ));
+    // A node has one inbox: the point-to-point run reads it, then the echo server.
+    let mut inbox = b.inbox()?;
+    rows.push(send_throughput(&subject, &a, &b, &mut inbox, args.messages, args.size).await?);
+    progress(&format!(
         "{subject} broadcast latency ({} samples)",
         args.samples
     ));
@@ -104,11 +126,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{subject} request/reply latency ({} samples)",
         args.samples
     ));
-    rows.push(request_latency(&subject, &a, &b, args.samples, args.size).await?);
+    rows.push(request_latency(&subject, &a, &b, inbox, args.samples, args.size).await?);
     if subject == "Memory" {
         progress("raw tokio channel (the limit for the Memory carrier)");
         rows.push(raw_channel_throughput(args.messages, args.size).await?);
         rows.push(raw_channel_latency(args.samples, args.size).await?);
+    }
+    #[cfg(feature = "native")]
+    if subject == "Native" {
+        progress("raw tokio-rustls echo over loopback (the limit for the Native carrier)");
+        rows.extend(raw_tls_rows(args.messages, args.samples, args.size).await?);
     }
     a.leave().await.ok();
     b.leave().await.ok();
@@ -187,6 +214,70 @@ async fn broadcast_throughput(
     })
 }
 
+async fn send_throughput(
+    subject: &str,
+    a: &Arc<dyn Coordinator>,
+    b: &Arc<dyn Coordinator>,
+    inbox: &mut Inbox,
+    count: u64,
+    size: usize,
+) -> anyhow::Result<Row> {
+    let to = b.node_id();
+    let body = payload(size);
+    let started = Instant::now();
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for _ in 0..count {
+                a.send(to, body.clone()).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut received = 0u64;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while received < count {
+        match tokio::time::timeout_at(deadline, inbox.recv()).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => bail!("inbox closed"),
+            Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    sender.await??;
+    Ok(Row {
+        subject: subject.into(),
+        test: "send throughput",
+        size,
+        count,
+        per_second: Some(received as f64 / elapsed.as_secs_f64()),
+        p50_us: None,
+        p99_us: None,
+        lost: Some(count - received),
+    })
+}
+
+#[cfg(feature = "native")]
+async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<Vec<Row>> {
+    const SUBJECT: &str = "raw tokio-rustls";
+    let (received, elapsed) = super::raw_tls::one_way(count, size, LIMIT).await?;
+    let mut histogram = histogram();
+    super::raw_tls::round_trips(samples, size, &mut histogram).await?;
+    Ok(vec![
+        Row {
+            subject: SUBJECT.into(),
+            test: "one-way throughput",
+            size,
+            count,
+            per_second: Some(received as f64 / elapsed.as_secs_f64()),
+            p50_us: None,
+            p99_us: None,
+            lost: Some(count - received),
+        },
+        latency_row(SUBJECT, "round trip (echo)", size, &histogram),
+    ])
+}
+
 fn latency_row(subject: &str, test: &'static str, size: usize, histogram: &Histogram<u64>) -> Row {
     Row {
         subject: subject.into(),
@@ -232,10 +323,10 @@ async fn request_latency(
     subject: &str,
     a: &Arc<dyn Coordinator>,
     b: &Arc<dyn Coordinator>,
+    mut inbox: Inbox,
     samples: u64,
     size: usize,
 ) -> anyhow::Result<Row> {
-    let mut inbox = b.inbox()?;
     let server = tokio::spawn(async move {
         while let Some(request) = inbox.recv().await {
             let payload = request.payload.clone();
@@ -246,7 +337,8 @@ async fn request_latency(
     let mut histogram = histogram();
     for _ in 0..samples {
         let sent = Instant::now();
-        a.request(2, body.clone(), Duration::from_secs(10)).await?;
+        a.request(b.node_id(), body.clone(), Duration::from_secs(10))
+            .await?;
         histogram.record(sent.elapsed().as_nanos() as u64)?;
     }
     server.abort();

@@ -14,57 +14,33 @@ const CARRIER: &str = "Native (TLS RPC + UDP gossip on 127.0.0.1)";
 const CARRIER: &str = "Memory (in-process; this build has no Native carrier)";
 
 /// Starts the demo's nodes one by one; each joins through the first.
-struct Launcher {
-    key: String,
-    #[cfg(feature = "native")]
-    seed: Option<std::net::SocketAddr>,
-    #[cfg(not(feature = "native"))]
-    network: Arc<coordinator::MemoryNetwork>,
-}
+#[cfg(feature = "native")]
+struct Launcher(super::local_native::LocalNative);
 
+#[cfg(feature = "native")]
 impl Launcher {
     fn new() -> Self {
-        Self {
-            // A fresh key per run: nothing else on this host can join the demo.
-            key: format!("demo-{:032x}", rand_key()),
-            #[cfg(feature = "native")]
-            seed: None,
-            #[cfg(not(feature = "native"))]
-            network: coordinator::MemoryNetwork::new(),
-        }
+        Self(super::local_native::LocalNative::new())
     }
 
-    #[cfg(feature = "native")]
     async fn start(&mut self, id: NodeId) -> anyhow::Result<Node> {
-        let settings = Settings::new(id)
-            .cluster("demo")
-            .cluster_key(self.key.clone())
-            .incarnation(coordinator::new_incarnation());
-        let config = coordinator::config::NativeConfig {
-            bind_addr: [127, 0, 0, 1].into(),
-            port: 0,
-            seed_nodes: self.seed.iter().map(|addr| addr.to_string()).collect(),
-            ..Default::default()
-        };
-        let (link, transport) =
-            coordinator_native::connect(&config, &settings, Default::default()).await?;
-        self.seed.get_or_insert(transport.local_addr());
-        Ok(Node::start(settings, coordinator_native::NAME, link)?)
-    }
-
-    #[cfg(not(feature = "native"))]
-    async fn start(&mut self, id: NodeId) -> anyhow::Result<Node> {
-        let settings = Settings::new(id).cluster_key(self.key.clone());
-        Ok(self.network.start(settings)?)
+        self.0.start(id, "demo").await
     }
 }
 
-fn rand_key() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let state = std::collections::hash_map::RandomState::new();
-    let mut high = state.build_hasher();
-    high.write_u128(coordinator::new_incarnation() as u128);
-    (u128::from(high.finish()) << 64) | u128::from(state.build_hasher().finish())
+#[cfg(not(feature = "native"))]
+struct Launcher(Arc<coordinator::MemoryNetwork>);
+
+#[cfg(not(feature = "native"))]
+impl Launcher {
+    fn new() -> Self {
+        Self(coordinator::MemoryNetwork::new())
+    }
+
+    async fn start(&mut self, id: NodeId) -> anyhow::Result<Node> {
+        let key = format!("demo-{:x}", coordinator::new_incarnation());
+        Ok(self.0.start(Settings::new(id).cluster_key(key))?)
+    }
 }
 
 pub async fn run(count: u64) -> anyhow::Result<()> {

@@ -3,7 +3,11 @@ pub mod check_config;
 pub mod demo;
 #[cfg(feature = "native")]
 pub mod gen_cert;
+#[cfg(feature = "native")]
+pub mod local_native;
 pub mod node;
+#[cfg(feature = "native")]
+pub mod raw_tls;
 
 /// Logs to standard error, `RUST_LOG` overriding `default`.
 pub fn init_logging(default: &str) {
