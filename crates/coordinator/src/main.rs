@@ -32,6 +32,9 @@ enum Command {
     },
     /// Measure broadcast throughput, end-to-end latency and request/reply latency between two nodes.
     Bench(cli::bench::BenchArgs),
+    /// Run Native nodes under traffic with every core kept busy, and count suspicions and deaths.
+    #[cfg(feature = "native")]
+    Soak(cli::soak::SoakArgs),
     /// Write a self-signed TLS certificate and key (PEM) for the Native carrier's certPath and keyPath.
     #[cfg(feature = "native")]
     GenCert {
@@ -84,6 +87,8 @@ fn main() -> ExitCode {
             Command::GenCert { .. } => unreachable!("handled above"),
             Command::Demo { nodes } => cli::demo::run(nodes).await,
             Command::Bench(bench) => cli::bench::run(bench).await,
+            #[cfg(feature = "native")]
+            Command::Soak(soak) => cli::soak::run(soak).await,
             Command::Node { config, topic } => cli::node::run(&config, &topic).await,
         }
     });

@@ -8,6 +8,8 @@ pub mod local_native;
 pub mod node;
 #[cfg(feature = "native")]
 pub mod raw_tls;
+#[cfg(feature = "native")]
+pub mod soak;
 
 /// Logs to standard error, `RUST_LOG` overriding `default`.
 pub fn init_logging(default: &str) {
