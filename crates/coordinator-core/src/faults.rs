@@ -4,7 +4,7 @@
 
 use crate::api::NodeId;
 use crate::envelope::peek_sender;
-use crate::transport::Inbound;
+use crate::transport::{Inbound, InboundHandler, InboundReceiver, InboundSender};
 use parking_lot::Mutex;
 use rand::Rng;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -126,15 +126,28 @@ impl Faults {
         cut
     }
 
-    /// Puts a fault stage in front of `node`'s inbound stream.
+    /// Puts a fault stage in front of `node`'s inbound path.
     pub fn wrap(
         self: &Arc<Self>,
         node: NodeId,
-        inbound: mpsc::Receiver<Inbound>,
-    ) -> (mpsc::Receiver<Inbound>, tokio::task::JoinHandle<()>) {
-        let (sender, receiver) = mpsc::channel(4096);
-        let task = tokio::spawn(FaultStage::new(self.clone(), node).run(inbound, sender));
+        inbound: InboundReceiver,
+    ) -> (InboundReceiver, tokio::task::JoinHandle<()>) {
+        let (output, receiver) = crate::transport::inbound();
+        let (input, queue) = mpsc::unbounded_channel();
+        let entry = Arc::new(StageEntry(input));
+        let handler: Arc<dyn InboundHandler> = entry.clone();
+        inbound.attach(Arc::downgrade(&handler));
+        let task = tokio::spawn(FaultStage::new(self.clone(), node).run(entry, queue, output));
         (receiver, task)
+    }
+}
+
+/// Queues what the carrier hands over for the fault stage's task.
+struct StageEntry(mpsc::UnboundedSender<Inbound>);
+
+impl InboundHandler for StageEntry {
+    fn handle(self: Arc<Self>, item: Inbound) {
+        let _ = self.0.send(item);
     }
 }
 
@@ -157,7 +170,13 @@ impl FaultStage {
         }
     }
 
-    async fn run(mut self, mut input: mpsc::Receiver<Inbound>, output: mpsc::Sender<Inbound>) {
+    async fn run(
+        mut self,
+        // Kept here: the carrier holds it weakly, so it lives as long as the stage.
+        _entry: Arc<StageEntry>,
+        mut input: mpsc::UnboundedReceiver<Inbound>,
+        output: InboundSender,
+    ) {
         loop {
             let next_due = self
                 .delayed
@@ -173,7 +192,7 @@ impl FaultStage {
                 },
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
             }
-            if self.release(&output).await.is_err() {
+            if !self.release(&output) {
                 return;
             }
         }
@@ -210,10 +229,8 @@ impl FaultStage {
             .push_back((now + faults.delay, faults.reorder, item));
     }
 
-    async fn release(
-        &mut self,
-        output: &mpsc::Sender<Inbound>,
-    ) -> Result<(), mpsc::error::SendError<Inbound>> {
+    /// Hands over what is due; `false` once the node is gone.
+    fn release(&mut self, output: &InboundSender) -> bool {
         let now = Instant::now();
         while self.delayed.front().is_some_and(|(due, ..)| *due <= now) {
             let (_, reorder, item) = self.delayed.pop_front().expect("checked non-empty");
@@ -221,15 +238,19 @@ impl FaultStage {
                 self.held = Some((now + REORDER_HOLD, item));
                 continue;
             }
-            output.send(item).await?;
-            if let Some((_, held)) = self.held.take() {
-                output.send(held).await?;
+            if !output.deliver(item) {
+                return false;
+            }
+            if let Some((_, held)) = self.held.take()
+                && !output.deliver(held)
+            {
+                return false;
             }
         }
         if self.held.as_ref().is_some_and(|(due, _)| *due <= now) {
             let (_, held) = self.held.take().expect("checked some");
-            output.send(held).await?;
+            return output.deliver(held);
         }
-        Ok(())
+        true
     }
 }

@@ -27,4 +27,6 @@ pub use error::{Error, TransportError};
 pub use faults::{Faults, LinkFaults};
 pub use memory::MemoryNetwork;
 pub use stats::StatsSnapshot;
-pub use transport::{Inbound, Link, Transport};
+pub use transport::{
+    Inbound, InboundHandler, InboundReceiver, InboundSender, Link, Transport, inbound,
+};

@@ -5,22 +5,18 @@ use crate::api::NodeId;
 use crate::engine::{Node, Settings};
 use crate::error::{Error, TransportError};
 use crate::faults::Faults;
-use crate::transport::{Inbound, Link, Transport};
+use crate::transport::{Inbound, InboundSender, Link, Transport, inbound};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
-
-/// Frames queued for one node before senders wait.
-const QUEUE: usize = 65_536;
 
 /// An in-process network of nodes.
 #[derive(Debug, Default)]
 pub struct MemoryNetwork {
     /// Copied on write: a publish takes a snapshot without holding the lock.
-    nodes: RwLock<Arc<HashMap<NodeId, mpsc::Sender<Inbound>>>>,
+    nodes: RwLock<Arc<HashMap<NodeId, InboundSender>>>,
     faults: Arc<Faults>,
 }
 
@@ -36,7 +32,7 @@ impl MemoryNetwork {
 
     /// Connects `node` (replacing an earlier connection of the same id).
     pub fn connect(self: &Arc<Self>, node: NodeId) -> Link {
-        let (sender, inbound) = mpsc::channel(QUEUE);
+        let (sender, inbound) = inbound();
         Arc::make_mut(&mut self.nodes.write()).insert(node, sender.clone());
         Link {
             transport: Arc::new(MemoryTransport {
@@ -56,7 +52,7 @@ impl MemoryNetwork {
             .start()
     }
 
-    fn route(&self, node: NodeId) -> Option<mpsc::Sender<Inbound>> {
+    fn route(&self, node: NodeId) -> Option<InboundSender> {
         self.nodes
             .read()
             .get(&node)
@@ -69,7 +65,7 @@ struct MemoryTransport {
     network: Arc<MemoryNetwork>,
     node: NodeId,
     /// This connection's queue, to tell it from a later connection of the same id.
-    mine: mpsc::Sender<Inbound>,
+    mine: InboundSender,
 }
 
 #[async_trait]
@@ -78,7 +74,7 @@ impl Transport for MemoryTransport {
         let nodes = self.network.nodes.read().clone();
         for (_, peer) in nodes.iter().filter(|(id, _)| **id != self.node) {
             // A node that is gone simply does not receive it, as on a real network.
-            let _ = peer.send(Inbound::Frame(frame.clone())).await;
+            peer.deliver(Inbound::Frame(frame.clone()));
         }
         Ok(())
     }
@@ -88,16 +84,18 @@ impl Transport for MemoryTransport {
             .network
             .route(node)
             .ok_or(TransportError::NoRoute(node))?;
-        peer.send(Inbound::Frame(frame))
-            .await
-            .map_err(|_| TransportError::NoRoute(node))
+        if peer.deliver(Inbound::Frame(frame)) {
+            Ok(())
+        } else {
+            Err(TransportError::NoRoute(node))
+        }
     }
 
     async fn close(&self) {
         let mut nodes = self.network.nodes.write();
         if nodes
             .get(&self.node)
-            .is_some_and(|sender| sender.same_channel(&self.mine))
+            .is_some_and(|sender| sender.same_path(&self.mine))
         {
             Arc::make_mut(&mut nodes).remove(&self.node);
         }

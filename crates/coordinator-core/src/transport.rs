@@ -5,7 +5,8 @@ use crate::api::{DropReason, MemberState, NodeId};
 use crate::error::TransportError;
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::sync::Arc;
+use parking_lot::Mutex;
+use std::sync::{Arc, OnceLock, Weak};
 use tokio::sync::mpsc;
 
 /// Moves encoded envelopes. Implementations must keep per-destination FIFO order
@@ -57,18 +58,147 @@ pub enum Inbound {
 /// A connected carrier: the sending half and the stream of what arrives.
 pub struct Link {
     pub transport: Arc<dyn Transport>,
-    pub inbound: mpsc::Receiver<Inbound>,
+    pub inbound: InboundReceiver,
+}
+
+/// Items a carrier can hand over before its node has started; later ones are
+/// dropped (a gap is reported for lost frames).
+pub const WAITING: usize = 65_536;
+
+/// Whatever takes what a carrier hands over: the engine, or a test's fault stage.
+pub trait InboundHandler: Send + Sync + 'static {
+    fn handle(self: Arc<Self>, item: Inbound);
+}
+
+/// A new inbound path: the carrier keeps the sender (cloned as it likes) and
+/// puts the receiver in its [`Link`].
+pub fn inbound() -> (InboundSender, InboundReceiver) {
+    let (queue, waiting) = mpsc::channel(WAITING);
+    let shared = Arc::new(Shared {
+        handler: OnceLock::new(),
+        gate: Mutex::new(Some(queue)),
+    });
+    (
+        InboundSender {
+            shared: shared.clone(),
+        },
+        InboundReceiver { shared, waiting },
+    )
+}
+
+struct Shared {
+    /// Set once the node runs; weak, so that a carrier never keeps its node alive.
+    handler: OnceLock<Weak<dyn InboundHandler>>,
+    /// Where items wait until then (`None` once the handler is set).
+    gate: Mutex<Option<mpsc::Sender<Inbound>>>,
+}
+
+/// The carrier's end of a node's inbound path.
+///
+/// Once the node runs, [`InboundSender::deliver`] processes the item in the
+/// caller's task (decode, verify, order, dispatch to subscriptions), so that a
+/// frame costs no hop between tasks. Before that, items wait in order and the
+/// node takes them first when it starts.
+#[derive(Clone)]
+pub struct InboundSender {
+    shared: Arc<Shared>,
+}
+
+impl InboundSender {
+    /// Hands over one item. Returns `false` once nobody takes items any more
+    /// (the node is gone): the carrier can stop reading.
+    pub fn deliver(&self, item: Inbound) -> bool {
+        if let Some(handler) = self.shared.handler.get() {
+            return match handler.upgrade() {
+                Some(handler) => {
+                    handler.handle(item);
+                    true
+                }
+                None => false,
+            };
+        }
+        let gate = self.shared.gate.lock();
+        match gate.as_ref() {
+            Some(queue) => {
+                let open = !queue.is_closed();
+                // Full before the node even started: this one is lost.
+                let _ = queue.try_send(item);
+                open
+            }
+            None => {
+                // The node started meanwhile.
+                drop(gate);
+                self.deliver(item)
+            }
+        }
+    }
+
+    /// Whether nobody takes items any more.
+    pub fn is_closed(&self) -> bool {
+        match self.shared.handler.get() {
+            Some(handler) => handler.strong_count() == 0,
+            None => self
+                .shared
+                .gate
+                .lock()
+                .as_ref()
+                .is_none_or(|q| q.is_closed()),
+        }
+    }
+
+    /// Whether both are ends of the same path.
+    pub fn same_path(&self, other: &InboundSender) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl std::fmt::Debug for InboundSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundSender")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// The node's end of an inbound path.
+pub struct InboundReceiver {
+    shared: Arc<Shared>,
+    waiting: mpsc::Receiver<Inbound>,
+}
+
+impl InboundReceiver {
+    /// From now on items go to `handler`, starting with those that waited.
+    pub fn attach(self, handler: Weak<dyn InboundHandler>) {
+        let InboundReceiver {
+            shared,
+            mut waiting,
+        } = self;
+        let mut gate = shared.gate.lock();
+        while let Ok(item) = waiting.try_recv() {
+            if let Some(handler) = handler.upgrade() {
+                handler.handle(item);
+            }
+        }
+        let _ = shared.handler.set(handler);
+        *gate = None;
+    }
+
+    /// The next item, for a reader that is not a node (a test watching the
+    /// raw frames of a carrier).
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.waiting.recv().await
+    }
 }
 
 /// The carrier of a single node (`Disabled`): nobody else to talk to.
 pub(crate) struct Alone {
-    // Kept so the inbound stream stays open for as long as the node runs.
-    _keep_open: mpsc::Sender<Inbound>,
+    // Kept so the inbound path stays open for as long as the node runs.
+    _keep_open: InboundSender,
 }
 
 impl Alone {
     pub fn link() -> Link {
-        let (sender, inbound) = mpsc::channel(1);
+        let (sender, inbound) = inbound();
         Link {
             transport: Arc::new(Alone { _keep_open: sender }),
             inbound,

@@ -47,7 +47,14 @@ pub(crate) async fn receive_loop(transport: Arc<NativeTransport>) {
 
 pub(crate) async fn timer_loop(transport: Arc<NativeTransport>) {
     loop {
-        let deadline = transport.swim.lock().next_deadline();
+        let deadline = {
+            let swim = transport.swim.lock();
+            if swim.has_left() {
+                // Nothing is timed after a departure (and the deadlines stop moving).
+                return;
+            }
+            swim.next_deadline()
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = transport.wake.notified() => {}

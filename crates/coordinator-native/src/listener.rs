@@ -143,7 +143,7 @@ async fn serve(
                     );
                     return;
                 }
-                if transport.inbound.send(Inbound::Frame(body)).await.is_err() {
+                if !transport.inbound.deliver(Inbound::Frame(body)) {
                     return;
                 }
             }

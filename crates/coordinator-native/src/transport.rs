@@ -10,8 +10,8 @@ use bytes::Bytes;
 use coordinator_core::config::NativeConfig;
 use coordinator_core::envelope::{Kind, peek_kind};
 use coordinator_core::{
-    DropReason, Error, Faults, Inbound, Link, MemberState, NodeId, Settings, Transport,
-    TransportError,
+    DropReason, Error, Faults, Inbound, InboundSender, Link, MemberState, NodeId, Settings,
+    Transport, TransportError,
 };
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -72,7 +72,7 @@ pub async fn connect(
         Instant::now(),
         rand::random(),
     );
-    let (inbound_sender, inbound) = mpsc::channel(65_536);
+    let (inbound_sender, inbound) = coordinator_core::inbound();
     let (reports, report_queue) = mpsc::unbounded_channel();
     let shared = Arc::new_cyclic(|this| NativeTransport {
         this: this.clone(),
@@ -136,13 +136,11 @@ fn spawn_in(
     tokio::spawn(task.instrument(span.clone()))
 }
 
-/// Member reports and refusals reach the engine in the order they were made.
-async fn forward_reports(
-    mut queue: mpsc::UnboundedReceiver<Inbound>,
-    inbound: mpsc::Sender<Inbound>,
-) {
+/// Member reports and refusals reach the engine in the order they were made
+/// (they are made under the gossip's lock, so they are handed over from here).
+async fn forward_reports(mut queue: mpsc::UnboundedReceiver<Inbound>, inbound: InboundSender) {
     while let Some(item) = queue.recv().await {
-        if inbound.send(item).await.is_err() {
+        if !inbound.deliver(item) {
             return;
         }
     }
@@ -226,7 +224,7 @@ pub struct NativeTransport {
     pub(crate) swim: Mutex<Swim>,
     pub(crate) codec: Mutex<GossipCodec>,
     pub(crate) udp: UdpSocket,
-    pub(crate) inbound: mpsc::Sender<Inbound>,
+    pub(crate) inbound: InboundSender,
     reports: mpsc::UnboundedSender<Inbound>,
     peers: Mutex<HashMap<NodeId, Arc<peer::PeerLink>>>,
     /// The links of live members (a subset of `peers`), rebuilt when the

@@ -238,7 +238,7 @@ fn bench_measures_the_memory_carrier_as_json() {
         .iter()
         .map(|r| format!("{} / {}", r["subject"], r["test"]))
         .collect();
-    assert_eq!(rows.len(), 5, "{tests:?}");
+    assert_eq!(rows.len(), 6, "{tests:?}");
     let memory = &rows[0];
     assert_eq!(
         (memory["subject"].as_str(), memory["lost"].as_u64()),
@@ -246,4 +246,36 @@ fn bench_measures_the_memory_carrier_as_json() {
     );
     assert!(memory["per_second"].as_f64().unwrap() > 0.0);
     assert!(rows[2]["p99_us"].as_f64().unwrap() >= rows[2]["p50_us"].as_f64().unwrap());
+}
+
+#[test]
+fn bench_measures_native_beside_a_raw_tls_echo() {
+    let output = coordinator(&[
+        "bench",
+        "--carrier",
+        "native",
+        "--messages",
+        "2000",
+        "--samples",
+        "50",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).expect("JSON rows");
+    let row = |subject: &str, test: &str| {
+        rows.iter()
+            .find(|r| r["subject"] == subject && r["test"] == test)
+            .unwrap_or_else(|| panic!("no {subject} / {test} row in {rows:#?}"))
+    };
+    for test in ["broadcast throughput", "send throughput"] {
+        assert_eq!(row("Native", test)["lost"].as_u64(), Some(0), "{test}");
+    }
+    assert_eq!(
+        row("raw tokio-rustls", "one-way throughput")["lost"].as_u64(),
+        Some(0)
+    );
+    let echo = row("raw tokio-rustls", "round trip (echo)");
+    let native = row("Native", "request/reply latency");
+    assert!(echo["p50_us"].as_f64().unwrap() > 0.0);
+    assert!(native["p99_us"].as_f64().unwrap() >= native["p50_us"].as_f64().unwrap());
 }

@@ -7,7 +7,7 @@ use crate::envelope::{Envelope, Kind};
 use crate::membership::Heard;
 use crate::sequence::{Gap, Outcome, Stream};
 use crate::stats::Stats;
-use crate::transport::Inbound;
+use crate::transport::{Inbound, InboundHandler};
 use bytes::Bytes;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
@@ -23,31 +23,32 @@ pub(super) struct Work {
     pub gaps: Vec<(NodeId, StreamKind, Gap)>,
 }
 
-impl Inner {
-    pub(super) async fn receive_loop(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
-        while let Some(item) = inbound.recv().await {
-            match item {
-                Inbound::Frame(frame) => self.on_frame(frame),
-                Inbound::LinkDown(detail) => {
-                    Stats::inc(&self.stats.link_downs);
-                    tracing::warn!(%detail, "carrier link down");
-                    self.emit(Event::LinkDown { detail });
-                }
-                Inbound::LinkUp => {
-                    tracing::info!("carrier link up");
-                    self.emit(Event::LinkUp);
-                }
-                Inbound::Member {
-                    id,
-                    incarnation,
-                    state,
-                } => self.on_member_report(id, incarnation, state),
-                Inbound::Refused { reason, detail } => self.count_drop(reason, || detail),
+/// The carrier hands each item over in its own task.
+impl InboundHandler for Inner {
+    fn handle(self: Arc<Self>, item: Inbound) {
+        let _span = self.span.enter();
+        match item {
+            Inbound::Frame(frame) => self.on_frame(frame),
+            Inbound::LinkDown(detail) => {
+                Stats::inc(&self.stats.link_downs);
+                tracing::warn!(%detail, "carrier link down");
+                self.emit(Event::LinkDown { detail });
             }
+            Inbound::LinkUp => {
+                tracing::info!("carrier link up");
+                self.emit(Event::LinkUp);
+            }
+            Inbound::Member {
+                id,
+                incarnation,
+                state,
+            } => self.on_member_report(id, incarnation, state),
+            Inbound::Refused { reason, detail } => self.count_drop(reason, || detail),
         }
-        tracing::debug!("the carrier closed this node's inbound stream");
     }
+}
 
+impl Inner {
     fn on_member_report(self: &Arc<Self>, id: NodeId, incarnation: u64, state: MemberState) {
         let mut work = Work::default();
         {

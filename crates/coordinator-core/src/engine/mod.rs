@@ -128,9 +128,10 @@ impl NodeBuilder {
             }
             None => inbound,
         };
-        tasks.push(tokio::spawn(
-            inner.clone().receive_loop(inbound).instrument(span.clone()),
-        ));
+        // What arrives is processed in the carrier's own task from now on.
+        let handler: Arc<dyn crate::transport::InboundHandler> = inner.clone();
+        inbound.attach(Arc::downgrade(&handler));
+        drop(handler);
         tasks.push(tokio::spawn(
             inner.clone().timer_loop().instrument(span.clone()),
         ));

@@ -258,6 +258,11 @@ impl Swim {
         next
     }
 
+    /// Whether this node has left: its timers have nothing more to do.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
     /// Leaves the cluster: the news goes to a few members at once.
     pub fn leave(&mut self) {
         self.left = true;

@@ -30,7 +30,9 @@ pub struct SoakArgs {
 struct Counts {
     suspected: AtomicU64,
     died: AtomicU64,
+    sent: AtomicU64,
     received: AtomicU64,
+    gaps: AtomicU64,
     requests: AtomicU64,
     request_failures: AtomicU64,
 }
@@ -82,6 +84,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for node in &nodes {
         tasks.push(tokio::spawn(watch_members(node.clone(), counts.clone())));
+        tasks.push(tokio::spawn(watch_gaps(node.clone(), counts.clone())));
         tasks.push(tokio::spawn(
             count_broadcasts(node.clone(), counts.clone()).await?,
         ));
@@ -128,16 +131,27 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         node.leave().await.ok();
     }
     let died = counts.died.load(Ordering::Relaxed);
+    let expected = counts.sent.load(Ordering::Relaxed) * (args.nodes - 1);
     println!(
-        "\n{} of soak: {} suspicions, {died} deaths of healthy nodes; {} broadcasts received",
+        "\n{} of soak: {} suspicions, {died} deaths of healthy nodes; {} of {expected} broadcast deliveries, {} reported lost",
         ms(started.elapsed()),
         counts.suspected.load(Ordering::Relaxed),
         counts.received.load(Ordering::Relaxed),
+        counts.gaps.load(Ordering::Relaxed),
     );
     if died > 0 || !alive {
         bail!("a healthy node was declared dead");
     }
     Ok(())
+}
+
+async fn watch_gaps(node: Arc<Node>, counts: Arc<Counts>) {
+    let mut events = node.events();
+    while let Some(event) = events.next_event().await {
+        if let coordinator::Event::Gap { count, .. } = event {
+            counts.gaps.fetch_add(count, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn watch_members(node: Arc<Node>, counts: Arc<Counts>) {
@@ -197,9 +211,11 @@ async fn traffic(node: Arc<Node>, next: u64, rate: u64, deadline: Instant, count
     let mut sent = 0u64;
     while Instant::now() < deadline {
         ticks.tick().await;
-        let _ = node.broadcast("soak", body.clone()).await;
+        if node.broadcast("soak", body.clone()).await.is_ok() {
+            counts.sent.fetch_add(1, Ordering::Relaxed);
+        }
         sent += 1;
-        if sent % 10 == 0 {
+        if sent.is_multiple_of(10) {
             counts.requests.fetch_add(1, Ordering::Relaxed);
             if node
                 .request(next, body.clone(), Duration::from_secs(2))
