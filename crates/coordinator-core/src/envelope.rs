@@ -18,14 +18,17 @@
 //! 54  topic        topic_len bytes of UTF-8
 //! ..  payload_len  4
 //! ..  payload      payload_len bytes (ciphertext when encrypted)
-//! ..  nonce 24, tag 16   only when sealed (XChaCha20-Poly1305 over all bytes before)
+//! ..  tag 16             sealed, not encrypted: HMAC-SHA256 of all bytes before, truncated
+//! ..  nonce 24, tag 16   encrypted: XChaCha20-Poly1305 of the payload, the header as AAD
 //! ```
 
 use crate::api::NodeId;
 use bytes::{BufMut, Bytes, BytesMut};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::Sha256;
 use std::fmt;
 
 pub const MAGIC: [u8; 2] = [0xC0, 0xDE];
@@ -33,6 +36,7 @@ pub const VERSION: u8 = 1;
 const FIXED_LEN: usize = 54;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
+/// The longest seal (encrypted envelopes: nonce and tag).
 const SEAL_LEN: usize = NONCE_LEN + TAG_LEN;
 const FLAG_SEALED: u8 = 1;
 const FLAG_ENCRYPTED: u8 = 2;
@@ -156,15 +160,30 @@ pub enum EncodeError {
 /// Encodes and decodes envelopes, sealing them when a cluster key is set.
 #[derive(Clone)]
 pub struct Codec {
-    cipher: Option<XChaCha20Poly1305>,
+    keys: Option<Keys>,
     encrypt: bool,
     max_size: usize,
+}
+
+/// What the cluster key becomes: a MAC key for envelopes that are only
+/// authenticated, and an AEAD key for encrypted ones.
+#[derive(Clone)]
+struct Keys {
+    /// Keyed once; cloned per envelope (a copy of two hash states).
+    mac: Hmac<Sha256>,
+    cipher: XChaCha20Poly1305,
+}
+
+impl Keys {
+    fn seal_len(encrypted: bool) -> usize {
+        if encrypted { SEAL_LEN } else { TAG_LEN }
+    }
 }
 
 impl fmt::Debug for Codec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Codec")
-            .field("sealed", &self.cipher.is_some())
+            .field("sealed", &self.keys.is_some())
             .field("encrypt", &self.encrypt)
             .field("max_size", &self.max_size)
             .finish()
@@ -175,16 +194,24 @@ impl Codec {
     /// `key`: the cluster key (any length; a 256-bit key is derived from it with
     /// HKDF-SHA256, bound to the cluster name). `encrypt` needs a key.
     pub fn new(cluster: &str, key: Option<&[u8]>, encrypt: bool, max_size: usize) -> Self {
-        let cipher = key.map(|key| {
-            let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"coordinator envelope v1"), key);
+        let derive = |salt: &[u8], key: &[u8]| {
             let mut derived = [0u8; 32];
-            hkdf.expand(cluster.as_bytes(), &mut derived)
+            hkdf::Hkdf::<Sha256>::new(Some(salt), key)
+                .expand(cluster.as_bytes(), &mut derived)
                 .expect("32 bytes is a valid HKDF length");
-            XChaCha20Poly1305::new(&derived.into())
+            derived
+        };
+        let keys = key.map(|key| Keys {
+            mac: <Hmac<Sha256> as Mac>::new_from_slice(&derive(
+                b"coordinator envelope mac v1",
+                key,
+            ))
+            .expect("HMAC takes a key of any length"),
+            cipher: XChaCha20Poly1305::new(&derive(b"coordinator envelope v1", key).into()),
         });
         Self {
-            encrypt: encrypt && cipher.is_some(),
-            cipher,
+            encrypt: encrypt && keys.is_some(),
+            keys,
             max_size,
         }
     }
@@ -198,12 +225,16 @@ impl Codec {
         if envelope.topic.len() > MAX_TOPIC_LEN {
             return Err(EncodeError::TopicTooLong);
         }
-        let sealed = self.cipher.is_some();
+        let sealed = self.keys.is_some();
         let size = FIXED_LEN
             + envelope.topic.len()
             + 4
             + envelope.payload.len()
-            + if sealed { SEAL_LEN } else { 0 };
+            + if sealed {
+                Keys::seal_len(self.encrypt)
+            } else {
+                0
+            };
         if size > self.max_size {
             return Err(EncodeError::TooLarge {
                 size,
@@ -228,18 +259,28 @@ impl Codec {
         frame.put_u32(envelope.payload.len() as u32);
         let payload_at = frame.len();
         frame.put_slice(&envelope.payload);
-        if let Some(cipher) = &self.cipher {
-            let mut nonce = XNonce::default();
-            rand::rng().fill_bytes(&mut nonce);
-            let tag = if self.encrypt {
+        match &self.keys {
+            Some(keys) if self.encrypt => {
+                let mut nonce = XNonce::default();
+                rand::rng().fill_bytes(&mut nonce);
                 let (head, payload) = frame.split_at_mut(payload_at);
-                cipher.encrypt_in_place_detached(&nonce, head, payload)
-            } else {
-                cipher.encrypt_in_place_detached(&nonce, &frame, &mut [])
+                let tag = keys
+                    .cipher
+                    .encrypt_in_place_detached(&nonce, head, payload)
+                    .expect("XChaCha20-Poly1305 seals any envelope that fits in memory");
+                frame.put_slice(&nonce);
+                frame.put_slice(&tag);
             }
-            .expect("XChaCha20-Poly1305 seals any envelope that fits in memory");
-            frame.put_slice(&nonce);
-            frame.put_slice(&tag);
+            Some(keys) => {
+                let tag = keys
+                    .mac
+                    .clone()
+                    .chain_update(&frame)
+                    .finalize()
+                    .into_bytes();
+                frame.put_slice(&tag[..TAG_LEN]);
+            }
+            None => {}
         }
         Ok(frame.freeze())
     }
@@ -267,7 +308,8 @@ impl Codec {
             return Err(DecodeError::UnknownFlags(flags));
         }
         let sealed = flags & FLAG_SEALED != 0;
-        match (&self.cipher, sealed) {
+        let encrypted = flags & FLAG_ENCRYPTED != 0;
+        match (&self.keys, sealed) {
             (Some(_), false) => return Err(DecodeError::NotSealed),
             (None, true) => return Err(DecodeError::NoKey),
             _ => {}
@@ -275,7 +317,10 @@ impl Codec {
         let word =
             |at: usize| u64::from_be_bytes(frame[at..at + 8].try_into().expect("8 bytes in range"));
         let topic_len = frame[53] as usize;
-        let body_end = frame.len() - if sealed { SEAL_LEN } else { 0 };
+        let seal_len = if sealed { Keys::seal_len(encrypted) } else { 0 };
+        let Some(body_end) = frame.len().checked_sub(seal_len) else {
+            return Err(DecodeError::Truncated(frame.len()));
+        };
         let topic_end = FIXED_LEN + topic_len;
         if topic_end + 4 > body_end {
             return Err(DecodeError::BadLength("topic length"));
@@ -290,18 +335,21 @@ impl Codec {
             return Err(DecodeError::BadLength("payload length"));
         }
         let mut payload = frame.slice(payload_at..body_end);
-        if let Some(cipher) = &self.cipher {
-            let nonce = XNonce::from_slice(&frame[body_end..body_end + NONCE_LEN]);
-            let tag = chacha20poly1305::Tag::from_slice(&frame[body_end + NONCE_LEN..]);
-            if flags & FLAG_ENCRYPTED != 0 {
+        if let Some(keys) = &self.keys {
+            if encrypted {
+                let nonce = XNonce::from_slice(&frame[body_end..body_end + NONCE_LEN]);
+                let tag = chacha20poly1305::Tag::from_slice(&frame[body_end + NONCE_LEN..]);
                 let mut plain = BytesMut::from(&payload[..]);
-                cipher
+                keys.cipher
                     .decrypt_in_place_detached(nonce, &frame[..payload_at], &mut plain, tag)
                     .map_err(|_| DecodeError::BadTag)?;
                 payload = plain.freeze();
             } else {
-                cipher
-                    .decrypt_in_place_detached(nonce, &frame[..body_end], &mut [], tag)
+                // Constant-time comparison of the truncated tag.
+                keys.mac
+                    .clone()
+                    .chain_update(&frame[..body_end])
+                    .verify_truncated_left(&frame[body_end..])
                     .map_err(|_| DecodeError::BadTag)?;
             }
         }

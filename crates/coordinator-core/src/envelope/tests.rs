@@ -66,16 +66,19 @@ fn wrong_key_missing_key_and_unsealed_frames_are_refused() {
 
 #[test]
 fn every_flipped_bit_of_a_sealed_frame_is_detected() {
-    let codec = Codec::new("c", Some(b"key"), false, 1 << 20);
-    let frame = codec.encode(&sample()).unwrap();
-    for byte in 0..frame.len() {
-        for bit in 0..8 {
-            let mut tampered = frame.to_vec();
-            tampered[byte] ^= 1 << bit;
-            assert!(
-                codec.decode(Bytes::from(tampered)).is_err(),
-                "byte {byte} bit {bit} went unnoticed"
-            );
+    // Authenticated only (HMAC-SHA256) and encrypted (XChaCha20-Poly1305).
+    for encrypt in [false, true] {
+        let codec = Codec::new("c", Some(b"key"), encrypt, 1 << 20);
+        let frame = codec.encode(&sample()).unwrap();
+        for byte in 0..frame.len() {
+            for bit in 0..8 {
+                let mut tampered = frame.to_vec();
+                tampered[byte] ^= 1 << bit;
+                assert!(
+                    codec.decode(Bytes::from(tampered)).is_err(),
+                    "encrypt {encrypt}: byte {byte} bit {bit} went unnoticed"
+                );
+            }
         }
     }
 }
