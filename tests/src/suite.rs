@@ -541,6 +541,9 @@ pub async fn gap_is_reported_under_loss(mut harness: impl Harness) {
             .await
             .unwrap();
     }
+    // The faults act where frames arrive: let those still in flight arrive
+    // under the faults they were sent with.
+    tokio::time::sleep(harness.timing().delivery).await;
     faults.clear();
     nodes[0]
         .broadcast("lossy", Bytes::from_static(b"end"))

@@ -134,79 +134,45 @@ impl Faults {
     ) -> (InboundReceiver, tokio::task::JoinHandle<()>) {
         let (output, receiver) = crate::transport::inbound();
         let (input, queue) = mpsc::unbounded_channel();
-        let entry = Arc::new(StageEntry(input));
+        let entry = Arc::new(StageEntry {
+            faults: self.clone(),
+            node,
+            queue: input,
+        });
         let handler: Arc<dyn InboundHandler> = entry.clone();
         inbound.attach(Arc::downgrade(&handler));
-        let task = tokio::spawn(FaultStage::new(self.clone(), node).run(entry, queue, output));
+        let task = tokio::spawn(FaultStage::default().run(entry, queue, output));
         (receiver, task)
     }
 }
 
-/// Queues what the carrier hands over for the fault stage's task.
-struct StageEntry(mpsc::UnboundedSender<Inbound>);
+/// A frame admitted by the faults: when it is due, and its chance to be overtaken.
+type Admitted = (Instant, f64, Inbound);
+
+/// Applies the faults in force when a frame is sent (drop, duplicate, delay),
+/// then queues it for the fault stage's task, which releases it when due.
+struct StageEntry {
+    faults: Arc<Faults>,
+    node: NodeId,
+    queue: mpsc::UnboundedSender<Admitted>,
+}
 
 impl InboundHandler for StageEntry {
     fn handle(self: Arc<Self>, item: Inbound) {
-        let _ = self.0.send(item);
+        self.admit(item);
     }
 }
 
-struct FaultStage {
-    faults: Arc<Faults>,
-    node: NodeId,
-    /// Frames waiting out their delay, in arrival order, with their reorder chance.
-    delayed: VecDeque<(Instant, f64, Inbound)>,
-    /// A frame held back so that the next one overtakes it.
-    held: Option<(Instant, Inbound)>,
-}
-
-impl FaultStage {
-    fn new(faults: Arc<Faults>, node: NodeId) -> Self {
-        Self {
-            faults,
-            node,
-            delayed: VecDeque::new(),
-            held: None,
-        }
-    }
-
-    async fn run(
-        mut self,
-        // Kept here: the carrier holds it weakly, so it lives as long as the stage.
-        _entry: Arc<StageEntry>,
-        mut input: mpsc::UnboundedReceiver<Inbound>,
-        output: InboundSender,
-    ) {
-        loop {
-            let next_due = self
-                .delayed
-                .front()
-                .map(|(due, ..)| *due)
-                .into_iter()
-                .chain(self.held.as_ref().map(|(due, _)| *due))
-                .min();
-            tokio::select! {
-                item = input.recv() => match item {
-                    Some(item) => self.admit(item),
-                    None => return,
-                },
-                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
-            }
-            if !self.release(&output) {
-                return;
-            }
-        }
-    }
-
-    fn admit(&mut self, item: Inbound) {
+impl StageEntry {
+    fn admit(&self, item: Inbound) {
         let now = Instant::now();
         let Inbound::Frame(frame) = &item else {
-            self.delayed.push_back((now, 0.0, item));
+            let _ = self.queue.send((now, 0.0, item));
             return;
         };
         // Frames that are not envelopes pass untouched: the engine must see them.
         let Some(from) = peek_sender(frame) else {
-            self.delayed.push_back((now, 0.0, item));
+            let _ = self.queue.send((now, 0.0, item));
             return;
         };
         let Some(faults) = self.faults.link(from, self.node) else {
@@ -219,14 +185,48 @@ impl FaultStage {
             return;
         }
         if faults.duplicate > 0.0 && rng.random_bool(faults.duplicate.min(1.0)) {
-            self.delayed.push_back((
-                now + faults.delay,
-                faults.reorder,
-                Inbound::Frame(frame.clone()),
-            ));
+            let copy = Inbound::Frame(frame.clone());
+            let _ = self.queue.send((now + faults.delay, faults.reorder, copy));
         }
-        self.delayed
-            .push_back((now + faults.delay, faults.reorder, item));
+        let _ = self.queue.send((now + faults.delay, faults.reorder, item));
+    }
+}
+
+#[derive(Default)]
+struct FaultStage {
+    /// Frames waiting out their delay, in arrival order, with their reorder chance.
+    delayed: VecDeque<Admitted>,
+    /// A frame held back so that the next one overtakes it.
+    held: Option<(Instant, Inbound)>,
+}
+
+impl FaultStage {
+    async fn run(
+        mut self,
+        // Kept here: the carrier holds it weakly, so it lives as long as the stage.
+        _entry: Arc<StageEntry>,
+        mut input: mpsc::UnboundedReceiver<Admitted>,
+        output: InboundSender,
+    ) {
+        loop {
+            let next_due = self
+                .delayed
+                .front()
+                .map(|(due, ..)| *due)
+                .into_iter()
+                .chain(self.held.as_ref().map(|(due, _)| *due))
+                .min();
+            tokio::select! {
+                item = input.recv() => match item {
+                    Some(admitted) => self.delayed.push_back(admitted),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {}
+            }
+            if !self.release(&output) {
+                return;
+            }
+        }
     }
 
     /// Hands over what is due; `false` once the node is gone.

@@ -17,6 +17,8 @@ use tokio_rustls::TlsStream;
 
 /// Largest full-state frame (about 25,000 members).
 const MAX_STATE_FRAME: usize = 1024 * 1024;
+/// Read buffer of an inbound connection.
+const READ_BUFFER: usize = 64 * 1024;
 
 pub(crate) async fn accept_loop(transport: Arc<NativeTransport>, listener: TcpListener) {
     loop {
@@ -92,7 +94,7 @@ async fn serve(
     remote: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
-    let (mut stream, peer) = match accept(&transport, tcp).await {
+    let (stream, peer) = match accept(&transport, tcp).await {
         Ok(accepted) => accepted,
         Err(error) => {
             transport.refuse(
@@ -108,6 +110,8 @@ async fn serve(
     }
     let idle = transport.config.inactivity_timeout;
     let max = transport.max_frame.max(MAX_STATE_FRAME);
+    // Frames are read out of one buffer filled by large reads (writes pass through).
+    let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     loop {
         let frame = match tokio::time::timeout(idle, read_frame(&mut stream, max)).await {
             Err(_) => {
