@@ -18,7 +18,7 @@
 //! 54  topic        topic_len bytes of UTF-8
 //! ..  payload_len  4
 //! ..  payload      payload_len bytes (ciphertext when encrypted)
-//! ..  tag 16             sealed, not encrypted: HMAC-SHA256 of all bytes before, truncated
+//! ..  tag 16             sealed, not encrypted: keyed BLAKE3 of all bytes before, truncated
 //! ..  nonce 24, tag 16   encrypted: XChaCha20-Poly1305 of the payload, the header as AAD
 //! ```
 
@@ -26,7 +26,6 @@ use crate::api::NodeId;
 use bytes::{BufMut, Bytes, BytesMut};
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 use std::fmt;
@@ -169,8 +168,8 @@ pub struct Codec {
 /// authenticated, and an AEAD key for encrypted ones.
 #[derive(Clone)]
 struct Keys {
-    /// Keyed once; cloned per envelope (a copy of two hash states).
-    mac: Hmac<Sha256>,
+    /// Key of the keyed BLAKE3 tag.
+    mac: [u8; 32],
     cipher: XChaCha20Poly1305,
 }
 
@@ -202,11 +201,7 @@ impl Codec {
             derived
         };
         let keys = key.map(|key| Keys {
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(&derive(
-                b"coordinator envelope mac v1",
-                key,
-            ))
-            .expect("HMAC takes a key of any length"),
+            mac: derive(b"coordinator envelope mac v1", key),
             cipher: XChaCha20Poly1305::new(&derive(b"coordinator envelope v1", key).into()),
         });
         Self {
@@ -272,13 +267,8 @@ impl Codec {
                 frame.put_slice(&tag);
             }
             Some(keys) => {
-                let tag = keys
-                    .mac
-                    .clone()
-                    .chain_update(&frame)
-                    .finalize()
-                    .into_bytes();
-                frame.put_slice(&tag[..TAG_LEN]);
+                let tag = blake3::keyed_hash(&keys.mac, &frame);
+                frame.put_slice(&tag.as_bytes()[..TAG_LEN]);
             }
             None => {}
         }
@@ -345,12 +335,17 @@ impl Codec {
                     .map_err(|_| DecodeError::BadTag)?;
                 payload = plain.freeze();
             } else {
-                // Constant-time comparison of the truncated tag.
-                keys.mac
-                    .clone()
-                    .chain_update(&frame[..body_end])
-                    .verify_truncated_left(&frame[body_end..])
+                let expected = blake3::keyed_hash(&keys.mac, &frame[..body_end]);
+                let expected: &[u8; TAG_LEN] = expected.as_bytes()[..TAG_LEN]
+                    .try_into()
+                    .expect("a BLAKE3 hash is 32 bytes");
+                let found: &[u8; TAG_LEN] = frame[body_end..]
+                    .try_into()
                     .map_err(|_| DecodeError::BadTag)?;
+                // Constant-time comparison of the truncated tag.
+                if !constant_time_eq::constant_time_eq_16(expected, found) {
+                    return Err(DecodeError::BadTag);
+                }
             }
         }
         let topic = frame.slice(FIXED_LEN..topic_end);

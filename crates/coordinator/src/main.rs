@@ -22,7 +22,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a configuration file (JSON or TOML): print it normalized, or every error with its field path.
+    /// Check a configuration file (JSON, TOML or YAML, by extension): print it normalized, or every error with its field path.
     CheckConfig { file: PathBuf },
     /// Start a small cluster in this process, broadcast, request, then kill a node and watch it detected.
     Demo {

@@ -91,6 +91,30 @@ fn check_config_reads_toml_and_resolves_secrets_without_printing_them() {
 }
 
 #[test]
+fn check_config_maps_a_legacy_stalwart_jmap_yaml_file_onto_native() {
+    let path = file(
+        "config.yml",
+        "jmap-url: https://localhost:8080\nrpc-port: 7912\nrpc-key: legacy-secret\nseed-nodes: 10.0.0.2:7911;10.0.0.3:7911\nrpc-timeout: 2000\n",
+    );
+    let output = coordinator(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(printed["@type"], "Native");
+    assert_eq!(printed["port"], 7912);
+    assert_eq!(printed["timeout"], "2s");
+    assert_eq!(printed["seedNodes"][1], "10.0.0.3:7911");
+    assert!(!stdout(&output).contains("legacy-secret"));
+    let bad = file("bad.yml", "rpc-port: 70000\n");
+    let output = coordinator(&["check-config", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("rpc-port (native.port): must be at most 65535"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn check_config_names_an_unreadable_file_and_broken_syntax() {
     let output = coordinator(&["check-config", "/nonexistent/coordinator.json"]);
     assert_eq!(output.status.code(), Some(2));

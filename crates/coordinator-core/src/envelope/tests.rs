@@ -66,7 +66,7 @@ fn wrong_key_missing_key_and_unsealed_frames_are_refused() {
 
 #[test]
 fn every_flipped_bit_of_a_sealed_frame_is_detected() {
-    // Authenticated only (HMAC-SHA256) and encrypted (XChaCha20-Poly1305).
+    // Authenticated only (keyed BLAKE3) and encrypted (XChaCha20-Poly1305).
     for encrypt in [false, true] {
         let codec = Codec::new("c", Some(b"key"), encrypt, 1 << 20);
         let frame = codec.encode(&sample()).unwrap();
