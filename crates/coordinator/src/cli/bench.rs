@@ -165,6 +165,23 @@ fn payload(size: usize) -> Bytes {
     Bytes::from(vec![0x5a; size])
 }
 
+/// Where a throughput run's messages arrive.
+enum Incoming<'a> {
+    Broadcasts(&'a mut coordinator::Subscription),
+    Inbox(&'a mut Inbox),
+}
+
+impl Incoming<'_> {
+    async fn recv(&mut self) -> anyhow::Result<()> {
+        let got = match self {
+            Incoming::Broadcasts(subscription) => subscription.recv().await.is_some(),
+            Incoming::Inbox(inbox) => inbox.recv().await.is_some(),
+        };
+        anyhow::ensure!(got, "the receiving node stopped");
+        Ok(())
+    }
+}
+
 async fn broadcast_throughput(
     subject: &str,
     a: &Arc<dyn Coordinator>,
@@ -175,43 +192,23 @@ async fn broadcast_throughput(
     let mut subscription = b
         .subscribe("bench.throughput", SubscribeOptions::default())
         .await?;
-    let lost_before = b.stats().messages_lost + b.stats().dropped_overflow;
-    let body = payload(size);
-    let started = Instant::now();
-    let sender = {
-        let a = a.clone();
-        tokio::spawn(async move {
-            for _ in 0..count {
-                a.broadcast("bench.throughput", body.clone()).await?;
-            }
-            anyhow::Ok(())
-        })
-    };
-    let mut received = 0u64;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while received < count {
-        let lost = b.stats().messages_lost + b.stats().dropped_overflow - lost_before;
-        if received + lost >= count {
-            break;
-        }
-        match tokio::time::timeout_at(deadline, subscription.recv()).await {
-            Ok(Some(_)) => received += 1,
-            Ok(None) => bail!("subscription closed"),
-            Err(_) => break,
-        }
-    }
-    let elapsed = started.elapsed();
-    sender.await??;
-    Ok(Row {
-        subject: subject.into(),
-        test: "broadcast throughput",
+    let lost = || b.stats().messages_lost + b.stats().dropped_overflow;
+    let lost_before = lost();
+    let sending = Instant::now();
+    let sender = spawn_sender(a.clone(), None, count, size);
+    let mut incoming = Incoming::Broadcasts(&mut subscription);
+    let lost_now = || lost() - lost_before;
+    let received = receive(&mut incoming, count, lost_now).await?;
+    throughput_row(
+        subject,
+        "broadcast throughput",
         size,
         count,
-        per_second: Some(received as f64 / elapsed.as_secs_f64()),
-        p50_us: None,
-        p99_us: None,
-        lost: Some(count - received),
-    })
+        received,
+        sending,
+        sender,
+    )
+    .await
 }
 
 async fn send_throughput(
@@ -222,32 +219,74 @@ async fn send_throughput(
     count: u64,
     size: usize,
 ) -> anyhow::Result<Row> {
-    let to = b.node_id();
+    let sending = Instant::now();
+    let sender = spawn_sender(a.clone(), Some(b.node_id()), count, size);
+    let received = receive(&mut Incoming::Inbox(inbox), count, || 0).await?;
+    throughput_row(
+        subject,
+        "send throughput",
+        size,
+        count,
+        received,
+        sending,
+        sender,
+    )
+    .await
+}
+
+/// Sends `count` messages from a task of their own: to one node, or broadcast.
+fn spawn_sender(
+    node: Arc<dyn Coordinator>,
+    to: Option<u64>,
+    count: u64,
+    size: usize,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let body = payload(size);
-    let started = Instant::now();
-    let sender = {
-        let a = a.clone();
-        tokio::spawn(async move {
-            for _ in 0..count {
-                a.send(to, body.clone()).await?;
+    tokio::spawn(async move {
+        for _ in 0..count {
+            match to {
+                Some(to) => node.send(to, body.clone()).await?,
+                None => node.broadcast("bench.throughput", body.clone()).await?,
             }
-            anyhow::Ok(())
-        })
-    };
+        }
+        Ok(())
+    })
+}
+
+/// Counts arrivals until `count` are in (or reported lost), or time runs out.
+async fn receive(
+    incoming: &mut Incoming<'_>,
+    count: u64,
+    lost: impl Fn() -> u64,
+) -> anyhow::Result<u64> {
     let mut received = 0u64;
     let deadline = tokio::time::Instant::now() + LIMIT;
-    while received < count {
-        match tokio::time::timeout_at(deadline, inbox.recv()).await {
-            Ok(Some(_)) => received += 1,
-            Ok(None) => bail!("inbox closed"),
+    while received + lost() < count {
+        match tokio::time::timeout_at(deadline, incoming.recv()).await {
+            Ok(result) => {
+                result?;
+                received += 1;
+            }
             Err(_) => break,
         }
     }
+    Ok(received)
+}
+
+async fn throughput_row(
+    subject: &str,
+    test: &'static str,
+    size: usize,
+    count: u64,
+    received: u64,
+    started: Instant,
+    sender: tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<Row> {
     let elapsed = started.elapsed();
     sender.await??;
     Ok(Row {
         subject: subject.into(),
-        test: "send throughput",
+        test,
         size,
         count,
         per_second: Some(received as f64 / elapsed.as_secs_f64()),
