@@ -15,8 +15,20 @@ install_tools() {
         log "installing cargo-nextest"
         cargo install cargo-nextest --locked
     fi
-    # Broker packages for the carrier tests (NATS, Redis) are added here by
-    # their issues; the foundation's tests need no broker.
+    # Brokers for the carrier tests, from Debian's packages (the tests start
+    # their own processes on free loopback ports; running services are not used).
+    local missing=()
+    command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    # Debian puts nats-server in /usr/sbin.
+    case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 }
 
 install_tools

@@ -43,6 +43,8 @@ pub trait Harness: Send + 'static {
     /// The carrier's name, as in test paths (`memory`, `nats`…).
     fn carrier(&self) -> &'static str;
     fn timing(&self) -> Timing;
+    /// The cluster name the nodes run with (it keys envelopes and names subjects).
+    fn cluster(&self) -> String;
     /// Faults applied to what every node receives.
     fn faults(&self) -> Arc<Faults>;
     /// Starts node `id` (again, after a kill: with a new incarnation).
@@ -66,6 +68,7 @@ pub trait Connector: Send + Sync + 'static {
 pub struct EngineHarness<C: Connector> {
     connector: C,
     timing: Timing,
+    cluster: String,
     faults: Arc<Faults>,
     nodes: HashMap<NodeId, Arc<Node>>,
 }
@@ -75,6 +78,7 @@ impl<C: Connector> EngineHarness<C> {
         Self {
             connector,
             timing,
+            cluster: "conformance".into(),
             faults: Faults::new(),
             nodes: HashMap::new(),
         }
@@ -86,6 +90,12 @@ impl<C: Connector> EngineHarness<C> {
         self
     }
 
+    /// Another cluster name, so that tests sharing an external broker stay apart.
+    pub fn with_cluster(mut self, cluster: impl Into<String>) -> Self {
+        self.cluster = cluster.into();
+        self
+    }
+
     /// The carrier's connector (to reach a node's address, say).
     pub fn connector(&self) -> &C {
         &self.connector
@@ -94,7 +104,7 @@ impl<C: Connector> EngineHarness<C> {
     pub fn settings(&self, id: NodeId) -> Settings {
         let t = self.timing;
         Settings::new(id)
-            .cluster("conformance")
+            .cluster(&self.cluster)
             .cluster_key(CLUSTER_KEY)
             .timing(t.heartbeat, t.suspect, t.dead)
             .reorder_timeout(t.reorder)
@@ -109,6 +119,10 @@ impl<C: Connector> Harness for EngineHarness<C> {
 
     fn timing(&self) -> Timing {
         self.timing
+    }
+
+    fn cluster(&self) -> String {
+        self.cluster.clone()
     }
 
     fn faults(&self) -> Arc<Faults> {
@@ -256,4 +270,96 @@ pub async fn memory_faulty() -> EngineHarness<MemoryConnector> {
             delay: Duration::from_millis(2),
         },
     )
+}
+
+/// Connects nodes to one NATS server: this test's own `nats-server` on a free
+/// port, or the one in `COORDINATOR_TEST_NATS_URL`.
+pub struct NatsConnector {
+    url: String,
+    broker: Mutex<Option<crate::brokers::Broker>>,
+}
+
+impl NatsConnector {
+    /// A connector with a server of its own (always: for kill and restart tests).
+    pub fn own_server() -> Self {
+        let broker = crate::brokers::Broker::start(crate::brokers::Kind::Nats);
+        Self {
+            url: format!("nats://{}", broker.addr()),
+            broker: Mutex::new(Some(broker)),
+        }
+    }
+
+    /// The external server of `COORDINATOR_TEST_NATS_URL`, else one of its own.
+    pub fn from_env() -> Self {
+        match crate::brokers::external("COORDINATOR_TEST_NATS_URL") {
+            Some(url) => Self {
+                url,
+                broker: Mutex::new(None),
+            },
+            None => Self::own_server(),
+        }
+    }
+
+    /// Kills this connector's server (SIGKILL).
+    pub fn kill_server(&self) {
+        self.own_broker(|broker| broker.kill());
+    }
+
+    /// Starts this connector's server again on the same port.
+    pub fn restart_server(&self) {
+        self.own_broker(|broker| broker.restart());
+    }
+
+    fn own_broker(&self, act: impl FnOnce(&mut crate::brokers::Broker)) {
+        let mut broker = self.broker.lock();
+        act(broker
+            .as_mut()
+            .expect("only a connector with its own server can kill or restart it"));
+    }
+
+    /// The configuration nodes start with: this server, quick time-outs.
+    pub fn config(&self) -> coordinator_core::config::NatsConfig {
+        let text = format!(
+            r#"{{"@type": "Nats", "addresses": ["{}"], "timeoutConnection": "2s", "timeoutRequest": "2s", "pingInterval": "1s"}}"#,
+            self.url
+        );
+        match coordinator_core::CoordinatorConfig::from_json(&text)
+            .expect("a valid NATS test configuration")
+            .carrier
+        {
+            coordinator_core::config::CarrierConfig::Nats(nats) => nats,
+            other => unreachable!("parsed as {other:?}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for NatsConnector {
+    fn carrier(&self) -> &'static str {
+        coordinator_nats::NAME
+    }
+
+    async fn connect(&self, _id: NodeId, settings: &Settings, _faults: &Arc<Faults>) -> Link {
+        coordinator_nats::connect(&self.config(), settings)
+            .await
+            .expect("the NATS carrier connects")
+    }
+}
+
+/// A cluster name no other test uses, for tests that share an external broker.
+fn unique_cluster() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "conformance-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// The `Nats` carrier on a real NATS server.
+pub async fn nats() -> EngineHarness<NatsConnector> {
+    let connector = tokio::task::spawn_blocking(NatsConnector::from_env)
+        .await
+        .expect("a NATS server");
+    EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())
 }

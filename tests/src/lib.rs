@@ -6,6 +6,7 @@
 //!   trait; [`conformance_suite!`] instantiates it for one carrier so that every
 //!   test is named `conformance::<carrier>::<test>`.
 
+pub mod brokers;
 pub mod harness;
 pub mod suite;
 pub mod wait;

@@ -620,9 +620,10 @@ pub async fn tampered_and_unauthenticated_frames_are_dropped_and_counted(
     let mut events = nodes[1].events();
     let attacker = harness.raw(666).await;
     let max = 1024 * 1024;
-    let wrong_key = Codec::new("conformance", Some(b"not the key"), false, max);
-    let no_key = Codec::new("conformance", None, false, max);
-    let right_key = Codec::new("conformance", Some(CLUSTER_KEY.as_bytes()), false, max);
+    let cluster = harness.cluster();
+    let wrong_key = Codec::new(&cluster, Some(b"not the key"), false, max);
+    let no_key = Codec::new(&cluster, None, false, max);
+    let right_key = Codec::new(&cluster, Some(CLUSTER_KEY.as_bytes()), false, max);
     let mut tampered = right_key
         .encode(&envelope(666, Kind::Broadcast, 1, "t", b"evil"))
         .unwrap()
@@ -697,7 +698,7 @@ pub async fn replayed_frames_are_not_delivered_twice(mut harness: impl Harness) 
         .unwrap();
     let mut eavesdropper = harness.raw(667).await;
     let codec = Codec::new(
-        "conformance",
+        &harness.cluster(),
         Some(CLUSTER_KEY.as_bytes()),
         false,
         1024 * 1024,

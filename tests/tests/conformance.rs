@@ -1,8 +1,9 @@
-//! The conformance suite on every carrier available without a broker.
+//! The conformance suite on every carrier, brokers started by the tests.
 //! Test paths: `conformance::<carrier>::<test>`.
 
 mod conformance {
     tests::conformance_suite!(memory, tests::harness::memory);
     tests::conformance_suite!(memory_faulty, tests::harness::memory_faulty);
     tests::conformance_suite!(native, tests::harness::native);
+    tests::conformance_suite!(nats, tests::harness::nats);
 }

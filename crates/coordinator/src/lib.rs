@@ -30,6 +30,11 @@ pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
                 coordinator_native::connect(native, &settings, Default::default()).await?;
             Node::start(settings, coordinator_native::NAME, link)
         }
+        #[cfg(feature = "nats")]
+        CarrierConfig::Nats(nats) => {
+            let link = coordinator_nats::connect(nats, &settings).await?;
+            Node::start(settings, coordinator_nats::NAME, link)
+        }
         other => Err(unavailable(other.name())),
     }
 }
@@ -111,6 +116,20 @@ mod tests {
         let error = start(&config).await.unwrap_err().to_string();
         assert!(
             error.contains("native.certPath") && error.contains("/nonexistent/cert.pem"),
+            "{error}"
+        );
+    }
+
+    #[cfg(feature = "nats")]
+    #[tokio::test]
+    async fn nats_that_cannot_be_reached_names_the_addresses() {
+        let config = CoordinatorConfig::from_json(
+            r#"{"@type":"Nats","nodeId":1,"addresses":["127.0.0.1:9"],"timeoutConnection":"300ms","maxReconnects":0}"#,
+        )
+        .unwrap();
+        let error = start(&config).await.unwrap_err().to_string();
+        assert!(
+            error.contains("nats.addresses: cannot connect to 127.0.0.1:9"),
             "{error}"
         );
     }

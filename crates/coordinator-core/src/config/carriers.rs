@@ -135,6 +135,10 @@ pub struct NatsConfig {
     pub use_tls: bool,
     pub auth_username: Option<String>,
     pub auth_secret: Secret,
+    /// A NATS authentication token.
+    pub auth_token: Secret,
+    /// The text of a NATS credentials (`.creds`) file: a user JWT and its
+    /// NKey seed (use `{"@type":"File"}` to name the file).
     pub credentials: Secret,
 }
 
@@ -148,12 +152,13 @@ impl NatsConfig {
                 timeout_request: v.duration_or("timeoutRequest", secs(10), millis(1), DAY),
                 ping_interval: v.duration_or("pingInterval", secs(60), millis(1), DAY),
                 capacity_client: v.u64_or("capacityClient", 2048, 1, u32::MAX as u64),
-                capacity_read_buffer: v.u64_or("capacityReadBuffer", 65535, 1, u32::MAX as u64),
+                capacity_read_buffer: v.u64_or("capacityReadBuffer", 65535, 1, u16::MAX as u64),
                 capacity_subscription: v.u64_or("capacitySubscription", 65536, 1, u32::MAX as u64),
                 no_echo: v.bool_or("noEcho", true),
                 use_tls: v.bool_or("useTls", false),
                 auth_username: v.string("authUsername"),
                 auth_secret: v.secret("authSecret"),
+                auth_token: v.secret("authToken"),
                 credentials: v.secret("credentials"),
             };
             if config.auth_username.is_some() && config.auth_secret.is_none() {

@@ -168,6 +168,7 @@ impl CoordinatorConfig {
         match &self.carrier {
             CarrierConfig::Nats(nats) => {
                 secrets.push(("nats.authSecret".into(), &nats.auth_secret));
+                secrets.push(("nats.authToken".into(), &nats.auth_token));
                 secrets.push(("nats.credentials".into(), &nats.credentials));
             }
             CarrierConfig::RedisCluster(cluster) => {

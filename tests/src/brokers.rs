@@ -1,0 +1,187 @@
+//! Real broker processes for the carrier tests: each on a free loopback port,
+//! waited for until it answers, and killable and restartable mid-test on the
+//! same port. Tests never use a broker that happens to run on a standard port.
+//!
+//! `COORDINATOR_TEST_NATS_URL` (and the like, see README.md) make the
+//! conformance suite use an external broker instead; tests that kill a broker
+//! always start their own.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to answer after it starts.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// A broker program and how to start it on a port.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Nats,
+    Redis,
+}
+
+impl Kind {
+    fn program(self) -> &'static str {
+        match self {
+            Kind::Nats => "nats-server",
+            Kind::Redis => "redis-server",
+        }
+    }
+
+    fn args(self, port: u16, dir: &std::path::Path) -> Vec<String> {
+        let port = port.to_string();
+        match self {
+            Kind::Nats => {
+                // A payload limit above the engine's (1 MiB), so that the
+                // engine's own size check is what the tests exercise.
+                let file = dir.join("nats.conf");
+                std::fs::write(
+                    &file,
+                    format!("listen: 127.0.0.1:{port}\nmax_payload: 4MB\n"),
+                )
+                .expect("a nats-server configuration file");
+                vec!["-c".into(), file.display().to_string()]
+            }
+            Kind::Redis => vec![
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port,
+                "--save".into(),
+                String::new(),
+                "--appendonly".into(),
+                "no".into(),
+                "--dir".into(),
+                dir.display().to_string(),
+            ],
+        }
+    }
+
+    /// Whether the broker on `addr` answers its protocol's hello.
+    fn answers(self, addr: SocketAddr) -> bool {
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let expected: &[u8] = match self {
+            // NATS greets first.
+            Kind::Nats => b"INFO",
+            Kind::Redis => {
+                if stream.write_all(b"PING\r\n").is_err() {
+                    return false;
+                }
+                b"+PONG"
+            }
+        };
+        let mut buffer = [0u8; 5];
+        stream.read_exact(&mut buffer[..expected.len()]).is_ok()
+            && &buffer[..expected.len()] == expected
+    }
+}
+
+/// A broker process this test owns (killed when dropped).
+pub struct Broker {
+    kind: Kind,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker on a free loopback port and waits until it answers.
+    pub fn start(kind: Kind) -> Broker {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "coordinator-test-{}-{}-{port}",
+            kind.program(),
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("a broker directory");
+        let mut broker = Broker {
+            kind,
+            port,
+            dir,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Kills the process at once (SIGKILL: no goodbye to clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let started = Instant::now();
+        loop {
+            let child = Command::new(self.kind.program())
+                .args(self.kind.args(self.port, &self.dir))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "cannot run {} (scripts/test.sh installs it): {error}",
+                        self.kind.program()
+                    )
+                });
+            self.child = Some(child);
+            while started.elapsed() < READY_WITHIN {
+                if self.kind.answers(self.addr()) {
+                    return;
+                }
+                if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                    // It exited (the port was not free again yet): try once more.
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                started.elapsed() < READY_WITHIN,
+                "{} on port {} did not answer within {READY_WITHIN:?}",
+                self.kind.program(),
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// An external broker's address from the environment, if one is set.
+pub fn external(variable: &str) -> Option<String> {
+    std::env::var(variable)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}

@@ -1,0 +1,112 @@
+//! The `Nats` carrier across a server that is killed and restarted.
+
+use bytes::Bytes;
+use coordinator::{Event, StreamKind, SubscribeOptions};
+use std::time::Duration;
+use tests::harness::{EngineHarness, Harness, NatsConnector, Timing};
+use tests::wait::{converge, event, within};
+
+const LONG: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_server_is_survived_and_losses_are_reported() {
+    let connector = tokio::task::spawn_blocking(NatsConnector::own_server)
+        .await
+        .unwrap();
+    let mut harness = EngineHarness::new(connector, Timing::default());
+    let nodes = vec![harness.start(1).await, harness.start(2).await];
+    converge(&nodes, LONG).await;
+    let mut subscription = nodes[1]
+        .subscribe("t", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut events = nodes[1].events();
+    nodes[0]
+        .broadcast("t", Bytes::from_static(b"before"))
+        .await
+        .unwrap();
+    let first = within(LONG, "the first broadcast", subscription.recv()).await;
+    assert_eq!(first.unwrap().payload, "before");
+
+    harness.connector().kill_server();
+    within(
+        LONG,
+        "the link to be reported down",
+        event(&mut events, |e| matches!(e, Event::LinkDown { .. })),
+    )
+    .await;
+    // Sent while the server is gone: each is delivered later or reported lost.
+    let mut sent_during = 0u64;
+    for i in 0..5 {
+        if nodes[0]
+            .broadcast("t", Bytes::from(format!("during {i}")))
+            .await
+            .is_ok()
+        {
+            sent_during += 1;
+        }
+    }
+    let connector = harness.connector();
+    tokio::task::block_in_place(|| connector.restart_server());
+    within(
+        LONG,
+        "the link to be reported up again",
+        event(&mut events, |e| matches!(e, Event::LinkUp)),
+    )
+    .await;
+    converge(&nodes, LONG).await;
+
+    // The handles still work: a new broadcast arrives, after whatever survived.
+    let mut after = None;
+    let mut delivered_during = 0u64;
+    within(LONG, "a broadcast after the restart", async {
+        loop {
+            nodes[0]
+                .broadcast("t", Bytes::from_static(b"after"))
+                .await
+                .unwrap();
+            match tokio::time::timeout(Duration::from_millis(500), subscription.recv()).await {
+                Ok(Some(message)) if message.payload == "after" => {
+                    after = Some(message.seq);
+                    return;
+                }
+                Ok(Some(_)) => delivered_during += 1,
+                Ok(None) => panic!("subscription closed"),
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(after.is_some());
+    // Every broadcast of the outage is accounted for: delivered or reported lost.
+    let mut lost = 0;
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(50), events.next_event()).await
+    {
+        if let Event::Gap {
+            from: 1,
+            stream: StreamKind::Broadcast,
+            count,
+            ..
+        } = event
+        {
+            lost += count;
+        }
+    }
+    assert!(
+        delivered_during + lost >= sent_during,
+        "sent {sent_during} during the outage, delivered {delivered_during}, reported lost {lost}"
+    );
+    let mut inbox = nodes[1].inbox().unwrap();
+    let server = tokio::spawn(async move {
+        while let Some(request) = inbox.recv().await {
+            let _ = request.reply(Bytes::from_static(b"pong")).await;
+        }
+    });
+    let reply = nodes[0]
+        .request(2, Bytes::from_static(b"ping"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply, "pong");
+    server.abort();
+}
