@@ -59,10 +59,15 @@ const QUEUE_CAPACITY: usize = 1 << 20;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     super::init_logging("warn");
-    let (a, b): (Arc<dyn Coordinator>, Arc<dyn Coordinator>) = match &args.config {
-        Some(file) => {
-            let config = CoordinatorConfig::from_file(file)
-                .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
+    let config = match &args.config {
+        Some(file) => Some(
+            CoordinatorConfig::from_file(file)
+                .map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?,
+        ),
+        None => None,
+    };
+    let (a, b): (Arc<dyn Coordinator>, Arc<dyn Coordinator>) = match &config {
+        Some(config) => {
             let node = |id| {
                 let mut config = config.clone();
                 config.cluster.node_id = Some(id);
@@ -136,6 +141,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if subject == "Native" {
         progress("raw tokio-rustls echo over loopback (the limit for the Native carrier)");
         rows.extend(raw_tls_rows(args.messages, args.samples, args.size).await?);
+    }
+    #[cfg(feature = "nats")]
+    if let Some(coordinator::config::CarrierConfig::Nats(nats)) =
+        config.as_ref().map(|c| &c.carrier)
+    {
+        progress("two bare async-nats clients on the same server (the limit for the NATS carrier)");
+        rows.extend(raw_nats_rows(nats, args.messages, args.samples, args.size).await?);
     }
     a.leave().await.ok();
     b.leave().await.ok();
@@ -314,6 +326,35 @@ async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<V
             lost: Some(count - received),
         },
         latency_row(SUBJECT, "round trip (echo)", size, &histogram),
+    ])
+}
+
+#[cfg(feature = "nats")]
+async fn raw_nats_rows(
+    config: &coordinator::config::NatsConfig,
+    count: u64,
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Vec<Row>> {
+    const SUBJECT: &str = "raw async-nats";
+    let (received, elapsed) = super::raw_nats::one_way(config, count, size, LIMIT).await?;
+    let mut publish = histogram();
+    super::raw_nats::publish_latency(config, samples, size, &mut publish).await?;
+    let mut request = histogram();
+    super::raw_nats::request_latency(config, samples, size, &mut request).await?;
+    Ok(vec![
+        Row {
+            subject: SUBJECT.into(),
+            test: "publish throughput",
+            size,
+            count,
+            per_second: Some(received as f64 / elapsed.as_secs_f64()),
+            p50_us: None,
+            p99_us: None,
+            lost: Some(count - received),
+        },
+        latency_row(SUBJECT, "publish latency", size, &publish),
+        latency_row(SUBJECT, "request/reply latency", size, &request),
     ])
 }
 

@@ -6,6 +6,8 @@ pub mod gen_cert;
 #[cfg(feature = "native")]
 pub mod local_native;
 pub mod node;
+#[cfg(feature = "nats")]
+pub mod raw_nats;
 #[cfg(feature = "native")]
 pub mod raw_tls;
 #[cfg(feature = "native")]

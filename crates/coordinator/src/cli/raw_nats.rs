@@ -1,0 +1,127 @@
+//! The limit for the NATS carrier: two bare async-nats clients on the same
+//! server, with the same options, publishing and answering on their own subjects.
+
+use anyhow::Context;
+use bytes::Bytes;
+use coordinator::config::NatsConfig;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use std::time::{Duration, Instant};
+
+async fn client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .client_capacity(config.capacity_client as usize)
+        .subscription_capacity(config.capacity_subscription as usize)
+        .read_buffer_capacity(config.capacity_read_buffer as u16)
+        .require_tls(config.use_tls);
+    if config.no_echo {
+        options = options.no_echo();
+    }
+    if let Some(user) = &config.auth_username {
+        let password = config.auth_secret.resolve("nats.authSecret")?;
+        let password = password.map(|p| p.expose().to_string()).unwrap_or_default();
+        options = options.user_and_password(user.clone(), password);
+    }
+    if let Some(token) = config.auth_token.resolve("nats.authToken")? {
+        options = options.token(token.expose().to_string());
+    }
+    if let Some(credentials) = config.credentials.resolve("nats.credentials")? {
+        options = options.credentials(credentials.expose())?;
+    }
+    let addresses: Vec<async_nats::ServerAddr> = config
+        .addresses
+        .iter()
+        .map(|address| address.parse())
+        .collect::<Result<_, _>>()
+        .context("nats.addresses")?;
+    Ok(options.connect(addresses).await?)
+}
+
+fn subject(what: &str) -> String {
+    format!("bench-raw.{what}.{}", std::process::id())
+}
+
+/// Messages published back to back by one client and counted by the other.
+pub async fn one_way(
+    config: &NatsConfig,
+    count: u64,
+    size: usize,
+    limit: Duration,
+) -> anyhow::Result<(u64, Duration)> {
+    let (sender, receiver) = (client(config).await?, client(config).await?);
+    let subject = subject("throughput");
+    let mut subscription = receiver.subscribe(subject.clone()).await?;
+    receiver.flush().await?;
+    let body = Bytes::from(vec![0x5a; size]);
+    let started = Instant::now();
+    let publisher = tokio::spawn(async move {
+        for _ in 0..count {
+            sender.publish(subject.clone(), body.clone()).await?;
+        }
+        sender.flush().await?;
+        anyhow::Ok(())
+    });
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + limit;
+    while received < count {
+        match tokio::time::timeout_at(deadline, subscription.next()).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    publisher.await??;
+    Ok((received, elapsed))
+}
+
+/// One-way latency: published by one client, received by the other.
+pub async fn publish_latency(
+    config: &NatsConfig,
+    samples: u64,
+    size: usize,
+    histogram: &mut Histogram<u64>,
+) -> anyhow::Result<()> {
+    let (sender, receiver) = (client(config).await?, client(config).await?);
+    let subject = subject("latency");
+    let mut subscription = receiver.subscribe(subject.clone()).await?;
+    receiver.flush().await?;
+    let body = Bytes::from(vec![0x5a; size]);
+    for _ in 0..samples {
+        let sent = Instant::now();
+        sender.publish(subject.clone(), body.clone()).await?;
+        tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .context("raw NATS message lost")?
+            .context("raw NATS subscription ended")?;
+        histogram.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    Ok(())
+}
+
+/// Request/reply through NATS's own reply subjects.
+pub async fn request_latency(
+    config: &NatsConfig,
+    samples: u64,
+    size: usize,
+    histogram: &mut Histogram<u64>,
+) -> anyhow::Result<()> {
+    let (requester, responder) = (client(config).await?, client(config).await?);
+    let subject = subject("request");
+    let mut requests = responder.subscribe(subject.clone()).await?;
+    responder.flush().await?;
+    let answering = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = responder.publish(reply, request.payload).await;
+            }
+        }
+    });
+    let body = Bytes::from(vec![0x5a; size]);
+    for _ in 0..samples {
+        let sent = Instant::now();
+        requester.request(subject.clone(), body.clone()).await?;
+        histogram.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    answering.abort();
+    Ok(())
+}
