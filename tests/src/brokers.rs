@@ -23,6 +23,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The URL scheme of the broker's clients.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Kind::Nats => "nats",
+            Kind::Redis => "redis",
+        }
+    }
+
+    /// The variable naming an external broker of this kind.
+    pub fn variable(self) -> &'static str {
+        match self {
+            Kind::Nats => "COORDINATOR_TEST_NATS_URL",
+            Kind::Redis => "COORDINATOR_TEST_REDIS_URL",
+        }
+    }
+
     fn program(self) -> &'static str {
         match self {
             Kind::Nats => "nats-server",

@@ -272,77 +272,90 @@ pub async fn memory_faulty() -> EngineHarness<MemoryConnector> {
     )
 }
 
-/// Connects nodes to one NATS server: this test's own `nats-server` on a free
-/// port, or the one in `COORDINATOR_TEST_NATS_URL`.
-pub struct NatsConnector {
+/// Connects nodes to one broker: this test's own process on a free port, or
+/// an external one named by an environment variable.
+pub struct BrokerConnector {
+    kind: crate::brokers::Kind,
     url: String,
     broker: Mutex<Option<crate::brokers::Broker>>,
 }
 
-impl NatsConnector {
-    /// A connector with a server of its own (always: for kill and restart tests).
-    pub fn own_server() -> Self {
-        let broker = crate::brokers::Broker::start(crate::brokers::Kind::Nats);
+impl BrokerConnector {
+    /// A connector with a broker of its own (always: for kill and restart tests).
+    pub fn own_broker(kind: crate::brokers::Kind) -> Self {
+        let broker = crate::brokers::Broker::start(kind);
         Self {
-            url: format!("nats://{}", broker.addr()),
+            kind,
+            url: format!("{}://{}", kind.scheme(), broker.addr()),
             broker: Mutex::new(Some(broker)),
         }
     }
 
-    /// The external server of `COORDINATOR_TEST_NATS_URL`, else one of its own.
-    pub fn from_env() -> Self {
-        match crate::brokers::external("COORDINATOR_TEST_NATS_URL") {
+    /// The external broker of the kind's variable (`COORDINATOR_TEST_NATS_URL`…),
+    /// else one of its own.
+    pub fn from_env(kind: crate::brokers::Kind) -> Self {
+        match crate::brokers::external(kind.variable()) {
             Some(url) => Self {
+                kind,
                 url,
                 broker: Mutex::new(None),
             },
-            None => Self::own_server(),
+            None => Self::own_broker(kind),
         }
     }
 
-    /// Kills this connector's server (SIGKILL).
-    pub fn kill_server(&self) {
-        self.own_broker(|broker| broker.kill());
+    /// Kills this connector's broker (SIGKILL).
+    pub fn kill_broker(&self) {
+        self.with_broker(|broker| broker.kill());
     }
 
-    /// Starts this connector's server again on the same port.
-    pub fn restart_server(&self) {
-        self.own_broker(|broker| broker.restart());
+    /// Starts this connector's broker again on the same port.
+    pub fn restart_broker(&self) {
+        self.with_broker(|broker| broker.restart());
     }
 
-    fn own_broker(&self, act: impl FnOnce(&mut crate::brokers::Broker)) {
+    fn with_broker(&self, act: impl FnOnce(&mut crate::brokers::Broker)) {
         let mut broker = self.broker.lock();
         act(broker
             .as_mut()
-            .expect("only a connector with its own server can kill or restart it"));
+            .expect("only a connector with its own broker can kill or restart it"));
     }
 
-    /// The configuration nodes start with: this server, quick time-outs.
-    pub fn config(&self) -> coordinator_core::config::NatsConfig {
-        let text = format!(
-            r#"{{"@type": "Nats", "addresses": ["{}"], "timeoutConnection": "2s", "timeoutRequest": "2s", "pingInterval": "1s"}}"#,
-            self.url
-        );
-        match coordinator_core::CoordinatorConfig::from_json(&text)
-            .expect("a valid NATS test configuration")
+    /// The configuration nodes start with: this broker, quick time-outs.
+    pub fn config(&self) -> coordinator_core::config::CarrierConfig {
+        let text = match self.kind {
+            crate::brokers::Kind::Nats => format!(
+                r#"{{"@type": "Nats", "addresses": ["{}"], "timeoutConnection": "2s", "timeoutRequest": "2s", "pingInterval": "1s"}}"#,
+                self.url
+            ),
+            crate::brokers::Kind::Redis => format!(
+                r#"{{"@type": "Redis", "url": "{}", "timeout": "2s", "poolTimeoutWait": "2s", "poolTimeoutCreate": "2s"}}"#,
+                self.url
+            ),
+        };
+        coordinator_core::CoordinatorConfig::from_json(&text)
+            .expect("a valid test configuration")
             .carrier
-        {
-            coordinator_core::config::CarrierConfig::Nats(nats) => nats,
-            other => unreachable!("parsed as {other:?}"),
-        }
     }
 }
 
 #[async_trait]
-impl Connector for NatsConnector {
+impl Connector for BrokerConnector {
     fn carrier(&self) -> &'static str {
-        coordinator_nats::NAME
+        match self.kind {
+            crate::brokers::Kind::Nats => coordinator_nats::NAME,
+            crate::brokers::Kind::Redis => coordinator_redis::NAME,
+        }
     }
 
     async fn connect(&self, _id: NodeId, settings: &Settings, _faults: &Arc<Faults>) -> Link {
-        coordinator_nats::connect(&self.config(), settings)
-            .await
-            .expect("the NATS carrier connects")
+        use coordinator_core::config::CarrierConfig;
+        match self.config() {
+            CarrierConfig::Nats(nats) => coordinator_nats::connect(&nats, settings).await,
+            CarrierConfig::Redis(redis) => coordinator_redis::connect(&redis, settings).await,
+            other => unreachable!("no test broker for {other:?}"),
+        }
+        .expect("the carrier connects to its broker")
     }
 }
 
@@ -356,10 +369,20 @@ fn unique_cluster() -> String {
     )
 }
 
-/// The `Nats` carrier on a real NATS server.
-pub async fn nats() -> EngineHarness<NatsConnector> {
-    let connector = tokio::task::spawn_blocking(NatsConnector::from_env)
+/// A carrier on a real broker of `kind`.
+async fn on_broker(kind: crate::brokers::Kind) -> EngineHarness<BrokerConnector> {
+    let connector = tokio::task::spawn_blocking(move || BrokerConnector::from_env(kind))
         .await
-        .expect("a NATS server");
+        .expect("a broker");
     EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())
+}
+
+/// The `Nats` carrier on a real NATS server.
+pub async fn nats() -> EngineHarness<BrokerConnector> {
+    on_broker(crate::brokers::Kind::Nats).await
+}
+
+/// The `Redis` carrier on a real Redis server.
+pub async fn redis() -> EngineHarness<BrokerConnector> {
+    on_broker(crate::brokers::Kind::Redis).await
 }

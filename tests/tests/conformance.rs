@@ -6,4 +6,5 @@ mod conformance {
     tests::conformance_suite!(memory_faulty, tests::harness::memory_faulty);
     tests::conformance_suite!(native, tests::harness::native);
     tests::conformance_suite!(nats, tests::harness::nats);
+    tests::conformance_suite!(redis, tests::harness::redis);
 }

@@ -1,12 +1,257 @@
-//! The `Redis` and `RedisCluster` carriers of the coordinator.
+//! The `Redis` carrier (and, later, `RedisCluster`): Redis pub/sub.
 //!
-//! Not implemented yet (tracked by issue #4): until it lands, starting a
-//! coordinator with `"@type": "Redis"` fails with an error that says so. The
-//! configuration of this carrier is already parsed and validated by
-//! `coordinator-core`.
+//! Channels are prefixed by the cluster name: `{cluster}.broadcast` carries
+//! broadcasts and heartbeats to every node, `{cluster}.node.{id}` what is
+//! addressed to node `id`. Frames are published with `PUBLISH` through a
+//! deadpool-redis pool built from the pool settings; each node reads its two
+//! channels on a dedicated pub/sub connection, which is opened again with
+//! truncated exponential backoff and jitter when it drops. Redis pub/sub is
+//! at-most-once: what is published while a subscriber is away is lost for it,
+//! and the engine reports it as a gap.
+//!
+//! `RedisCluster` is not implemented yet (issue #4).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use coordinator_core::config::RedisConfig;
+use coordinator_core::{
+    Error, Inbound, InboundSender, Link, NodeId, Settings, Transport, TransportError,
+};
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use futures_util::StreamExt;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
 
 /// The `@type` name of this carrier.
 pub const NAME: &str = "Redis";
 
-/// Whether this build can run the carrier.
-pub const IMPLEMENTED: bool = false;
+/// Whether this build can run the `Redis` carrier.
+pub const IMPLEMENTED: bool = true;
+
+/// Whether this build can run the `RedisCluster` carrier.
+pub const CLUSTER_IMPLEMENTED: bool = false;
+
+/// First and largest wait before the subscription connection is opened again.
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The channels of one cluster.
+#[derive(Clone, Debug)]
+pub struct Channels {
+    pub broadcast: String,
+    prefix: String,
+}
+
+impl Channels {
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            broadcast: format!("{cluster}.broadcast"),
+            prefix: format!("{cluster}.node."),
+        }
+    }
+
+    /// What is addressed to node `id`.
+    pub fn node(&self, id: NodeId) -> String {
+        format!("{}{id}", self.prefix)
+    }
+}
+
+/// Connects to the Redis server of `config` and subscribes node
+/// `settings.node_id`'s channels.
+pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, Error> {
+    let client = redis::Client::open(config.url.as_str())
+        .map_err(|error| Error::Start(format!("redis.url: {error}")))?;
+    let pool = pool(config)?;
+    let channels = Channels::new(&settings.cluster);
+    let own = channels.node(settings.node_id);
+    // The first subscription is made here, so that a wrong URL or a server
+    // that is down stops the start with a clear error.
+    let subscription = tokio::time::timeout(
+        config.timeout,
+        subscribe(&client, &channels.broadcast, &own),
+    )
+    .await
+    .map_err(|_| unreachable(config, "timed out"))?
+    .map_err(|error| unreachable(config, error))?;
+    let (inbound, receiver) = coordinator_core::inbound();
+    let span = tracing::info_span!("redis", node = settings.node_id);
+    let reader = tokio::spawn(tracing::Instrument::instrument(
+        read(
+            client,
+            subscription,
+            channels.broadcast.clone(),
+            own,
+            inbound,
+        ),
+        span,
+    ));
+    tracing::info!(url = %redacted(&config.url), broadcast = %channels.broadcast, "redis carrier connected");
+    Ok(Link {
+        transport: Arc::new(RedisTransport {
+            pool,
+            channels,
+            timeout: config.timeout,
+            reader,
+        }),
+        inbound: receiver,
+    })
+}
+
+fn unreachable(config: &RedisConfig, error: impl std::fmt::Display) -> Error {
+    Error::Start(format!(
+        "redis.url: cannot subscribe at {}: {error}",
+        redacted(&config.url)
+    ))
+}
+
+/// The URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}<credentials>{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn pool(config: &RedisConfig) -> Result<Pool, Error> {
+    let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
+    pool_config.pool = Some(PoolConfig {
+        max_size: config.pool.pool_max_connections as usize,
+        timeouts: Timeouts {
+            wait: config.pool.pool_timeout_wait,
+            create: config.pool.pool_timeout_create,
+            recycle: config.pool.pool_timeout_recycle,
+        },
+        ..PoolConfig::default()
+    });
+    pool_config
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(|error| Error::Start(format!("redis: cannot make the connection pool: {error}")))
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    broadcast: &str,
+    own: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(&[broadcast, own]).await?;
+    Ok(pubsub)
+}
+
+/// Hands what arrives on this node's channels to the engine, and opens the
+/// subscription again whenever its connection drops.
+async fn read(
+    client: redis::Client,
+    first: redis::aio::PubSub,
+    broadcast: String,
+    own: String,
+    inbound: InboundSender,
+) {
+    let mut subscription = Some(first);
+    let mut failures: u32 = 0;
+    loop {
+        let pubsub = match subscription.take() {
+            Some(pubsub) => pubsub,
+            None => match subscribe(&client, &broadcast, &own).await {
+                Ok(pubsub) => {
+                    failures = 0;
+                    tracing::info!("redis subscription open again");
+                    if !inbound.deliver(Inbound::LinkUp) {
+                        return;
+                    }
+                    pubsub
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let ceiling = BACKOFF_BASE
+                        .saturating_mul(1 << failures.min(16))
+                        .min(BACKOFF_MAX);
+                    let wait = rand::rng().random_range(ceiling / 2..=ceiling);
+                    tracing::debug!(%error, ?wait, "redis subscription still down");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            },
+        };
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let frame = Bytes::copy_from_slice(message.get_payload_bytes());
+            if !inbound.deliver(Inbound::Frame(frame)) {
+                return;
+            }
+        }
+        tracing::warn!("redis subscription connection lost; reconnecting");
+        if !inbound.deliver(Inbound::LinkDown(
+            "Redis: the subscription connection dropped; reconnecting".into(),
+        )) {
+            return;
+        }
+    }
+}
+
+struct RedisTransport {
+    pool: Pool,
+    channels: Channels,
+    timeout: Duration,
+    reader: JoinHandle<()>,
+}
+
+impl RedisTransport {
+    async fn publish_to(&self, channel: &str, frame: Bytes) -> Result<(), TransportError> {
+        let down = |detail: String| TransportError::LinkDown {
+            carrier: NAME,
+            detail,
+        };
+        let publish = async {
+            let mut connection = self
+                .pool
+                .get()
+                .await
+                .map_err(|error| down(format!("no connection: {error}")))?;
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(frame.as_ref())
+                .query_async::<i64>(&mut connection)
+                .await
+                .map_err(|error| down(format!("PUBLISH failed: {error}")))
+        };
+        match tokio::time::timeout(self.timeout, publish).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(down(format!("PUBLISH took over {:?}", self.timeout))),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    async fn publish(&self, frame: Bytes) -> Result<(), TransportError> {
+        self.publish_to(&self.channels.broadcast, frame).await
+    }
+
+    async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
+        self.publish_to(&self.channels.node(node), frame).await
+    }
+
+    async fn close(&self) {
+        self.reader.abort();
+        self.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_printed_without_credentials() {
+        assert_eq!(
+            redacted("redis://user:secret@10.0.0.5:6379/0"),
+            "redis://<credentials>@10.0.0.5:6379/0"
+        );
+        assert_eq!(redacted("redis://10.0.0.5"), "redis://10.0.0.5");
+    }
+}

@@ -35,6 +35,11 @@ pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
             let link = coordinator_nats::connect(nats, &settings).await?;
             Node::start(settings, coordinator_nats::NAME, link)
         }
+        #[cfg(feature = "redis")]
+        CarrierConfig::Redis(redis) => {
+            let link = coordinator_redis::connect(redis, &settings).await?;
+            Node::start(settings, coordinator_redis::NAME, link)
+        }
         other => Err(unavailable(other.name())),
     }
 }
@@ -45,7 +50,15 @@ fn unavailable(name: &'static str) -> Error {
         "Kafka" => carrier_status!("kafka", coordinator_kafka),
         "Nats" => carrier_status!("nats", coordinator_nats),
         "Zenoh" => carrier_status!("zenoh", coordinator_zenoh),
-        "Redis" | "RedisCluster" => carrier_status!("redis", coordinator_redis),
+        "Redis" => carrier_status!("redis", coordinator_redis),
+        "RedisCluster" => {
+            let (built, _) = carrier_status!("redis", coordinator_redis);
+            #[cfg(feature = "redis")]
+            let implemented = coordinator_redis::CLUSTER_IMPLEMENTED;
+            #[cfg(not(feature = "redis"))]
+            let implemented = false;
+            (built, implemented)
+        }
         "Native" => carrier_status!("native", coordinator_native),
         _ => (false, false),
     };
@@ -130,6 +143,30 @@ mod tests {
         let error = start(&config).await.unwrap_err().to_string();
         assert!(
             error.contains("nats.addresses: cannot connect to 127.0.0.1:9"),
+            "{error}"
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_that_cannot_be_reached_names_the_url_without_its_password() {
+        let config = CoordinatorConfig::from_json(
+            r#"{"@type":"Redis","nodeId":1,"url":"redis://u:hunter2@127.0.0.1:9","timeout":"500ms"}"#,
+        )
+        .unwrap();
+        let error = start(&config).await.unwrap_err().to_string();
+        assert!(
+            error.contains("redis.url: cannot subscribe at redis://<credentials>@127.0.0.1:9"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+        let cluster = CoordinatorConfig::from_json(
+            r#"{"@type":"RedisCluster","nodeId":1,"urls":["redis://127.0.0.1:9"]}"#,
+        )
+        .unwrap();
+        let error = start(&cluster).await.unwrap_err().to_string();
+        assert!(
+            error.contains("RedisCluster carrier is not implemented yet"),
             "{error}"
         );
     }
