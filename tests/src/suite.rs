@@ -3,11 +3,11 @@
 //! [`crate::conformance_suite!`].
 
 use crate::harness::{CLUSTER_KEY, Harness};
-use crate::wait::{converge, event, member_change, until, within};
+use crate::wait::{broadcasts_reported_lost, converge, event, member_change, until, within};
 use bytes::Bytes;
 use coordinator_core::envelope::{Codec, Envelope, Kind};
 use coordinator_core::{
-    Coordinator, DropReason, Error, Event, Inbound, MemberChange, MemberState, NodeId, StreamKind,
+    Coordinator, DropReason, Error, Event, Inbound, MemberChange, MemberState, NodeId,
     SubscribeOptions,
 };
 use std::collections::HashMap;
@@ -564,18 +564,7 @@ pub async fn gap_is_reported_under_loss(mut harness: impl Harness) {
         delivered.windows(2).all(|w| w[0] < w[1]),
         "out of order: {delivered:?}"
     );
-    let mut lost = 0;
-    while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, events.next_event()).await {
-        if let Event::Gap {
-            from: 1,
-            stream: StreamKind::Broadcast,
-            count,
-            ..
-        } = event
-        {
-            lost += count;
-        }
-    }
+    let lost = broadcasts_reported_lost(&mut events, 1, Duration::ZERO).await;
     assert!(faults.dropped() > 0, "the fault injector dropped nothing");
     assert!(lost > 0, "no gap reported although frames were dropped");
     assert_eq!(

@@ -65,3 +65,26 @@ pub async fn event(
         }
     }
 }
+
+/// The broadcasts of node `from` reported lost by the events already queued
+/// (waiting up to `quiet` for each next one).
+pub async fn broadcasts_reported_lost(
+    events: &mut coordinator_core::EventStream<Event>,
+    from: NodeId,
+    quiet: Duration,
+) -> u64 {
+    let mut lost = 0;
+    while let Ok(Some(event)) = tokio::time::timeout(quiet, events.next_event()).await {
+        if let Event::Gap {
+            from: sender,
+            stream: coordinator_core::StreamKind::Broadcast,
+            count,
+            ..
+        } = event
+            && sender == from
+        {
+            lost += count;
+        }
+    }
+    lost
+}

@@ -3,11 +3,11 @@
 //! outage is delivered or reported lost.
 
 use bytes::Bytes;
-use coordinator::{Event, StreamKind, SubscribeOptions};
+use coordinator::{Event, SubscribeOptions};
 use std::time::Duration;
 use tests::brokers::Kind;
 use tests::harness::{BrokerConnector, EngineHarness, Harness, Timing};
-use tests::wait::{converge, event, within};
+use tests::wait::{broadcasts_reported_lost, converge, event, within};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -91,20 +91,7 @@ async fn survives_a_broker_restart(kind: Kind) {
     .await;
     assert!(after.is_some());
     // Every broadcast of the outage is accounted for: delivered or reported lost.
-    let mut lost = 0;
-    while let Ok(Some(event)) =
-        tokio::time::timeout(Duration::from_millis(50), events.next_event()).await
-    {
-        if let Event::Gap {
-            from: 1,
-            stream: StreamKind::Broadcast,
-            count,
-            ..
-        } = event
-        {
-            lost += count;
-        }
-    }
+    let lost = broadcasts_reported_lost(&mut events, 1, Duration::from_millis(50)).await;
     assert!(
         delivered_during + lost >= sent_during,
         "sent {sent_during} during the outage, delivered {delivered_during}, reported lost {lost}"

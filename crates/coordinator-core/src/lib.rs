@@ -14,6 +14,7 @@ pub mod error;
 pub mod faults;
 pub mod membership;
 pub mod memory;
+pub mod routes;
 pub mod sequence;
 pub mod stats;
 pub mod transport;

@@ -9,8 +9,8 @@
 use crate::frame::{FrameType, write_frame};
 use crate::transport::NativeTransport;
 use bytes::Bytes;
+use coordinator_core::routes::backoff;
 use coordinator_core::{NodeId, TransportError};
-use rand::Rng;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -301,10 +301,7 @@ impl Worker {
                 failures = 0;
                 continue;
             }
-            let ceiling = BACKOFF_BASE
-                .saturating_mul(1 << failures.min(20))
-                .min(config.backoff_max);
-            let wait = rand::rng().random_range(ceiling / 2..=ceiling);
+            let wait = backoff(failures as u32, BACKOFF_BASE, config.backoff_max);
             tokio::time::sleep(wait).await;
         }
     }

@@ -17,11 +17,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::config::{NatsConfig, Secret};
 use coordinator_core::envelope::{Kind, peek_kind};
+use coordinator_core::routes::{Routes, backoff};
 use coordinator_core::{
     Error, Inbound, InboundSender, Link, NodeId, Settings, Transport, TransportError,
 };
 use futures_util::StreamExt;
-use rand::Rng;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,27 +37,6 @@ pub const IMPLEMENTED: bool = true;
 const RECONNECT_BASE: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
-/// The subjects of one cluster.
-#[derive(Clone, Debug)]
-pub struct Subjects {
-    pub broadcast: String,
-    prefix: String,
-}
-
-impl Subjects {
-    pub fn new(cluster: &str) -> Self {
-        Self {
-            broadcast: format!("{cluster}.broadcast"),
-            prefix: format!("{cluster}.node."),
-        }
-    }
-
-    /// What is addressed to node `id`.
-    pub fn node(&self, id: NodeId) -> String {
-        format!("{}{id}", self.prefix)
-    }
-}
-
 /// Connects to the NATS servers of `config` and subscribes node
 /// `settings.node_id`'s subjects.
 pub async fn connect(config: &NatsConfig, settings: &Settings) -> Result<Link, Error> {
@@ -71,7 +50,7 @@ pub async fn connect(config: &NatsConfig, settings: &Settings) -> Result<Link, E
     .await
     .map_err(|_| connect_error(config, "timed out"))?
     .map_err(|error| connect_error(config, error))?;
-    let subjects = Subjects::new(&settings.cluster);
+    let subjects = Routes::new(&settings.cluster);
     let subscribe = |subject: String| {
         let client = client.clone();
         async move {
@@ -82,6 +61,12 @@ pub async fn connect(config: &NatsConfig, settings: &Settings) -> Result<Link, E
     };
     let broadcasts = subscribe(subjects.broadcast.clone()).await?;
     let direct = subscribe(subjects.node(settings.node_id)).await?;
+    // A round trip to the server: once it answers, the subscriptions are in
+    // force, so nothing published after `connect` returns is missed.
+    client
+        .flush()
+        .await
+        .map_err(|error| Error::Start(format!("nats: the server did not confirm: {error}")))?;
     let span = tracing::info_span!("nats", node = settings.node_id);
     let reader = tokio::spawn(tracing::Instrument::instrument(
         read(broadcasts, direct, inbound),
@@ -177,10 +162,7 @@ fn reconnect_delay(attempts: usize) -> Duration {
     if attempts <= 1 {
         return Duration::ZERO;
     }
-    let ceiling = RECONNECT_BASE
-        .saturating_mul(1 << attempts.min(16))
-        .min(RECONNECT_MAX);
-    rand::rng().random_range(ceiling / 2..=ceiling)
+    backoff(attempts as u32, RECONNECT_BASE, RECONNECT_MAX)
 }
 
 fn on_event(event: Event, inbound: &InboundSender) {
@@ -226,7 +208,7 @@ async fn read(
 
 struct NatsTransport {
     client: async_nats::Client,
-    subjects: Subjects,
+    subjects: Routes,
     own_subject: String,
     /// A publish that cannot even be queued in this long fails (the link is
     /// down and the client's buffer is full).

@@ -14,12 +14,12 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::config::RedisConfig;
+use coordinator_core::routes::{Routes, backoff};
 use coordinator_core::{
     Error, Inbound, InboundSender, Link, NodeId, Settings, Transport, TransportError,
 };
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::StreamExt;
-use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -37,34 +37,13 @@ pub const CLUSTER_IMPLEMENTED: bool = false;
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The channels of one cluster.
-#[derive(Clone, Debug)]
-pub struct Channels {
-    pub broadcast: String,
-    prefix: String,
-}
-
-impl Channels {
-    pub fn new(cluster: &str) -> Self {
-        Self {
-            broadcast: format!("{cluster}.broadcast"),
-            prefix: format!("{cluster}.node."),
-        }
-    }
-
-    /// What is addressed to node `id`.
-    pub fn node(&self, id: NodeId) -> String {
-        format!("{}{id}", self.prefix)
-    }
-}
-
 /// Connects to the Redis server of `config` and subscribes node
 /// `settings.node_id`'s channels.
 pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, Error> {
     let client = redis::Client::open(config.url.as_str())
         .map_err(|error| Error::Start(format!("redis.url: {error}")))?;
     let pool = pool(config)?;
-    let channels = Channels::new(&settings.cluster);
+    let channels = Routes::new(&settings.cluster);
     let own = channels.node(settings.node_id);
     // The first subscription is made here, so that a wrong URL or a server
     // that is down stops the start with a clear error.
@@ -167,10 +146,7 @@ async fn read(
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let ceiling = BACKOFF_BASE
-                        .saturating_mul(1 << failures.min(16))
-                        .min(BACKOFF_MAX);
-                    let wait = rand::rng().random_range(ceiling / 2..=ceiling);
+                    let wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX);
                     tracing::debug!(%error, ?wait, "redis subscription still down");
                     tokio::time::sleep(wait).await;
                     continue;
@@ -195,7 +171,7 @@ async fn read(
 
 struct RedisTransport {
     pool: Pool,
-    channels: Channels,
+    channels: Routes,
     timeout: Duration,
     reader: JoinHandle<()>,
 }

@@ -62,6 +62,9 @@ impl Inner {
                 &mut work.member_events,
             );
             Self::forget_streams(state_now, &work.member_events);
+            // Published under the lock: whoever sees the new state can no longer
+            // receive the event that announced it (nor miss one that follows).
+            self.announce(&work.member_events);
         }
         if !work.member_events.is_empty() {
             self.wake_timer.notify_one();
@@ -157,6 +160,9 @@ impl Inner {
                 }
             };
             Self::forget_streams(state, &work.member_events);
+            // Published under the lock: whoever sees the new state can no longer
+            // receive the event that announced it (nor miss one that follows).
+            self.announce(&work.member_events);
             dropped
         };
         if let Some(reason) = dropped {
@@ -231,6 +237,15 @@ impl Inner {
     }
 
     /// Hands the results of a frame or a tick to the application.
+    /// Sends membership events to their subscribers.
+    pub(super) fn announce(&self, events: &[MemberEvent]) {
+        for event in events {
+            let _ = self.member_events.send(event.clone());
+        }
+    }
+
+    /// Acts on what a frame or a tick produced, once the state lock is
+    /// released (membership events were announced under it).
     pub(super) fn dispatch(self: &Arc<Self>, work: Work) {
         for event in work.member_events {
             let id = event.member.id;
@@ -256,7 +271,6 @@ impl Inner {
                 }
                 ref change => tracing::info!(member = id, ?change, "membership changed"),
             }
-            let _ = self.member_events.send(event);
         }
         for (from, stream, gap) in work.gaps {
             Stats::inc(&self.stats.gaps);

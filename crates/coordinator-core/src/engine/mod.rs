@@ -339,6 +339,9 @@ impl Inner {
                 };
             }
             Self::forget_streams(state, &work.member_events);
+            // Published under the lock: whoever sees the new state can no longer
+            // receive the event that announced it (nor miss one that follows).
+            self.announce(&work.member_events);
             next
         };
         self.dispatch(work);
