@@ -2,8 +2,10 @@
 //!
 //! Channels are prefixed by the cluster name: `{cluster}.broadcast` carries
 //! broadcasts and heartbeats to every node, `{cluster}.node.{id}` what is
-//! addressed to node `id`. Frames are published with `PUBLISH` through a
-//! deadpool-redis pool built from the pool settings; each node reads its two
+//! addressed to node `id`. Frames are published with `PUBLISH` on a
+//! multiplexed connection taken from a deadpool-redis pool built from the pool
+//! settings (the pool creates and checks it; it is kept while it works, since
+//! checking a connection out of the pool costs a round trip); each node reads its two
 //! channels on a dedicated pub/sub connection, which is opened again with
 //! truncated exponential backoff and jitter when it drops. Redis pub/sub is
 //! at-most-once: what is published while a subscriber is away is lost for it,
@@ -20,6 +22,7 @@ use coordinator_core::{
 };
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -70,6 +73,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
     Ok(Link {
         transport: Arc::new(RedisTransport {
             pool,
+            publisher: parking_lot::Mutex::new(None),
             channels,
             timeout: config.timeout,
             reader,
@@ -171,6 +175,8 @@ async fn read(
 
 struct RedisTransport {
     pool: Pool,
+    /// The connection publishes go through, while it works.
+    publisher: parking_lot::Mutex<Option<MultiplexedConnection>>,
     channels: Routes,
     timeout: Duration,
     reader: JoinHandle<()>,
@@ -183,22 +189,37 @@ impl RedisTransport {
             detail,
         };
         let publish = async {
-            let mut connection = self
-                .pool
-                .get()
-                .await
-                .map_err(|error| down(format!("no connection: {error}")))?;
+            let mut connection = self.publisher().await?;
             redis::cmd("PUBLISH")
                 .arg(channel)
                 .arg(frame.as_ref())
                 .query_async::<i64>(&mut connection)
                 .await
-                .map_err(|error| down(format!("PUBLISH failed: {error}")))
+                .map_err(|error| format!("PUBLISH failed: {error}"))
         };
-        match tokio::time::timeout(self.timeout, publish).await {
+        let result = match tokio::time::timeout(self.timeout, publish).await {
             Ok(result) => result.map(|_| ()),
-            Err(_) => Err(down(format!("PUBLISH took over {:?}", self.timeout))),
+            Err(_) => Err(format!("PUBLISH took over {:?}", self.timeout)),
+        };
+        if result.is_err() {
+            // The next publish takes a fresh, checked connection from the pool.
+            *self.publisher.lock() = None;
         }
+        result.map_err(down)
+    }
+
+    async fn publisher(&self) -> Result<MultiplexedConnection, String> {
+        if let Some(connection) = self.publisher.lock().clone() {
+            return Ok(connection);
+        }
+        let pooled = self
+            .pool
+            .get()
+            .await
+            .map_err(|error| format!("no connection: {error}"))?;
+        let connection = deadpool_redis::Connection::take(pooled);
+        *self.publisher.lock() = Some(connection.clone());
+        Ok(connection)
     }
 }
 

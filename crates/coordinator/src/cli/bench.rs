@@ -149,6 +149,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         progress("two bare async-nats clients on the same server (the limit for the NATS carrier)");
         rows.extend(raw_nats_rows(nats, args.messages, args.samples, args.size).await?);
     }
+    #[cfg(feature = "redis")]
+    if let Some(coordinator::config::CarrierConfig::Redis(redis)) =
+        config.as_ref().map(|c| &c.carrier)
+    {
+        progress("bare redis-rs clients on the same server (the limit for the Redis carrier)");
+        rows.extend(raw_redis_rows(&redis.url, args.messages, args.samples, args.size).await?);
+    }
     a.leave().await.ok();
     b.leave().await.ok();
     if args.json {
@@ -342,9 +349,43 @@ async fn raw_nats_rows(
     super::raw_nats::publish_latency(config, samples, size, &mut publish).await?;
     let mut request = histogram();
     super::raw_nats::request_latency(config, samples, size, &mut request).await?;
-    Ok(vec![
+    Ok(broker_client_rows(
+        SUBJECT, size, count, received, elapsed, &publish, &request,
+    ))
+}
+
+#[cfg(feature = "redis")]
+async fn raw_redis_rows(
+    url: &str,
+    count: u64,
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Vec<Row>> {
+    const SUBJECT: &str = "raw redis-rs";
+    let (received, elapsed) = super::raw_redis::one_way(url, count, size, LIMIT).await?;
+    let mut publish = histogram();
+    super::raw_redis::publish_latency(url, samples, size, &mut publish).await?;
+    let mut request = histogram();
+    super::raw_redis::request_latency(url, samples, size, &mut request).await?;
+    Ok(broker_client_rows(
+        SUBJECT, size, count, received, elapsed, &publish, &request,
+    ))
+}
+
+/// The rows of a raw broker client: publish throughput and latency, request/reply latency.
+#[cfg(any(feature = "nats", feature = "redis"))]
+fn broker_client_rows(
+    subject: &str,
+    size: usize,
+    count: u64,
+    received: u64,
+    elapsed: Duration,
+    publish: &Histogram<u64>,
+    request: &Histogram<u64>,
+) -> Vec<Row> {
+    vec![
         Row {
-            subject: SUBJECT.into(),
+            subject: subject.into(),
             test: "publish throughput",
             size,
             count,
@@ -353,9 +394,9 @@ async fn raw_nats_rows(
             p99_us: None,
             lost: Some(count - received),
         },
-        latency_row(SUBJECT, "publish latency", size, &publish),
-        latency_row(SUBJECT, "request/reply latency", size, &request),
-    ])
+        latency_row(subject, "publish latency", size, publish),
+        latency_row(subject, "request/reply latency", size, request),
+    ]
 }
 
 fn latency_row(subject: &str, test: &'static str, size: usize, histogram: &Histogram<u64>) -> Row {

@@ -8,6 +8,8 @@ pub mod local_native;
 pub mod node;
 #[cfg(feature = "nats")]
 pub mod raw_nats;
+#[cfg(feature = "redis")]
+pub mod raw_redis;
 #[cfg(feature = "native")]
 pub mod raw_tls;
 #[cfg(feature = "native")]

@@ -1,0 +1,155 @@
+//! The limit for the Redis carrier: bare redis-rs clients on the same server,
+//! `PUBLISH` on a multiplexed connection and `SUBSCRIBE` on a pub/sub one.
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
+use std::time::{Duration, Instant};
+
+fn channel(what: &str) -> String {
+    format!("bench-raw.{what}.{}", std::process::id())
+}
+
+async fn publisher(client: &redis::Client) -> anyhow::Result<MultiplexedConnection> {
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+async fn publish(
+    connection: &mut MultiplexedConnection,
+    channel: &str,
+    body: &[u8],
+) -> anyhow::Result<()> {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(body)
+        .query_async::<i64>(connection)
+        .await?;
+    Ok(())
+}
+
+/// Messages published one after another and counted by a subscriber.
+pub async fn one_way(
+    url: &str,
+    count: u64,
+    size: usize,
+    limit: Duration,
+) -> anyhow::Result<(u64, Duration)> {
+    let client = redis::Client::open(url)?;
+    let channel = channel("throughput");
+    let mut subscriber = client.get_async_pubsub().await?;
+    subscriber.subscribe(&channel).await?;
+    let mut connection = publisher(&client).await?;
+    let body = vec![0x5a; size];
+    let started = Instant::now();
+    let sending = tokio::spawn(async move {
+        for _ in 0..count {
+            publish(&mut connection, &channel, &body).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut messages = subscriber.on_message();
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + limit;
+    while received < count {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    sending.await??;
+    Ok((received, elapsed))
+}
+
+/// One-way latency: published by one connection, received by the subscriber.
+pub async fn publish_latency(
+    url: &str,
+    samples: u64,
+    size: usize,
+    histogram: &mut Histogram<u64>,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let channel = channel("latency");
+    let mut subscriber = client.get_async_pubsub().await?;
+    subscriber.subscribe(&channel).await?;
+    let mut connection = publisher(&client).await?;
+    let body = vec![0x5a; size];
+    let mut messages = subscriber.on_message();
+    timed(
+        samples,
+        histogram,
+        &mut connection,
+        &channel,
+        &body,
+        &mut messages,
+    )
+    .await
+}
+
+/// A request published to the responder's channel, answered on the requester's.
+pub async fn request_latency(
+    url: &str,
+    samples: u64,
+    size: usize,
+    histogram: &mut Histogram<u64>,
+) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let (requests, replies) = (channel("requests"), channel("replies"));
+    let mut responder = client.get_async_pubsub().await?;
+    responder.subscribe(&requests).await?;
+    let mut requester = client.get_async_pubsub().await?;
+    requester.subscribe(&replies).await?;
+    let mut answer_with = publisher(&client).await?;
+    let reply_channel = replies.clone();
+    let answering = tokio::spawn(async move {
+        let mut incoming = responder.on_message();
+        while let Some(request) = incoming.next().await {
+            if publish(
+                &mut answer_with,
+                &reply_channel,
+                request.get_payload_bytes(),
+            )
+            .await
+            .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut connection = publisher(&client).await?;
+    let body = vec![0x5a; size];
+    let mut answers = requester.on_message();
+    let result = timed(
+        samples,
+        histogram,
+        &mut connection,
+        &requests,
+        &body,
+        &mut answers,
+    )
+    .await;
+    answering.abort();
+    result
+}
+
+/// Publishes `samples` times on `channel`, each time timing until `arrivals` yields.
+async fn timed(
+    samples: u64,
+    histogram: &mut Histogram<u64>,
+    connection: &mut MultiplexedConnection,
+    channel: &str,
+    body: &[u8],
+    arrivals: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin),
+) -> anyhow::Result<()> {
+    for _ in 0..samples {
+        let sent = Instant::now();
+        publish(connection, channel, body).await?;
+        tokio::time::timeout(Duration::from_secs(10), arrivals.next())
+            .await
+            .context("raw Redis message lost")?
+            .context("raw Redis subscription ended")?;
+        histogram.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    Ok(())
+}
