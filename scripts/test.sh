@@ -20,6 +20,7 @@ install_tools() {
     local missing=()
     command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         local sudo=""

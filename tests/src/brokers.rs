@@ -20,6 +20,8 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 pub enum Kind {
     Nats,
     Redis,
+    /// One node of a Redis Cluster (see [`RedisCluster`]).
+    RedisClusterNode,
 }
 
 impl Kind {
@@ -27,7 +29,7 @@ impl Kind {
     pub fn scheme(self) -> &'static str {
         match self {
             Kind::Nats => "nats",
-            Kind::Redis => "redis",
+            Kind::Redis | Kind::RedisClusterNode => "redis",
         }
     }
 
@@ -36,13 +38,14 @@ impl Kind {
         match self {
             Kind::Nats => "COORDINATOR_TEST_NATS_URL",
             Kind::Redis => "COORDINATOR_TEST_REDIS_URL",
+            Kind::RedisClusterNode => "COORDINATOR_TEST_REDIS_CLUSTER_URLS",
         }
     }
 
     fn program(self) -> &'static str {
         match self {
             Kind::Nats => "nats-server",
-            Kind::Redis => "redis-server",
+            Kind::Redis | Kind::RedisClusterNode => "redis-server",
         }
     }
 
@@ -59,6 +62,26 @@ impl Kind {
                 )
                 .expect("a nats-server configuration file");
                 vec!["-c".into(), file.display().to_string()]
+            }
+            Kind::RedisClusterNode => {
+                let mut args = Kind::Redis.args(port.parse().expect("a port"), dir);
+                args.extend(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        // Fast failover for tests.
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--repl-diskless-sync",
+                        "yes",
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ]
+                    .map(String::from),
+                );
+                args
             }
             Kind::Redis => vec![
                 "--bind".into(),
@@ -84,7 +107,7 @@ impl Kind {
         let expected: &[u8] = match self {
             // NATS greets first.
             Kind::Nats => b"INFO",
-            Kind::Redis => {
+            Kind::Redis | Kind::RedisClusterNode => {
                 if stream.write_all(b"PING\r\n").is_err() {
                     return false;
                 }
@@ -200,4 +223,82 @@ pub fn external(variable: &str) -> Option<String> {
     std::env::var(variable)
         .ok()
         .filter(|value| !value.trim().is_empty())
+}
+
+/// A Redis Cluster of 3 masters with 1 replica each, all on loopback ports,
+/// ready when every slot is served and every replica is in sync.
+pub struct RedisCluster {
+    pub nodes: Vec<Broker>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Broker> = (0..6)
+            .map(|_| Broker::start(Kind::RedisClusterNode))
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(node.addr().to_string());
+        }
+        let output = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs (scripts/test.sh installs redis-tools)");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ready();
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://{}", node.addr()))
+            .collect()
+    }
+
+    /// Waits until every node says the cluster is ok and every replica's
+    /// link to its master is up.
+    pub fn wait_until_ready(&self) {
+        let started = Instant::now();
+        while started.elapsed() < READY_WITHIN {
+            let ready = self.nodes.iter().all(|node| {
+                let info = redis_cli(node.port(), &["cluster", "info"]);
+                let replication = redis_cli(node.port(), &["info", "replication"]);
+                info.contains("cluster_state:ok")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
+            });
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the Redis Cluster was not ready within {READY_WITHIN:?}");
+    }
+
+    /// The nodes that are masters now.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&index| {
+                redis_cli(self.nodes[index].port(), &["info", "replication"])
+                    .contains("role:master")
+            })
+            .collect()
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
 }

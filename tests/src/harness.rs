@@ -332,6 +332,9 @@ impl BrokerConnector {
                 r#"{{"@type": "Redis", "url": "{}", "timeout": "2s", "poolTimeoutWait": "2s", "poolTimeoutCreate": "2s"}}"#,
                 self.url
             ),
+            crate::brokers::Kind::RedisClusterNode => {
+                panic!("one Redis Cluster node is not a broker for a carrier; see RedisCluster")
+            }
         };
         coordinator_core::CoordinatorConfig::from_json(&text)
             .expect("a valid test configuration")
@@ -345,6 +348,7 @@ impl Connector for BrokerConnector {
         match self.kind {
             crate::brokers::Kind::Nats => coordinator_nats::NAME,
             crate::brokers::Kind::Redis => coordinator_redis::NAME,
+            crate::brokers::Kind::RedisClusterNode => "RedisCluster",
         }
     }
 
