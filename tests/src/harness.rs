@@ -390,3 +390,89 @@ pub async fn nats() -> EngineHarness<BrokerConnector> {
 pub async fn redis() -> EngineHarness<BrokerConnector> {
     on_broker(crate::brokers::Kind::Redis).await
 }
+
+/// Connects nodes to one Redis Cluster (3 masters, 3 replicas): this test's
+/// own, or the one in `COORDINATOR_TEST_REDIS_CLUSTER_URLS` (comma-separated).
+pub struct RedisClusterConnector {
+    urls: Vec<String>,
+    protocol: &'static str,
+    cluster: Mutex<Option<crate::brokers::RedisCluster>>,
+}
+
+impl RedisClusterConnector {
+    /// A connector with a cluster of its own, speaking `protocol` (`resp2` or `resp3`).
+    pub fn own_cluster(protocol: &'static str) -> Self {
+        let cluster = crate::brokers::RedisCluster::start();
+        Self {
+            urls: cluster.urls(),
+            protocol,
+            cluster: Mutex::new(Some(cluster)),
+        }
+    }
+
+    pub fn from_env(protocol: &'static str) -> Self {
+        match crate::brokers::external(crate::brokers::Kind::RedisClusterNode.variable()) {
+            Some(urls) => Self {
+                urls: urls.split(',').map(|url| url.trim().to_string()).collect(),
+                protocol,
+                cluster: Mutex::new(None),
+            },
+            None => Self::own_cluster(protocol),
+        }
+    }
+
+    /// Acts on this connector's own cluster (to kill a master, say).
+    pub fn with_cluster<T>(&self, act: impl FnOnce(&mut crate::brokers::RedisCluster) -> T) -> T {
+        act(self
+            .cluster
+            .lock()
+            .as_mut()
+            .expect("only a connector with its own cluster can change it"))
+    }
+
+    pub fn config(&self) -> coordinator_core::config::RedisClusterConfig {
+        let urls: Vec<String> = self.urls.iter().map(|url| format!("{url:?}")).collect();
+        let text = format!(
+            r#"{{"@type": "RedisCluster", "urls": [{}], "protocolVersion": "{}", "timeout": "2s", "maxRetries": 3, "minRetryWait": 10, "maxRetryWait": 100}}"#,
+            urls.join(", "),
+            self.protocol
+        );
+        match coordinator_core::CoordinatorConfig::from_json(&text)
+            .expect("a valid Redis Cluster test configuration")
+            .carrier
+        {
+            coordinator_core::config::CarrierConfig::RedisCluster(cluster) => cluster,
+            other => unreachable!("parsed as {other:?}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for RedisClusterConnector {
+    fn carrier(&self) -> &'static str {
+        coordinator_redis::CLUSTER_NAME
+    }
+
+    async fn connect(&self, _id: NodeId, settings: &Settings, _faults: &Arc<Faults>) -> Link {
+        coordinator_redis::connect_cluster(&self.config(), settings)
+            .await
+            .expect("the Redis Cluster carrier connects")
+    }
+}
+
+async fn on_redis_cluster(protocol: &'static str) -> EngineHarness<RedisClusterConnector> {
+    let connector = tokio::task::spawn_blocking(move || RedisClusterConnector::from_env(protocol))
+        .await
+        .expect("a Redis Cluster");
+    EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())
+}
+
+/// The `RedisCluster` carrier speaking RESP2 (Stalwart's default).
+pub async fn redis_cluster_resp2() -> EngineHarness<RedisClusterConnector> {
+    on_redis_cluster("resp2").await
+}
+
+/// The `RedisCluster` carrier speaking RESP3.
+pub async fn redis_cluster_resp3() -> EngineHarness<RedisClusterConnector> {
+    on_redis_cluster("resp3").await
+}

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use coordinator::{Event, SubscribeOptions};
 use std::time::Duration;
 use tests::brokers::Kind;
-use tests::harness::{BrokerConnector, EngineHarness, Harness, Timing};
+use tests::harness::{BrokerConnector, EngineHarness, Harness, RedisClusterConnector, Timing};
 use tests::wait::{broadcasts_reported_lost, converge, event, within};
 
 const LONG: Duration = Duration::from_secs(20);
@@ -21,18 +21,30 @@ async fn redis_survives_its_server_killed_and_restarted() {
     survives_a_broker_restart(Kind::Redis).await;
 }
 
+/// Nodes 1 and 2, formed; node 2 subscribed to `t` and watching its events.
+async fn two_nodes_listening(
+    harness: &mut impl Harness,
+) -> (
+    Vec<std::sync::Arc<dyn coordinator::Coordinator>>,
+    coordinator::Subscription,
+    coordinator::EventStream<Event>,
+) {
+    let nodes = vec![harness.start(1).await, harness.start(2).await];
+    converge(&nodes, LONG).await;
+    let subscription = nodes[1]
+        .subscribe("t", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let events = nodes[1].events();
+    (nodes, subscription, events)
+}
+
 async fn survives_a_broker_restart(kind: Kind) {
     let connector = tokio::task::spawn_blocking(move || BrokerConnector::own_broker(kind))
         .await
         .unwrap();
     let mut harness = EngineHarness::new(connector, Timing::default());
-    let nodes = vec![harness.start(1).await, harness.start(2).await];
-    converge(&nodes, LONG).await;
-    let mut subscription = nodes[1]
-        .subscribe("t", SubscribeOptions::default())
-        .await
-        .unwrap();
-    let mut events = nodes[1].events();
+    let (nodes, mut subscription, mut events) = two_nodes_listening(&mut harness).await;
     nodes[0]
         .broadcast("t", Bytes::from_static(b"before"))
         .await
@@ -108,4 +120,57 @@ async fn survives_a_broker_restart(kind: Kind) {
         .unwrap();
     assert_eq!(reply, "pong");
     server.abort();
+}
+
+/// A Redis Cluster master killed under the nodes' subscriptions: a replica
+/// takes over and delivery goes on, with both protocol versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_keeps_delivering_after_a_master_is_killed() {
+    for protocol in ["resp2", "resp3"] {
+        let connector =
+            tokio::task::spawn_blocking(move || RedisClusterConnector::own_cluster(protocol))
+                .await
+                .unwrap();
+        let mut harness = EngineHarness::new(connector, Timing::default());
+        let (nodes, mut subscription, mut events) = two_nodes_listening(&mut harness).await;
+        // The nodes subscribe on the first node of `urls`, a master.
+        let connector = harness.connector();
+        tokio::task::block_in_place(|| {
+            connector.with_cluster(|cluster| {
+                assert!(
+                    cluster.masters().contains(&0),
+                    "{protocol}: node 0 is no master"
+                );
+                cluster.nodes[0].kill();
+            })
+        });
+        within(
+            LONG,
+            "the subscription to be reported down",
+            event(&mut events, |e| matches!(e, Event::LinkDown { .. })),
+        )
+        .await;
+        within(
+            LONG,
+            "the subscription to be reported up again",
+            event(&mut events, |e| matches!(e, Event::LinkUp)),
+        )
+        .await;
+        within(LONG, "a broadcast after the failover", async {
+            loop {
+                let _ = nodes[0].broadcast("t", Bytes::from_static(b"after")).await;
+                if let Ok(Some(message)) =
+                    tokio::time::timeout(Duration::from_millis(500), subscription.recv()).await
+                    && message.payload == "after"
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        converge(&nodes, LONG).await;
+        for node in &nodes {
+            node.leave().await.unwrap();
+        }
+    }
 }

@@ -11,7 +11,13 @@
 //! at-most-once: what is published while a subscriber is away is lost for it,
 //! and the engine reports it as a gap.
 //!
-//! `RedisCluster` is not implemented yet (issue #4).
+//! `RedisCluster` publishes with `PUBLISH` through a redis-rs cluster client
+//! (RESP2 or RESP3 as configured, with its retries and replica reads); a
+//! classic `PUBLISH` crosses the cluster bus to every node, so each node
+//! subscribes on a plain RESP2 pub/sub connection to any one node of `urls`,
+//! moving to the next one when it drops (a killed master, say). That works
+//! whatever the protocol version, where redis-rs's cluster subscriptions need
+//! RESP3 and are not restored after a failover.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -34,7 +40,10 @@ pub const NAME: &str = "Redis";
 pub const IMPLEMENTED: bool = true;
 
 /// Whether this build can run the `RedisCluster` carrier.
-pub const CLUSTER_IMPLEMENTED: bool = false;
+pub const CLUSTER_IMPLEMENTED: bool = true;
+
+/// The `@type` name of the cluster carrier.
+pub const CLUSTER_NAME: &str = "RedisCluster";
 
 /// First and largest wait before the subscription connection is opened again.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -61,7 +70,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
     let span = tracing::info_span!("redis", node = settings.node_id);
     let reader = tokio::spawn(tracing::Instrument::instrument(
         read(
-            client,
+            vec![client],
             subscription,
             channels.broadcast.clone(),
             own,
@@ -72,8 +81,11 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
     tracing::info!(url = %redacted(&config.url), broadcast = %channels.broadcast, "redis carrier connected");
     Ok(Link {
         transport: Arc::new(RedisTransport {
-            pool,
-            publisher: parking_lot::Mutex::new(None),
+            publisher: Publisher::Pool {
+                pool,
+                kept: parking_lot::Mutex::new(None),
+            },
+            carrier: NAME,
             channels,
             timeout: config.timeout,
             reader,
@@ -90,7 +102,7 @@ fn unreachable(config: &RedisConfig, error: impl std::fmt::Display) -> Error {
 }
 
 /// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
+pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}<credentials>{}", &url[..scheme + 3], &url[at..])
@@ -115,7 +127,7 @@ fn pool(config: &RedisConfig) -> Result<Pool, Error> {
         .map_err(|error| Error::Start(format!("redis: cannot make the connection pool: {error}")))
 }
 
-async fn subscribe(
+pub(crate) async fn subscribe(
     client: &redis::Client,
     broadcast: &str,
     own: &str,
@@ -126,9 +138,10 @@ async fn subscribe(
 }
 
 /// Hands what arrives on this node's channels to the engine, and opens the
-/// subscription again whenever its connection drops.
-async fn read(
-    client: redis::Client,
+/// subscription again whenever its connection drops (on the next server of
+/// `clients`, for a cluster).
+pub(crate) async fn read(
+    clients: Vec<redis::Client>,
     first: redis::aio::PubSub,
     broadcast: String,
     own: String,
@@ -136,10 +149,11 @@ async fn read(
 ) {
     let mut subscription = Some(first);
     let mut failures: u32 = 0;
+    let mut next = 0;
     loop {
         let pubsub = match subscription.take() {
             Some(pubsub) => pubsub,
-            None => match subscribe(&client, &broadcast, &own).await {
+            None => match subscribe(&clients[next % clients.len()], &broadcast, &own).await {
                 Ok(pubsub) => {
                     failures = 0;
                     tracing::info!("redis subscription open again");
@@ -150,6 +164,7 @@ async fn read(
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
+                    next += 1;
                     let wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX);
                     tracing::debug!(%error, ?wait, "redis subscription still down");
                     tokio::time::sleep(wait).await;
@@ -165,6 +180,7 @@ async fn read(
             }
         }
         tracing::warn!("redis subscription connection lost; reconnecting");
+        next += 1;
         if !inbound.deliver(Inbound::LinkDown(
             "Redis: the subscription connection dropped; reconnecting".into(),
         )) {
@@ -173,52 +189,75 @@ async fn read(
     }
 }
 
-struct RedisTransport {
-    pool: Pool,
-    /// The connection publishes go through, while it works.
-    publisher: parking_lot::Mutex<Option<MultiplexedConnection>>,
-    channels: Routes,
-    timeout: Duration,
-    reader: JoinHandle<()>,
+/// Where publishes go.
+pub(crate) enum Publisher {
+    /// A single server: the connection taken from the pool is kept while it works.
+    Pool {
+        pool: Pool,
+        kept: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    },
+    /// A cluster: the cluster client's own multiplexed connections.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+pub(crate) struct RedisTransport {
+    pub(crate) publisher: Publisher,
+    pub(crate) carrier: &'static str,
+    pub(crate) channels: Routes,
+    pub(crate) timeout: Duration,
+    pub(crate) reader: JoinHandle<()>,
 }
 
 impl RedisTransport {
     async fn publish_to(&self, channel: &str, frame: Bytes) -> Result<(), TransportError> {
         let down = |detail: String| TransportError::LinkDown {
-            carrier: NAME,
+            carrier: self.carrier,
             detail,
         };
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(channel).arg(frame.as_ref());
+        let failed = |error: redis::RedisError| format!("PUBLISH failed: {error}");
         let publish = async {
-            let mut connection = self.publisher().await?;
-            redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(frame.as_ref())
-                .query_async::<i64>(&mut connection)
-                .await
-                .map_err(|error| format!("PUBLISH failed: {error}"))
+            match &self.publisher {
+                Publisher::Pool { .. } => {
+                    let mut connection = self.kept_connection().await?;
+                    command
+                        .query_async::<i64>(&mut connection)
+                        .await
+                        .map_err(failed)
+                }
+                Publisher::Cluster(connection) => command
+                    .query_async::<i64>(&mut connection.clone())
+                    .await
+                    .map_err(failed),
+            }
         };
         let result = match tokio::time::timeout(self.timeout, publish).await {
             Ok(result) => result.map(|_| ()),
             Err(_) => Err(format!("PUBLISH took over {:?}", self.timeout)),
         };
-        if result.is_err() {
+        if result.is_err()
+            && let Publisher::Pool { kept, .. } = &self.publisher
+        {
             // The next publish takes a fresh, checked connection from the pool.
-            *self.publisher.lock() = None;
+            *kept.lock() = None;
         }
         result.map_err(down)
     }
 
-    async fn publisher(&self) -> Result<MultiplexedConnection, String> {
-        if let Some(connection) = self.publisher.lock().clone() {
+    async fn kept_connection(&self) -> Result<MultiplexedConnection, String> {
+        let Publisher::Pool { pool, kept } = &self.publisher else {
+            unreachable!("only a single server has a pool");
+        };
+        if let Some(connection) = kept.lock().clone() {
             return Ok(connection);
         }
-        let pooled = self
-            .pool
+        let pooled = pool
             .get()
             .await
             .map_err(|error| format!("no connection: {error}"))?;
         let connection = deadpool_redis::Connection::take(pooled);
-        *self.publisher.lock() = Some(connection.clone());
+        *kept.lock() = Some(connection.clone());
         Ok(connection)
     }
 }
@@ -235,9 +274,14 @@ impl Transport for RedisTransport {
 
     async fn close(&self) {
         self.reader.abort();
-        self.pool.close();
+        if let Publisher::Pool { pool, .. } = &self.publisher {
+            pool.close();
+        }
     }
 }
+
+mod cluster;
+pub use cluster::connect_cluster;
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,11 @@ pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
             let link = coordinator_redis::connect(redis, &settings).await?;
             Node::start(settings, coordinator_redis::NAME, link)
         }
+        #[cfg(feature = "redis")]
+        CarrierConfig::RedisCluster(cluster) => {
+            let link = coordinator_redis::connect_cluster(cluster, &settings).await?;
+            Node::start(settings, coordinator_redis::CLUSTER_NAME, link)
+        }
         other => Err(unavailable(other.name())),
     }
 }
@@ -161,14 +166,15 @@ mod tests {
         );
         assert!(!error.contains("hunter2"), "{error}");
         let cluster = CoordinatorConfig::from_json(
-            r#"{"@type":"RedisCluster","nodeId":1,"urls":["redis://127.0.0.1:9"]}"#,
+            r#"{"@type":"RedisCluster","nodeId":1,"urls":["redis://u:hunter2@127.0.0.1:9"],"timeout":"500ms"}"#,
         )
         .unwrap();
         let error = start(&cluster).await.unwrap_err().to_string();
         assert!(
-            error.contains("RedisCluster carrier is not implemented yet"),
+            error.contains("redisCluster.urls: cannot reach redis://<credentials>@127.0.0.1:9"),
             "{error}"
         );
+        assert!(!error.contains("hunter2"), "{error}");
     }
 
     #[tokio::test]

@@ -1,0 +1,130 @@
+//! `RedisCluster`: publishes through the redis-rs cluster client, reads on a
+//! plain pub/sub connection to one node at a time (see the crate's docs).
+
+use crate::{CLUSTER_NAME, Publisher, RedisTransport, read, redacted, subscribe};
+use coordinator_core::config::{RedisClusterConfig, RedisProtocol};
+use coordinator_core::routes::Routes;
+use coordinator_core::{Error, Link, Settings};
+use redis::IntoConnectionInfo;
+use redis::cluster::ClusterClientBuilder;
+use std::sync::Arc;
+
+/// Connects to the cluster of `config` and subscribes node
+/// `settings.node_id`'s channels.
+pub async fn connect_cluster(
+    config: &RedisClusterConfig,
+    settings: &Settings,
+) -> Result<Link, Error> {
+    let password = config
+        .auth_secret
+        .resolve("redisCluster.authSecret")
+        .map_err(|error| Error::Start(error.to_string()))?
+        .map(|secret| secret.expose().to_string());
+    let mut builder = ClusterClientBuilder::new(config.urls.clone())
+        .use_protocol(match config.protocol_version {
+            RedisProtocol::Resp2 => redis::ProtocolVersion::RESP2,
+            RedisProtocol::Resp3 => redis::ProtocolVersion::RESP3,
+        })
+        .connection_timeout(config.pool.pool_timeout_create.unwrap_or(config.timeout))
+        .response_timeout(config.timeout);
+    if let Some(user) = &config.auth_username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &password {
+        builder = builder.password(password);
+    }
+    if let Some(retries) = config.max_retries {
+        builder = builder.retries(retries as u32);
+    }
+    if let Some(wait) = config.min_retry_wait {
+        builder = builder.min_retry_wait(wait.as_millis() as u64);
+    }
+    if let Some(wait) = config.max_retry_wait {
+        builder = builder.max_retry_wait(wait.as_millis() as u64);
+    }
+    if config.read_from_replicas {
+        builder = builder.read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy);
+    }
+    let client = builder
+        .build()
+        .map_err(|error| Error::Start(format!("redisCluster.urls: {error}")))?;
+    let servers = config
+        .urls
+        .iter()
+        .map(|url| redacted(url))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unreachable = |error: &dyn std::fmt::Display| {
+        Error::Start(format!(
+            "redisCluster.urls: cannot reach {servers}: {error}"
+        ))
+    };
+    let connection = tokio::time::timeout(config.timeout, client.get_async_connection())
+        .await
+        .map_err(|_| unreachable(&"timed out"))?
+        .map_err(|error| unreachable(&error))?;
+
+    // One plain pub/sub client per node of `urls`, tried in turn.
+    let mut subscribers = Vec::new();
+    for (index, url) in config.urls.iter().enumerate() {
+        let info = url
+            .as_str()
+            .into_connection_info()
+            .map_err(|error| Error::Start(format!("redisCluster.urls[{index}]: {error}")))?;
+        let mut redis = info.redis_settings().clone();
+        if let Some(user) = &config.auth_username {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &password {
+            redis = redis.set_password(password);
+        }
+        let info = info.set_redis_settings(redis);
+        subscribers.push(
+            redis::Client::open(info)
+                .map_err(|error| Error::Start(format!("redisCluster.urls[{index}]: {error}")))?,
+        );
+    }
+    let channels = Routes::new(&settings.cluster);
+    let own = channels.node(settings.node_id);
+    let mut first = None;
+    let mut last_error = None;
+    for (index, subscriber) in subscribers.iter().enumerate() {
+        match tokio::time::timeout(
+            config.timeout,
+            subscribe(subscriber, &channels.broadcast, &own),
+        )
+        .await
+        {
+            Ok(Ok(pubsub)) => {
+                first = Some(pubsub);
+                subscribers.rotate_left(index);
+                break;
+            }
+            Ok(Err(error)) => last_error = Some(error.to_string()),
+            Err(_) => last_error = Some("timed out".into()),
+        }
+    }
+    let Some(first) = first else {
+        return Err(unreachable(&format!(
+            "no node accepted a subscription ({})",
+            last_error.unwrap_or_default()
+        )));
+    };
+    let (inbound, receiver) = coordinator_core::inbound();
+    let span = tracing::info_span!("redis-cluster", node = settings.node_id);
+    let reader = tokio::spawn(tracing::Instrument::instrument(
+        read(subscribers, first, channels.broadcast.clone(), own, inbound),
+        span,
+    ));
+    tracing::info!(%servers, broadcast = %channels.broadcast, "redis cluster carrier connected");
+    Ok(Link {
+        transport: Arc::new(RedisTransport {
+            publisher: Publisher::Cluster(connection),
+            carrier: CLUSTER_NAME,
+            channels,
+            timeout: config.timeout,
+            reader,
+        }),
+        inbound: receiver,
+    })
+}
