@@ -150,11 +150,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows.extend(raw_nats_rows(nats, args.messages, args.samples, args.size).await?);
     }
     #[cfg(feature = "redis")]
-    if let Some(coordinator::config::CarrierConfig::Redis(redis)) =
-        config.as_ref().map(|c| &c.carrier)
     {
-        progress("bare redis-rs clients on the same server (the limit for the Redis carrier)");
-        rows.extend(raw_redis_rows(&redis.url, args.messages, args.samples, args.size).await?);
+        use coordinator::config::CarrierConfig;
+        let raw_url = match config.as_ref().map(|c| &c.carrier) {
+            Some(CarrierConfig::Redis(redis)) => Some(redis.url.clone()),
+            // A classic PUBLISH to any node reaches the whole cluster.
+            Some(CarrierConfig::RedisCluster(cluster)) => cluster.urls.first().cloned(),
+            _ => None,
+        };
+        if let Some(url) = raw_url {
+            progress("bare redis-rs clients on the same server (the limit for the Redis carriers)");
+            rows.extend(raw_redis_rows(&url, args.messages, args.samples, args.size).await?);
+        }
     }
     a.leave().await.ok();
     b.leave().await.ok();
