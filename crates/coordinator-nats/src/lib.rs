@@ -12,7 +12,7 @@
 //! Core NATS is at-most-once: what is published while a subscriber is away is
 //! lost for it, and reported, never silent.
 
-use async_nats::{ConnectOptions, Event, ServerAddr};
+use async_nats::{ConnectOptions, Event, ServerAddr, Subject};
 use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::config::{NatsConfig, Secret};
@@ -76,7 +76,8 @@ pub async fn connect(config: &NatsConfig, settings: &Settings) -> Result<Link, E
     Ok(Link {
         transport: Arc::new(NatsTransport {
             client,
-            own_subject: subjects.node(settings.node_id),
+            own_subject: Subject::from(subjects.node(settings.node_id)),
+            broadcast_subject: Subject::from(subjects.broadcast.as_str()),
             subjects,
             publish_timeout: config.timeout_request,
             reader,
@@ -209,7 +210,9 @@ async fn read(
 struct NatsTransport {
     client: async_nats::Client,
     subjects: Routes,
-    own_subject: String,
+    /// Kept as NATS subjects: cloning one is a reference count, not a copy.
+    broadcast_subject: Subject,
+    own_subject: Subject,
     /// A publish that cannot even be queued in this long fails (the link is
     /// down and the client's buffer is full).
     publish_timeout: Duration,
@@ -217,7 +220,7 @@ struct NatsTransport {
 }
 
 impl NatsTransport {
-    async fn publish_to(&self, subject: String, frame: Bytes) -> Result<(), TransportError> {
+    async fn publish_to(&self, subject: Subject, frame: Bytes) -> Result<(), TransportError> {
         let request = peek_kind(&frame) == Some(Kind::Request);
         let publish = async {
             if request {
@@ -245,12 +248,12 @@ impl NatsTransport {
 #[async_trait]
 impl Transport for NatsTransport {
     async fn publish(&self, frame: Bytes) -> Result<(), TransportError> {
-        self.publish_to(self.subjects.broadcast.clone(), frame)
-            .await
+        self.publish_to(self.broadcast_subject.clone(), frame).await
     }
 
     async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
-        self.publish_to(self.subjects.node(node), frame).await
+        self.publish_to(Subject::from(self.subjects.node(node)), frame)
+            .await
     }
 
     async fn close(&self) {
