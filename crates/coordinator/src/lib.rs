@@ -150,6 +150,22 @@ mod tests {
             error.contains("nats.addresses: cannot connect to 127.0.0.1:9"),
             "{error}"
         );
+        for (fields, expected) in [
+            (
+                r#""addresses":["127.0.0.1:9","nats://bad host:4222"]"#,
+                "nats.addresses[1]: \"nats://bad host:4222\" is not a NATS address",
+            ),
+            (
+                r#""credentials":{"@type":"Value","secret":"not a creds file"}"#,
+                "nats.credentials: not a NATS credentials (.creds) document",
+            ),
+        ] {
+            let config =
+                CoordinatorConfig::from_json(&format!(r#"{{"@type":"Nats","nodeId":1,{fields}}}"#))
+                    .unwrap();
+            let error = start(&config).await.unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 
     #[cfg(feature = "redis")]

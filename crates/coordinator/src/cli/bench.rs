@@ -52,6 +52,29 @@ struct Row {
     lost: Option<u64>,
 }
 
+impl Row {
+    /// `received` of `count` messages arrived in `elapsed`.
+    fn throughput(
+        subject: &str,
+        test: &'static str,
+        size: usize,
+        count: u64,
+        received: u64,
+        elapsed: Duration,
+    ) -> Row {
+        Row {
+            subject: subject.into(),
+            test,
+            size,
+            count,
+            per_second: Some(received as f64 / elapsed.as_secs_f64()),
+            p50_us: None,
+            p99_us: None,
+            lost: Some(count - received),
+        }
+    }
+}
+
 const LIMIT: Duration = Duration::from_secs(120);
 /// Room for a whole throughput run in the receiver's queue, so the figure is
 /// the carrier's and not the reader's.
@@ -147,7 +170,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         config.as_ref().map(|c| &c.carrier)
     {
         progress("two bare async-nats clients on the same server (the limit for the NATS carrier)");
-        rows.extend(raw_nats_rows(nats, args.messages, args.samples, args.size).await?);
+        rows.extend(
+            raw_broker_rows(
+                &super::raw_nats::RawNats(nats),
+                args.messages,
+                args.samples,
+                args.size,
+            )
+            .await?,
+        );
     }
     #[cfg(feature = "redis")]
     {
@@ -160,7 +191,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         if let Some(url) = raw_url {
             progress("bare redis-rs clients on the same server (the limit for the Redis carriers)");
-            rows.extend(raw_redis_rows(&url, args.messages, args.samples, args.size).await?);
+            rows.extend(
+                raw_broker_rows(
+                    &super::raw_redis::RawRedis(&url),
+                    args.messages,
+                    args.samples,
+                    args.size,
+                )
+                .await?,
+            );
         }
     }
     a.leave().await.ok();
@@ -310,16 +349,9 @@ async fn throughput_row(
 ) -> anyhow::Result<Row> {
     let elapsed = started.elapsed();
     sender.await??;
-    Ok(Row {
-        subject: subject.into(),
-        test,
-        size,
-        count,
-        per_second: Some(received as f64 / elapsed.as_secs_f64()),
-        p50_us: None,
-        p99_us: None,
-        lost: Some(count - received),
-    })
+    Ok(Row::throughput(
+        subject, test, size, count, received, elapsed,
+    ))
 }
 
 #[cfg(feature = "native")]
@@ -329,81 +361,90 @@ async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<V
     let mut histogram = histogram();
     super::raw_tls::round_trips(samples, size, &mut histogram).await?;
     Ok(vec![
-        Row {
-            subject: SUBJECT.into(),
-            test: "one-way throughput",
+        Row::throughput(
+            SUBJECT,
+            "one-way throughput",
             size,
             count,
-            per_second: Some(received as f64 / elapsed.as_secs_f64()),
-            p50_us: None,
-            p99_us: None,
-            lost: Some(count - received),
-        },
+            received,
+            elapsed,
+        ),
         latency_row(SUBJECT, "round trip (echo)", size, &histogram),
     ])
 }
 
-#[cfg(feature = "nats")]
-async fn raw_nats_rows(
-    config: &coordinator::config::NatsConfig,
-    count: u64,
-    samples: u64,
-    size: usize,
-) -> anyhow::Result<Vec<Row>> {
-    const SUBJECT: &str = "raw async-nats";
-    let (received, elapsed) = super::raw_nats::one_way(config, count, size, LIMIT).await?;
-    let mut publish = histogram();
-    super::raw_nats::publish_latency(config, samples, size, &mut publish).await?;
-    let mut request = histogram();
-    super::raw_nats::request_latency(config, samples, size, &mut request).await?;
-    Ok(broker_client_rows(
-        SUBJECT, size, count, received, elapsed, &publish, &request,
-    ))
+/// A bare client of a broker: the limit its carrier is measured against.
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(super) trait RawBroker {
+    const SUBJECT: &'static str;
+    /// Messages published back to back and counted by a subscriber: how many
+    /// arrived, and the time until the last one did.
+    async fn one_way(
+        &self,
+        count: u64,
+        size: usize,
+        limit: Duration,
+    ) -> anyhow::Result<(u64, Duration)>;
+    /// Publish-to-receive latency, one message at a time.
+    async fn publish_latency(
+        &self,
+        samples: u64,
+        size: usize,
+        histogram: &mut Histogram<u64>,
+    ) -> anyhow::Result<()>;
+    /// Request/reply latency, one request at a time.
+    async fn request_latency(
+        &self,
+        samples: u64,
+        size: usize,
+        histogram: &mut Histogram<u64>,
+    ) -> anyhow::Result<()>;
 }
 
-#[cfg(feature = "redis")]
-async fn raw_redis_rows(
-    url: &str,
+/// Counts what `arrivals` yields, up to `count`, until `limit` has passed.
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub(super) async fn count_arrivals<S: futures_util::Stream + Unpin>(
+    arrivals: &mut S,
     count: u64,
-    samples: u64,
-    size: usize,
-) -> anyhow::Result<Vec<Row>> {
-    const SUBJECT: &str = "raw redis-rs";
-    let (received, elapsed) = super::raw_redis::one_way(url, count, size, LIMIT).await?;
-    let mut publish = histogram();
-    super::raw_redis::publish_latency(url, samples, size, &mut publish).await?;
-    let mut request = histogram();
-    super::raw_redis::request_latency(url, samples, size, &mut request).await?;
-    Ok(broker_client_rows(
-        SUBJECT, size, count, received, elapsed, &publish, &request,
-    ))
+    limit: Duration,
+) -> u64 {
+    use futures_util::StreamExt;
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + limit;
+    while received < count {
+        match tokio::time::timeout_at(deadline, arrivals.next()).await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) | Err(_) => break,
+        }
+    }
+    received
 }
 
 /// The rows of a raw broker client: publish throughput and latency, request/reply latency.
 #[cfg(any(feature = "nats", feature = "redis"))]
-fn broker_client_rows(
-    subject: &str,
-    size: usize,
+async fn raw_broker_rows<R: RawBroker>(
+    raw: &R,
     count: u64,
-    received: u64,
-    elapsed: Duration,
-    publish: &Histogram<u64>,
-    request: &Histogram<u64>,
-) -> Vec<Row> {
-    vec![
-        Row {
-            subject: subject.into(),
-            test: "publish throughput",
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let (received, elapsed) = raw.one_way(count, size, LIMIT).await?;
+    let mut publish = histogram();
+    raw.publish_latency(samples, size, &mut publish).await?;
+    let mut request = histogram();
+    raw.request_latency(samples, size, &mut request).await?;
+    Ok(vec![
+        Row::throughput(
+            R::SUBJECT,
+            "publish throughput",
             size,
             count,
-            per_second: Some(received as f64 / elapsed.as_secs_f64()),
-            p50_us: None,
-            p99_us: None,
-            lost: Some(count - received),
-        },
-        latency_row(subject, "publish latency", size, publish),
-        latency_row(subject, "request/reply latency", size, request),
-    ]
+            received,
+            elapsed,
+        ),
+        latency_row(R::SUBJECT, "publish latency", size, &publish),
+        latency_row(R::SUBJECT, "request/reply latency", size, &request),
+    ])
 }
 
 fn latency_row(subject: &str, test: &'static str, size: usize, histogram: &Histogram<u64>) -> Row {
@@ -495,16 +536,14 @@ async fn raw_channel_throughput(count: u64, size: usize) -> anyhow::Result<Row> 
     }
     let elapsed = started.elapsed();
     producer.await?;
-    Ok(Row {
-        subject: "raw tokio mpsc".into(),
-        test: "broadcast throughput",
+    Ok(Row::throughput(
+        "raw tokio mpsc",
+        "broadcast throughput",
         size,
         count,
-        per_second: Some(received as f64 / elapsed.as_secs_f64()),
-        p50_us: None,
-        p99_us: None,
-        lost: Some(count - received),
-    })
+        received,
+        elapsed,
+    ))
 }
 
 async fn raw_channel_latency(samples: u64, size: usize) -> anyhow::Result<Row> {

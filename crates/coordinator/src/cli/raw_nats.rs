@@ -41,87 +41,90 @@ fn subject(what: &str) -> String {
     format!("bench-raw.{what}.{}", std::process::id())
 }
 
-/// Messages published back to back by one client and counted by the other.
-pub async fn one_way(
-    config: &NatsConfig,
-    count: u64,
-    size: usize,
-    limit: Duration,
-) -> anyhow::Result<(u64, Duration)> {
-    let (sender, receiver) = (client(config).await?, client(config).await?);
-    let subject = subject("throughput");
-    let mut subscription = receiver.subscribe(subject.clone()).await?;
-    receiver.flush().await?;
-    let body = Bytes::from(vec![0x5a; size]);
-    let started = Instant::now();
-    let publisher = tokio::spawn(async move {
-        for _ in 0..count {
-            sender.publish(subject.clone(), body.clone()).await?;
-        }
-        sender.flush().await?;
-        anyhow::Ok(())
-    });
-    let mut received = 0;
-    let deadline = tokio::time::Instant::now() + limit;
-    while received < count {
-        match tokio::time::timeout_at(deadline, subscription.next()).await {
-            Ok(Some(_)) => received += 1,
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let elapsed = started.elapsed();
-    publisher.await??;
-    Ok((received, elapsed))
-}
+/// Two bare async-nats clients with the options of this configuration.
+pub struct RawNats<'a>(pub &'a NatsConfig);
 
-/// One-way latency: published by one client, received by the other.
-pub async fn publish_latency(
-    config: &NatsConfig,
-    samples: u64,
-    size: usize,
-    histogram: &mut Histogram<u64>,
-) -> anyhow::Result<()> {
-    let (sender, receiver) = (client(config).await?, client(config).await?);
-    let subject = subject("latency");
-    let mut subscription = receiver.subscribe(subject.clone()).await?;
-    receiver.flush().await?;
-    let body = Bytes::from(vec![0x5a; size]);
-    for _ in 0..samples {
-        let sent = Instant::now();
-        sender.publish(subject.clone(), body.clone()).await?;
-        tokio::time::timeout(Duration::from_secs(10), subscription.next())
-            .await
-            .context("raw NATS message lost")?
-            .context("raw NATS subscription ended")?;
-        histogram.record(sent.elapsed().as_nanos() as u64)?;
-    }
-    Ok(())
-}
+impl super::bench::RawBroker for RawNats<'_> {
+    const SUBJECT: &'static str = "raw async-nats";
 
-/// Request/reply through NATS's own reply subjects.
-pub async fn request_latency(
-    config: &NatsConfig,
-    samples: u64,
-    size: usize,
-    histogram: &mut Histogram<u64>,
-) -> anyhow::Result<()> {
-    let (requester, responder) = (client(config).await?, client(config).await?);
-    let subject = subject("request");
-    let mut requests = responder.subscribe(subject.clone()).await?;
-    responder.flush().await?;
-    let answering = tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            if let Some(reply) = request.reply {
-                let _ = responder.publish(reply, request.payload).await;
+    /// Messages published back to back by one client and counted by the other.
+    async fn one_way(
+        &self,
+        count: u64,
+        size: usize,
+        limit: Duration,
+    ) -> anyhow::Result<(u64, Duration)> {
+        let config = self.0;
+        let (sender, receiver) = (client(config).await?, client(config).await?);
+        let subject = subject("throughput");
+        let mut subscription = receiver.subscribe(subject.clone()).await?;
+        receiver.flush().await?;
+        let body = Bytes::from(vec![0x5a; size]);
+        let started = Instant::now();
+        let publisher = tokio::spawn(async move {
+            for _ in 0..count {
+                sender.publish(subject.clone(), body.clone()).await?;
             }
-        }
-    });
-    let body = Bytes::from(vec![0x5a; size]);
-    for _ in 0..samples {
-        let sent = Instant::now();
-        requester.request(subject.clone(), body.clone()).await?;
-        histogram.record(sent.elapsed().as_nanos() as u64)?;
+            sender.flush().await?;
+            anyhow::Ok(())
+        });
+        let received = super::bench::count_arrivals(&mut subscription, count, limit).await;
+        let elapsed = started.elapsed();
+        publisher.await??;
+        Ok((received, elapsed))
     }
-    answering.abort();
-    Ok(())
+
+    /// One-way latency: published by one client, received by the other.
+    async fn publish_latency(
+        &self,
+        samples: u64,
+        size: usize,
+        histogram: &mut Histogram<u64>,
+    ) -> anyhow::Result<()> {
+        let config = self.0;
+        let (sender, receiver) = (client(config).await?, client(config).await?);
+        let subject = subject("latency");
+        let mut subscription = receiver.subscribe(subject.clone()).await?;
+        receiver.flush().await?;
+        let body = Bytes::from(vec![0x5a; size]);
+        for _ in 0..samples {
+            let sent = Instant::now();
+            sender.publish(subject.clone(), body.clone()).await?;
+            tokio::time::timeout(Duration::from_secs(10), subscription.next())
+                .await
+                .context("raw NATS message lost")?
+                .context("raw NATS subscription ended")?;
+            histogram.record(sent.elapsed().as_nanos() as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Request/reply through NATS's own reply subjects.
+    async fn request_latency(
+        &self,
+        samples: u64,
+        size: usize,
+        histogram: &mut Histogram<u64>,
+    ) -> anyhow::Result<()> {
+        let config = self.0;
+        let (requester, responder) = (client(config).await?, client(config).await?);
+        let subject = subject("request");
+        let mut requests = responder.subscribe(subject.clone()).await?;
+        responder.flush().await?;
+        let answering = tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                if let Some(reply) = request.reply {
+                    let _ = responder.publish(reply, request.payload).await;
+                }
+            }
+        });
+        let body = Bytes::from(vec![0x5a; size]);
+        for _ in 0..samples {
+            let sent = Instant::now();
+            requester.request(subject.clone(), body.clone()).await?;
+            histogram.record(sent.elapsed().as_nanos() as u64)?;
+        }
+        answering.abort();
+        Ok(())
+    }
 }

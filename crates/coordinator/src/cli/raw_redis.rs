@@ -28,109 +28,112 @@ async fn publish(
     Ok(())
 }
 
-/// Messages published one after another and counted by a subscriber.
-pub async fn one_way(
-    url: &str,
-    count: u64,
-    size: usize,
-    limit: Duration,
-) -> anyhow::Result<(u64, Duration)> {
-    let client = redis::Client::open(url)?;
-    let channel = channel("throughput");
-    let mut subscriber = client.get_async_pubsub().await?;
-    subscriber.subscribe(&channel).await?;
-    let mut connection = publisher(&client).await?;
-    let body = vec![0x5a; size];
-    let started = Instant::now();
-    let sending = tokio::spawn(async move {
-        for _ in 0..count {
-            publish(&mut connection, &channel, &body).await?;
-        }
-        anyhow::Ok(())
-    });
-    let mut messages = subscriber.on_message();
-    let mut received = 0;
-    let deadline = tokio::time::Instant::now() + limit;
-    while received < count {
-        match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(_)) => received += 1,
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let elapsed = started.elapsed();
-    sending.await??;
-    Ok((received, elapsed))
-}
+/// Bare redis-rs clients on the server of this URL.
+pub struct RawRedis<'a>(pub &'a str);
 
-/// One-way latency: published by one connection, received by the subscriber.
-pub async fn publish_latency(
-    url: &str,
-    samples: u64,
-    size: usize,
-    histogram: &mut Histogram<u64>,
-) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let channel = channel("latency");
-    let mut subscriber = client.get_async_pubsub().await?;
-    subscriber.subscribe(&channel).await?;
-    let mut connection = publisher(&client).await?;
-    let body = vec![0x5a; size];
-    let mut messages = subscriber.on_message();
-    timed(
-        samples,
-        histogram,
-        &mut connection,
-        &channel,
-        &body,
-        &mut messages,
-    )
-    .await
-}
+impl super::bench::RawBroker for RawRedis<'_> {
+    const SUBJECT: &'static str = "raw redis-rs";
 
-/// A request published to the responder's channel, answered on the requester's.
-pub async fn request_latency(
-    url: &str,
-    samples: u64,
-    size: usize,
-    histogram: &mut Histogram<u64>,
-) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let (requests, replies) = (channel("requests"), channel("replies"));
-    let mut responder = client.get_async_pubsub().await?;
-    responder.subscribe(&requests).await?;
-    let mut requester = client.get_async_pubsub().await?;
-    requester.subscribe(&replies).await?;
-    let mut answer_with = publisher(&client).await?;
-    let reply_channel = replies.clone();
-    let answering = tokio::spawn(async move {
-        let mut incoming = responder.on_message();
-        while let Some(request) = incoming.next().await {
-            if publish(
-                &mut answer_with,
-                &reply_channel,
-                request.get_payload_bytes(),
-            )
-            .await
-            .is_err()
-            {
-                break;
+    /// Messages published one after another and counted by a subscriber.
+    async fn one_way(
+        &self,
+        count: u64,
+        size: usize,
+        limit: Duration,
+    ) -> anyhow::Result<(u64, Duration)> {
+        let url = self.0;
+        let client = redis::Client::open(url)?;
+        let channel = channel("throughput");
+        let mut subscriber = client.get_async_pubsub().await?;
+        subscriber.subscribe(&channel).await?;
+        let mut connection = publisher(&client).await?;
+        let body = vec![0x5a; size];
+        let started = Instant::now();
+        let sending = tokio::spawn(async move {
+            for _ in 0..count {
+                publish(&mut connection, &channel, &body).await?;
             }
-        }
-    });
-    let mut connection = publisher(&client).await?;
-    let body = vec![0x5a; size];
-    let mut answers = requester.on_message();
-    let result = timed(
-        samples,
-        histogram,
-        &mut connection,
-        &requests,
-        &body,
-        &mut answers,
-    )
-    .await;
-    answering.abort();
-    result
+            anyhow::Ok(())
+        });
+        let mut messages = subscriber.on_message();
+        let received = super::bench::count_arrivals(&mut messages, count, limit).await;
+        let elapsed = started.elapsed();
+        sending.await??;
+        Ok((received, elapsed))
+    }
+
+    /// One-way latency: published by one connection, received by the subscriber.
+    async fn publish_latency(
+        &self,
+        samples: u64,
+        size: usize,
+        histogram: &mut Histogram<u64>,
+    ) -> anyhow::Result<()> {
+        let url = self.0;
+        let client = redis::Client::open(url)?;
+        let channel = channel("latency");
+        let mut subscriber = client.get_async_pubsub().await?;
+        subscriber.subscribe(&channel).await?;
+        let mut connection = publisher(&client).await?;
+        let body = vec![0x5a; size];
+        let mut messages = subscriber.on_message();
+        timed(
+            samples,
+            histogram,
+            &mut connection,
+            &channel,
+            &body,
+            &mut messages,
+        )
+        .await
+    }
+
+    /// A request published to the responder's channel, answered on the requester's.
+    async fn request_latency(
+        &self,
+        samples: u64,
+        size: usize,
+        histogram: &mut Histogram<u64>,
+    ) -> anyhow::Result<()> {
+        let url = self.0;
+        let client = redis::Client::open(url)?;
+        let (requests, replies) = (channel("requests"), channel("replies"));
+        let mut responder = client.get_async_pubsub().await?;
+        responder.subscribe(&requests).await?;
+        let mut requester = client.get_async_pubsub().await?;
+        requester.subscribe(&replies).await?;
+        let mut answer_with = publisher(&client).await?;
+        let reply_channel = replies.clone();
+        let answering = tokio::spawn(async move {
+            let mut incoming = responder.on_message();
+            while let Some(request) = incoming.next().await {
+                if publish(
+                    &mut answer_with,
+                    &reply_channel,
+                    request.get_payload_bytes(),
+                )
+                .await
+                .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut connection = publisher(&client).await?;
+        let body = vec![0x5a; size];
+        let mut answers = requester.on_message();
+        let result = timed(
+            samples,
+            histogram,
+            &mut connection,
+            &requests,
+            &body,
+            &mut answers,
+        )
+        .await;
+        answering.abort();
+        result
+    }
 }
 
 /// Publishes `samples` times on `channel`, each time timing until `arrivals` yields.
