@@ -21,12 +21,28 @@ install_tools() {
     command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    # rdkafka builds librdkafka from source (cmake-build): cmake, and curl's
+    # headers, which librdkafka includes even with OIDC off; OpenSSL for TLS.
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+    [ -e /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -e /usr/include/curl/curl.h ] || missing+=(libcurl4-openssl-dev)
+    [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
         $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    # The Kafka-API broker (Tansu) and the Zenoh router, built once from
+    # crates.io (about 11 and 6 minutes), then reused from ~/.cargo/bin.
+    case ":$PATH:" in *":${CARGO_HOME:-$HOME/.cargo}/bin:"*) ;; *) export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH" ;; esac
+    if ! command -v tansu >/dev/null 2>&1; then
+        log "installing tansu (a Kafka-API broker; first time only)"
+        env -u CARGO_TARGET_DIR cargo install tansu --version 0.6.0 --locked --features dynostore
+    fi
+    if ! command -v zenohd >/dev/null 2>&1; then
+        log "installing zenohd (the Zenoh router; first time only)"
+        env -u CARGO_TARGET_DIR cargo install zenohd --version 1.10.2 --locked
     fi
     # Debian puts nats-server in /usr/sbin.
     case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac

@@ -22,6 +22,11 @@ pub enum Kind {
     Redis,
     /// One node of a Redis Cluster (see [`RedisCluster`]).
     RedisClusterNode,
+    /// Tansu, a broker that speaks the Apache Kafka API, keeping its log in
+    /// memory (a restart loses it, as a crashed disk-less broker would).
+    Kafka,
+    /// The Zenoh router, `zenohd`.
+    ZenohRouter,
 }
 
 impl Kind {
@@ -30,6 +35,17 @@ impl Kind {
         match self {
             Kind::Nats => "nats",
             Kind::Redis | Kind::RedisClusterNode => "redis",
+            Kind::Kafka => "kafka",
+            Kind::ZenohRouter => "tcp",
+        }
+    }
+
+    /// How the broker's clients name the broker at `addr`.
+    pub fn url(self, addr: SocketAddr) -> String {
+        match self {
+            Kind::Kafka => addr.to_string(),
+            Kind::ZenohRouter => format!("tcp/{addr}"),
+            _ => format!("{}://{addr}", self.scheme()),
         }
     }
 
@@ -39,6 +55,8 @@ impl Kind {
             Kind::Nats => "COORDINATOR_TEST_NATS_URL",
             Kind::Redis => "COORDINATOR_TEST_REDIS_URL",
             Kind::RedisClusterNode => "COORDINATOR_TEST_REDIS_CLUSTER_URLS",
+            Kind::Kafka => "COORDINATOR_TEST_KAFKA_BROKERS",
+            Kind::ZenohRouter => "COORDINATOR_TEST_ZENOH_ROUTER",
         }
     }
 
@@ -46,6 +64,8 @@ impl Kind {
         match self {
             Kind::Nats => "nats-server",
             Kind::Redis | Kind::RedisClusterNode => "redis-server",
+            Kind::Kafka => "tansu",
+            Kind::ZenohRouter => "zenohd",
         }
     }
 
@@ -83,6 +103,26 @@ impl Kind {
                 );
                 args
             }
+            Kind::Kafka => {
+                let url = format!("tcp://127.0.0.1:{port}");
+                vec![
+                    "broker".into(),
+                    "--listener-url".into(),
+                    url.clone(),
+                    "--advertised-listener-url".into(),
+                    url,
+                    "--storage-engine".into(),
+                    "memory://tansu/".into(),
+                ]
+            }
+            Kind::ZenohRouter => vec![
+                "--no-multicast-scouting".into(),
+                "--listen".into(),
+                format!("tcp/127.0.0.1:{port}"),
+                // No REST plugin, no admin space: only the router.
+                "--cfg".into(),
+                "plugins_loading/enabled:false".into(),
+            ],
             Kind::Redis => vec![
                 "--bind".into(),
                 "127.0.0.1".into(),
@@ -107,6 +147,18 @@ impl Kind {
         let expected: &[u8] = match self {
             // NATS greets first.
             Kind::Nats => b"INFO",
+            // An ApiVersions v0 request with correlation id 1: the answer
+            // starts with its length, then the same correlation id.
+            Kind::Kafka => {
+                let request = [0, 0, 0, 10, 0, 18, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+                if stream.write_all(&request).is_err() {
+                    return false;
+                }
+                let mut answer = [0u8; 8];
+                return stream.read_exact(&mut answer).is_ok() && answer[4..8] == [0, 0, 0, 1];
+            }
+            // A Zenoh router accepts the connection once it listens.
+            Kind::ZenohRouter => return true,
             Kind::Redis | Kind::RedisClusterNode => {
                 if stream.write_all(b"PING\r\n").is_err() {
                     return false;

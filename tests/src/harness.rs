@@ -286,7 +286,7 @@ impl BrokerConnector {
         let broker = crate::brokers::Broker::start(kind);
         Self {
             kind,
-            url: format!("{}://{}", kind.scheme(), broker.addr()),
+            url: kind.url(broker.addr()),
             broker: Mutex::new(Some(broker)),
         }
     }
@@ -332,8 +332,12 @@ impl BrokerConnector {
                 r#"{{"@type": "Redis", "url": "{}", "timeout": "2s", "poolTimeoutWait": "2s", "poolTimeoutCreate": "2s"}}"#,
                 self.url
             ),
-            crate::brokers::Kind::RedisClusterNode => {
-                panic!("one Redis Cluster node is not a broker for a carrier; see RedisCluster")
+            crate::brokers::Kind::Kafka => format!(
+                r#"{{"@type": "Kafka", "brokers": ["{}"], "groupId": "conformance", "timeoutSession": "10s", "timeoutMessage": "5s"}}"#,
+                self.url
+            ),
+            crate::brokers::Kind::RedisClusterNode | crate::brokers::Kind::ZenohRouter => {
+                panic!("{:?} is not a broker for this connector", self.kind)
             }
         };
         coordinator_core::CoordinatorConfig::from_json(&text)
@@ -349,6 +353,8 @@ impl Connector for BrokerConnector {
             crate::brokers::Kind::Nats => coordinator_nats::NAME,
             crate::brokers::Kind::Redis => coordinator_redis::NAME,
             crate::brokers::Kind::RedisClusterNode => "RedisCluster",
+            crate::brokers::Kind::Kafka => coordinator_kafka::NAME,
+            crate::brokers::Kind::ZenohRouter => "Zenoh",
         }
     }
 
@@ -357,6 +363,7 @@ impl Connector for BrokerConnector {
         match self.config() {
             CarrierConfig::Nats(nats) => coordinator_nats::connect(&nats, settings).await,
             CarrierConfig::Redis(redis) => coordinator_redis::connect(&redis, settings).await,
+            CarrierConfig::Kafka(kafka) => coordinator_kafka::connect(&kafka, settings).await,
             other => unreachable!("no test broker for {other:?}"),
         }
         .expect("the carrier connects to its broker")
@@ -385,6 +392,24 @@ async fn on_broker(kind: crate::brokers::Kind) -> EngineHarness<BrokerConnector>
 pub async fn nats() -> EngineHarness<BrokerConnector> {
     on_broker(crate::brokers::Kind::Nats).await
 }
+
+/// The `Kafka` carrier on a real Kafka-API broker (Tansu), with timing that
+/// allows for its fetch wait.
+pub async fn kafka() -> EngineHarness<BrokerConnector> {
+    let mut harness = on_broker(crate::brokers::Kind::Kafka).await;
+    harness.timing = KAFKA_TIMING;
+    harness
+}
+
+/// Kafka delivers through fetches: a message waits up to `fetchWaitMax` on a
+/// broker that holds every fetch that long (Tansu), more under load.
+pub const KAFKA_TIMING: Timing = Timing {
+    heartbeat: Duration::from_millis(100),
+    suspect: Duration::from_millis(600),
+    dead: Duration::from_millis(1200),
+    reorder: Duration::from_millis(300),
+    delivery: Duration::from_millis(600),
+};
 
 /// The `Redis` carrier on a real Redis server.
 pub async fn redis() -> EngineHarness<BrokerConnector> {

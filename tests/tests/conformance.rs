@@ -7,6 +7,7 @@ mod conformance {
     tests::conformance_suite!(native, tests::harness::native);
     tests::conformance_suite!(nats, tests::harness::nats);
     tests::conformance_suite!(redis, tests::harness::redis);
+    tests::conformance_suite!(kafka, tests::harness::kafka);
     tests::conformance_suite!(redis_cluster_resp2, tests::harness::redis_cluster_resp2);
     tests::conformance_suite!(redis_cluster_resp3, tests::harness::redis_cluster_resp3);
 }

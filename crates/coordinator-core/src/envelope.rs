@@ -375,6 +375,17 @@ pub fn peek_sender(frame: &[u8]) -> Option<NodeId> {
     }
 }
 
+/// The request id of a `Request`, `Reply` or `ReplyError` frame (`aux`),
+/// read without verifying the frame.
+pub fn peek_request_id(frame: &[u8]) -> Option<u64> {
+    match peek_kind(frame)? {
+        Kind::Request | Kind::Reply | Kind::ReplyError => {
+            Some(u64::from_be_bytes(frame[45..53].try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// The claimed kind of a frame, without checking anything else (for carriers
 /// that give control traffic priority).
 pub fn peek_kind(frame: &[u8]) -> Option<Kind> {

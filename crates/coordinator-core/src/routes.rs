@@ -17,9 +17,14 @@ pub struct Routes {
 
 impl Routes {
     pub fn new(cluster: &str) -> Self {
+        Self::with_separator(cluster, '.')
+    }
+
+    /// The same names with another separator (`/` for Zenoh key expressions).
+    pub fn with_separator(cluster: &str, separator: char) -> Self {
         Self {
-            broadcast: format!("{cluster}.broadcast"),
-            prefix: format!("{cluster}.node."),
+            broadcast: format!("{cluster}{separator}broadcast"),
+            prefix: format!("{cluster}{separator}node{separator}"),
         }
     }
 

@@ -97,20 +97,110 @@ impl CarrierConfig {
 #[serde(rename_all = "camelCase")]
 pub struct KafkaConfig {
     pub brokers: Vec<String>,
+    /// The prefix of each node's own consumer group, `{groupId}-node-{nodeId}`
+    /// (one group per node, so that every node reads every broadcast).
     pub group_id: String,
+    /// How long the producer tries to deliver a message (`message.timeout.ms`).
     #[serde(with = "serde_text")]
     pub timeout_message: Duration,
+    /// How long starting may wait for the brokers (metadata, topic creation,
+    /// offsets), and `session.timeout.ms`.
     #[serde(with = "serde_text")]
     pub timeout_session: Duration,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: Option<String>,
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (with a `sasl_*` protocol).
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Secret,
+    /// A PEM file of the certificate authorities that sign the brokers' certificates.
+    pub tls_ca_path: Option<String>,
+    /// Partitions of the broadcast topic, when this node creates it.
+    pub partitions: u64,
+    /// Replicas of each topic this node creates; the broker's default when absent.
+    pub replication_factor: Option<u64>,
+    /// How long the topics this node creates keep messages (`retention.ms`).
+    #[serde(with = "serde_text")]
+    pub retention: Duration,
+    /// The longest a fetch waits for data (`fetch.wait.max.ms`): on a broker
+    /// that holds a fetch until this expires, the floor of every delivery.
+    #[serde(with = "serde_text")]
+    pub fetch_wait_max: Duration,
+    /// How long the producer waits to batch messages (`linger.ms`).
+    #[serde(with = "serde_text")]
+    pub linger: Duration,
+    /// Any other librdkafka properties, applied last (they override the above).
+    pub properties: std::collections::BTreeMap<String, String>,
 }
+
+/// The values `securityProtocol` accepts.
+pub const KAFKA_SECURITY_PROTOCOLS: [&str; 4] = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+/// The values `saslMechanism` accepts.
+pub const KAFKA_SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 impl KafkaConfig {
     fn read(reader: &mut ObjectReader<'_>, name: &'static str) -> Self {
-        reader.with_prefix(name, |v| Self {
-            brokers: v.strings_min("brokers", None, 1),
-            group_id: v.required_string("groupId"),
-            timeout_message: v.duration_or("timeoutMessage", secs(5), millis(1), DAY),
-            timeout_session: v.duration_or("timeoutSession", secs(5), millis(1), DAY),
+        reader.with_prefix(name, |v| {
+            let choice = |v: &mut ObjectReader<'_>, key: &str, allowed: &[&str]| {
+                let value = v.string(key)?;
+                match allowed.iter().find(|a| a.eq_ignore_ascii_case(&value)) {
+                    Some(found) => Some(found.to_string()),
+                    None => {
+                        v.error(
+                            key,
+                            format!("must be one of {}, found {value:?}", allowed.join(", ")),
+                        );
+                        None
+                    }
+                }
+            };
+            let security_protocol = choice(v, "securityProtocol", &KAFKA_SECURITY_PROTOCOLS);
+            let sasl_mechanism = choice(v, "saslMechanism", &KAFKA_SASL_MECHANISMS);
+            let config = Self {
+                brokers: v.strings_min("brokers", None, 1),
+                group_id: v.required_string("groupId"),
+                timeout_message: v.duration_or("timeoutMessage", secs(5), millis(1), DAY),
+                timeout_session: v.duration_or("timeoutSession", secs(5), millis(1), DAY),
+                security_protocol,
+                sasl_mechanism,
+                sasl_username: v.string("saslUsername"),
+                sasl_password: v.secret("saslPassword"),
+                tls_ca_path: v.string("tlsCaPath"),
+                partitions: v.u64_or("partitions", 1, 1, 10_000),
+                replication_factor: v.optional_u64("replicationFactor", 1, 32),
+                retention: v.duration_or("retention", secs(3600), secs(1), DAY * 365),
+                fetch_wait_max: v.duration_or(
+                    "fetchWaitMax",
+                    millis(10),
+                    Duration::ZERO,
+                    secs(300),
+                ),
+                linger: v.duration_or("linger", Duration::ZERO, Duration::ZERO, secs(300)),
+                properties: v.string_map("properties"),
+            };
+            let sasl = config
+                .security_protocol
+                .as_deref()
+                .is_some_and(|p| p.starts_with("sasl_"));
+            if sasl && config.sasl_mechanism.is_none() {
+                v.error(
+                    "saslMechanism",
+                    "is required when securityProtocol is sasl_plaintext or sasl_ssl",
+                );
+            }
+            if !sasl && (config.sasl_mechanism.is_some() || config.sasl_username.is_some()) {
+                v.error(
+                    "securityProtocol",
+                    "must be sasl_plaintext or sasl_ssl when saslMechanism or saslUsername is set",
+                );
+            }
+            if config.sasl_username.is_some() == config.sasl_password.is_none() {
+                v.error(
+                    "saslPassword",
+                    "and saslUsername go together: set both or neither",
+                );
+            }
+            config
         })
     }
 }

@@ -299,6 +299,38 @@ impl<'e> ObjectReader<'e> {
         list
     }
 
+    /// An object of string values (numbers and booleans are taken as their text).
+    pub fn string_map(&mut self, key: &str) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        match self.take(key) {
+            None => {}
+            Some(Value::Object(fields)) => {
+                for (name, value) in fields {
+                    match value {
+                        Value::String(text) => {
+                            out.insert(name, text);
+                        }
+                        Value::Number(n) => {
+                            out.insert(name, n.to_string());
+                        }
+                        Value::Bool(b) => {
+                            out.insert(name, b.to_string());
+                        }
+                        other => self.error(
+                            &format!("{key}.{name}"),
+                            format!("expected a string, found {}", type_name(&other)),
+                        ),
+                    }
+                }
+            }
+            Some(other) => self.error(
+                key,
+                format!("expected an object of strings, found {}", type_name(&other)),
+            ),
+        }
+        out
+    }
+
     /// A secret object (see [`Secret`]).
     pub fn secret(&mut self, key: &str) -> Secret {
         let Some(value) = self.take(key) else {

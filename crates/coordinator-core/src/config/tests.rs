@@ -453,3 +453,53 @@ fn from_file_reads_yaml_by_extension() {
         (CarrierConfig::Disabled, "mail")
     );
 }
+
+#[test]
+fn kafka_latency_security_and_topic_fields() {
+    let c = CoordinatorConfig::from_value(
+        json!({"@type": "Kafka", "brokers": ["k:9092"], "groupId": "g"}),
+    )
+    .unwrap();
+    let CarrierConfig::Kafka(k) = c.carrier else {
+        panic!()
+    };
+    assert_eq!(k.fetch_wait_max, Duration::from_millis(10));
+    assert_eq!(k.linger, Duration::ZERO);
+    assert_eq!((k.partitions, k.replication_factor), (1, None));
+    assert_eq!(k.retention, Duration::from_secs(3600));
+    assert!(k.security_protocol.is_none() && k.properties.is_empty());
+
+    let c = CoordinatorConfig::from_value(json!({
+        "@type": "Kafka", "brokers": ["k:9093"], "groupId": "g",
+        "securityProtocol": "SASL_SSL", "saslMechanism": "scram-sha-512",
+        "saslUsername": "u", "saslPassword": {"@type": "Value", "secret": "p"},
+        "fetchWaitMax": "5ms", "linger": 2, "partitions": 3, "replicationFactor": 3,
+        "properties": {"socket.timeout.ms": 30000, "client.rack": "a"}
+    }))
+    .unwrap();
+    let CarrierConfig::Kafka(k) = c.carrier else {
+        panic!()
+    };
+    assert_eq!(k.security_protocol.as_deref(), Some("sasl_ssl"));
+    assert_eq!(k.sasl_mechanism.as_deref(), Some("SCRAM-SHA-512"));
+    assert_eq!(k.fetch_wait_max, Duration::from_millis(5));
+    assert_eq!(k.linger, Duration::from_millis(2));
+    assert_eq!((k.partitions, k.replication_factor), (3, Some(3)));
+    assert_eq!(k.properties["socket.timeout.ms"], "30000");
+
+    let found = errors(json!({
+        "@type": "Kafka", "brokers": ["k"], "groupId": "g",
+        "securityProtocol": "tls", "saslUsername": "u", "properties": {"a": [1]}
+    }));
+    for expected in [
+        "kafka.securityProtocol: must be one of plaintext, ssl, sasl_plaintext, sasl_ssl, found \"tls\"",
+        "kafka.securityProtocol: must be sasl_plaintext or sasl_ssl when saslMechanism or saslUsername is set",
+        "kafka.saslPassword: and saslUsername go together: set both or neither",
+        "kafka.properties.a: expected a string, found an array",
+    ] {
+        assert!(
+            found.contains(&expected.to_string()),
+            "{expected}\n{found:#?}"
+        );
+    }
+}

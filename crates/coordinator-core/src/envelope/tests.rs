@@ -137,6 +137,22 @@ fn peek_sender_reads_the_claimed_sender() {
     assert_eq!(peek_sender(b"junk"), None);
 }
 
+#[test]
+fn peek_request_id_reads_aux_of_requests_and_replies_only() {
+    let codec = Codec::new("c", Some(b"key"), true, 1 << 20);
+    for (kind, expected) in [
+        (Kind::Request, Some(9)),
+        (Kind::Reply, Some(9)),
+        (Kind::ReplyError, Some(9)),
+        (Kind::Broadcast, None),
+        (Kind::Heartbeat, None),
+    ] {
+        let frame = codec.encode(&Envelope { kind, ..sample() }).unwrap();
+        assert_eq!(peek_request_id(&frame), expected, "{kind:?}");
+    }
+    assert_eq!(peek_request_id(b"junk"), None);
+}
+
 proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -1,0 +1,165 @@
+//! The topics of a cluster: their names, their creation, and where a new
+//! node starts reading them.
+//!
+//! `{cluster}.broadcast` (`partitions` partitions, keyed by sender so that one
+//! sender's broadcasts stay in order) and one `{cluster}.node.{id}` per node
+//! (one partition: per-pair FIFO). Each node creates the broadcast topic and
+//! its own topic when they are missing, at start and whenever the broker
+//! turns out to have lost them.
+
+use coordinator_core::config::KafkaConfig;
+use coordinator_core::{Error, NodeId};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// Checks that the cluster name can name Kafka topics (letters, digits, `.`,
+/// `_`, `-`; at most 249 characters with the longest suffix).
+pub fn check_cluster_name(cluster: &str) -> Result<(), Error> {
+    let longest = format!("{cluster}.node.{}", NodeId::MAX);
+    if cluster.is_empty()
+        || longest.len() > 249
+        || !cluster
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(Error::Start(format!(
+            "cluster: {cluster:?} cannot name Kafka topics (use letters, digits, '.', '_' and '-', \
+             at most {} characters)",
+            249 - (longest.len() - cluster.len())
+        )));
+    }
+    Ok(())
+}
+
+/// Creates `topics` (name, partitions) where missing; ones that exist are fine.
+pub async fn ensure(
+    admin: &AdminClient<DefaultClientContext>,
+    config: &KafkaConfig,
+    topics: &[(&str, i32)],
+) -> Result<(), String> {
+    let retention = config.retention.as_millis().to_string();
+    let create = |replication: i32| {
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(name, partitions)| {
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
+                    .set("retention.ms", &retention)
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(config.timeout_session));
+        async move { admin.create_topics(new.iter(), &options).await }
+    };
+    // Without `replicationFactor`, the broker's default (-1), and 1 for a
+    // broker that does not know that convention.
+    let replication = config.replication_factor.map_or(-1, |r| r as i32);
+    let mut results = create(replication).await.map_err(describe)?;
+    let refused_default = results.iter().any(|result| {
+        matches!(
+            result,
+            Err((
+                _,
+                RDKafkaErrorCode::InvalidReplicationFactor | RDKafkaErrorCode::InvalidRequest
+            ))
+        )
+    });
+    if config.replication_factor.is_none() && refused_default {
+        results = create(1).await.map_err(describe)?;
+    }
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("cannot create topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the brokers list every topic with its partitions, and returns
+/// the partition count of each.
+pub async fn partitions(
+    consumer: &std::sync::Arc<StreamConsumer<crate::context::LinkContext>>,
+    topics: &[&str],
+    within: Duration,
+) -> Result<Vec<i32>, String> {
+    let started = Instant::now();
+    let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
+    loop {
+        let consumer = consumer.clone();
+        let names = topics.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            names
+                .iter()
+                .map(|name| {
+                    let metadata =
+                        consumer.fetch_metadata(Some(name), Duration::from_millis(1000))?;
+                    Ok(metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == name && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len() as i32))
+                })
+                .collect::<Result<Vec<i32>, KafkaError>>()
+        })
+        .await
+        .map_err(|error| error.to_string())?;
+        match found {
+            Ok(counts) if counts.iter().all(|&n| n > 0) => return Ok(counts),
+            Ok(_) if started.elapsed() < within => {}
+            Ok(counts) => {
+                let missing: Vec<_> = topics
+                    .iter()
+                    .zip(&counts)
+                    .filter(|(_, n)| **n == 0)
+                    .map(|(t, _)| t.as_str())
+                    .collect();
+                return Err(format!(
+                    "the brokers do not list topic {} after {within:?}",
+                    missing.join(", ")
+                ));
+            }
+            Err(error) if started.elapsed() >= within => return Err(describe(error)),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Assigns every partition of `topics` to the consumer, from the current end
+/// of each (the high watermark read now, so that whatever is produced after
+/// this returns is read).
+pub async fn assign_from_end(
+    consumer: &std::sync::Arc<StreamConsumer<crate::context::LinkContext>>,
+    topics: &[(String, i32)],
+    within: Duration,
+) -> Result<(), String> {
+    let consumer = consumer.clone();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut assignment = TopicPartitionList::new();
+        for (topic, partitions) in &topics {
+            for partition in 0..*partitions {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, partition, within)
+                    .map_err(|error| format!("{topic}[{partition}]: {}", describe(error)))?;
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Offset(high))
+                    .map_err(describe)?;
+            }
+        }
+        consumer.assign(&assignment).map_err(describe)
+    })
+    .await
+    .map_err(|error| error.to_string())?
+}
+
+pub fn describe(error: KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(code) => format!("{error} ({code:?})"),
+        None => error.to_string(),
+    }
+}
