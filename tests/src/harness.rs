@@ -501,3 +501,132 @@ pub async fn redis_cluster_resp2() -> EngineHarness<RedisClusterConnector> {
 pub async fn redis_cluster_resp3() -> EngineHarness<RedisClusterConnector> {
     on_redis_cluster("resp3").await
 }
+
+/// Connects nodes over Zenoh on loopback, with multicast scouting off: as
+/// peers that each listen on a free port and connect to the peers already
+/// running (gossip scouting finds the rest), or as clients of one router
+/// (`zenohd`), this test's own or the one in `COORDINATOR_TEST_ZENOH_ROUTER`.
+pub struct ZenohConnector {
+    router: Option<String>,
+    own_router: Mutex<Option<crate::brokers::Broker>>,
+    peers: Mutex<Vec<(String, std::sync::Weak<coordinator_zenoh::ZenohTransport>)>>,
+}
+
+impl ZenohConnector {
+    /// Peers connected to each other, no router.
+    pub fn peers() -> Self {
+        Self {
+            router: None,
+            own_router: Mutex::new(None),
+            peers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Clients of a router of this connector's own (always: for restart tests).
+    pub fn own_router() -> Self {
+        let router = crate::brokers::Broker::start(crate::brokers::Kind::ZenohRouter);
+        Self {
+            router: Some(crate::brokers::Kind::ZenohRouter.url(router.addr())),
+            own_router: Mutex::new(Some(router)),
+            peers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Clients of the router in `COORDINATOR_TEST_ZENOH_ROUTER` (`tcp/host:port`),
+    /// else of one of its own.
+    pub fn router_from_env() -> Self {
+        match crate::brokers::external(crate::brokers::Kind::ZenohRouter.variable()) {
+            Some(endpoint) => Self {
+                router: Some(endpoint),
+                own_router: Mutex::new(None),
+                peers: Mutex::new(Vec::new()),
+            },
+            None => Self::own_router(),
+        }
+    }
+
+    /// Kills or restarts this connector's router.
+    pub fn with_router(&self, act: impl FnOnce(&mut crate::brokers::Broker)) {
+        act(self
+            .own_router
+            .lock()
+            .as_mut()
+            .expect("only a connector with its own router can kill or restart it"))
+    }
+
+    /// The zenoh configuration (JSON5) of a node listening on `port`.
+    pub fn zenoh_config(&self, port: u16) -> String {
+        match &self.router {
+            Some(router) => format!(
+                r#"{{ mode: "client", connect: {{ endpoints: ["{router}"] }},
+                     scouting: {{ delay: 0, multicast: {{ enabled: false }} }} }}"#
+            ),
+            None => {
+                let others: Vec<String> = self
+                    .peers
+                    .lock()
+                    .iter()
+                    .filter(|(_, t)| t.upgrade().is_some_and(|t| !t.is_closed()))
+                    .map(|(endpoint, _)| format!("{endpoint:?}"))
+                    .collect();
+                format!(
+                    r#"{{ mode: "peer", listen: {{ endpoints: ["tcp/127.0.0.1:{port}"] }},
+                         connect: {{ endpoints: [{}] }},
+                         scouting: {{ delay: 0, multicast: {{ enabled: false }}, gossip: {{ enabled: true }} }} }}"#,
+                    others.join(", ")
+                )
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for ZenohConnector {
+    fn carrier(&self) -> &'static str {
+        coordinator_zenoh::NAME
+    }
+
+    async fn connect(&self, id: NodeId, settings: &Settings, _faults: &Arc<Faults>) -> Link {
+        let port = crate::brokers::free_port();
+        let config = coordinator_core::config::ZenohConfig {
+            config: self.zenoh_config(port),
+        };
+        let (link, transport) = coordinator_zenoh::connect_with_handle(&config, settings)
+            .await
+            .expect("the Zenoh carrier starts");
+        // Return once the new node and every running one see each other's
+        // liveliness tokens: from then on they also reach each other.
+        let others: Vec<_> = {
+            let mut peers = self.peers.lock();
+            peers.retain(|(_, t)| t.upgrade().is_some_and(|t| !t.is_closed()));
+            let others: Vec<_> = peers.iter().filter_map(|(_, t)| t.upgrade()).collect();
+            peers.push((format!("tcp/127.0.0.1:{port}"), Arc::downgrade(&transport)));
+            others
+        };
+        let ids: Vec<NodeId> = others.iter().map(|t| t.node_id()).collect();
+        crate::wait::until(
+            Duration::from_secs(10),
+            &format!("node {id} and the running nodes {ids:?} to see each other's tokens"),
+            || {
+                others
+                    .iter()
+                    .all(|t| t.is_closed() || (t.sees(id) && transport.sees(t.node_id())))
+            },
+        )
+        .await;
+        link
+    }
+}
+
+/// The `Zenoh` carrier between peers, no router.
+pub async fn zenoh_peers() -> EngineHarness<ZenohConnector> {
+    EngineHarness::new(ZenohConnector::peers(), Timing::default()).with_cluster(unique_cluster())
+}
+
+/// The `Zenoh` carrier between clients of a router (`zenohd`).
+pub async fn zenoh_router() -> EngineHarness<ZenohConnector> {
+    let connector = tokio::task::spawn_blocking(ZenohConnector::router_from_env)
+        .await
+        .expect("a Zenoh router");
+    EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())
+}

@@ -8,6 +8,8 @@ mod conformance {
     tests::conformance_suite!(nats, tests::harness::nats);
     tests::conformance_suite!(redis, tests::harness::redis);
     tests::conformance_suite!(kafka, tests::harness::kafka);
+    tests::conformance_suite!(zenoh_peers, tests::harness::zenoh_peers);
+    tests::conformance_suite!(zenoh_router, tests::harness::zenoh_router);
     tests::conformance_suite!(redis_cluster_resp2, tests::harness::redis_cluster_resp2);
     tests::conformance_suite!(redis_cluster_resp3, tests::harness::redis_cluster_resp3);
 }

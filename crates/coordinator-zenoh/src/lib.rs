@@ -189,6 +189,7 @@ pub async fn connect_with_handle(
     ));
     tracing::info!(zid = %session.zid(), broadcast = %routes.broadcast, "zenoh carrier connected");
     let transport = Arc::new(ZenohTransport {
+        node_id: settings.node_id,
         session,
         routes,
         own_key,
@@ -323,6 +324,7 @@ struct Declared {
 
 /// The `Zenoh` carrier of one node.
 pub struct ZenohTransport {
+    node_id: NodeId,
     session: Session,
     routes: Routes,
     own_key: KeyExpr<'static>,
@@ -337,6 +339,11 @@ pub struct ZenohTransport {
 }
 
 impl ZenohTransport {
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
     /// Whether this node has seen node `id`'s liveliness token.
     pub fn sees(&self, id: NodeId) -> bool {
         self.liveness.lock().is_present(id)

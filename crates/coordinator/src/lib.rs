@@ -35,6 +35,18 @@ pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
             let link = coordinator_nats::connect(nats, &settings).await?;
             Node::start(settings, coordinator_nats::NAME, link)
         }
+        #[cfg(feature = "kafka")]
+        CarrierConfig::Kafka(kafka) => {
+            let link = coordinator_kafka::connect(kafka, &settings).await?;
+            Node::start(settings, coordinator_kafka::NAME, link)
+        }
+        #[cfg(feature = "zenoh")]
+        CarrierConfig::Zenoh(zenoh) => {
+            // The liveliness token names the run: the carrier needs it first.
+            let settings = settings.incarnation(new_incarnation());
+            let link = coordinator_zenoh::connect(zenoh, &settings).await?;
+            Node::start(settings, coordinator_zenoh::NAME, link)
+        }
         #[cfg(feature = "redis")]
         CarrierConfig::Redis(redis) => {
             let link = coordinator_redis::connect(redis, &settings).await?;
