@@ -370,6 +370,34 @@ impl Connector for BrokerConnector {
     }
 }
 
+/// A connector whose broker a test can kill and restart.
+pub trait BrokerControl: Connector {
+    /// Kills the broker at once (SIGKILL: no goodbye to clients).
+    fn kill_broker(&self);
+    /// Starts it again on the same port and waits until it answers.
+    fn restart_broker(&self);
+}
+
+impl BrokerControl for BrokerConnector {
+    fn kill_broker(&self) {
+        BrokerConnector::kill_broker(self)
+    }
+
+    fn restart_broker(&self) {
+        BrokerConnector::restart_broker(self)
+    }
+}
+
+impl BrokerControl for ZenohConnector {
+    fn kill_broker(&self) {
+        self.with_router(|router| router.kill())
+    }
+
+    fn restart_broker(&self) {
+        self.with_router(|router| router.restart())
+    }
+}
+
 /// A cluster name no other test uses, for tests that share an external broker.
 fn unique_cluster() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

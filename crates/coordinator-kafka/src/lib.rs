@@ -38,12 +38,11 @@ use rdkafka::Message;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// The `@type` name of this carrier.
@@ -82,9 +81,10 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
     let producer: ThreadedProducer<LinkContext> = options::producer(config, settings)?
         .create_with_context(context.clone())
         .map_err(|error| fail("cannot create a producer", topics::describe(error)))?;
+    let consumer_config = options::consumer(config, settings)?;
     let consumer: Arc<NodeConsumer> = Arc::new(
-        options::consumer(config, settings)?
-            .create_with_context(context)
+        consumer_config
+            .create_with_context(context.clone())
             .map_err(|error| fail("cannot create a consumer", topics::describe(error)))?,
     );
     let partitions = config.partitions as i32;
@@ -104,7 +104,13 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
             (routes.broadcast.clone(), counts[0]),
             (own_topic.clone(), counts[1]),
         ];
-        topics::assign_from_end(&consumer, &assignment, config.timeout_session).await
+        topics::assign(
+            &consumer,
+            &assignment,
+            topics::Start::End,
+            config.timeout_session,
+        )
+        .await
     };
     tokio::time::timeout(config.timeout_session * 3, setup)
         .await
@@ -118,22 +124,32 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
 
     let (stop, stopped) = watch::channel(false);
     let span = tracing::info_span!("kafka", node = settings.node_id);
+    let (replace, replacements) = mpsc::channel(1);
     let reader = tokio::spawn(tracing::Instrument::instrument(
-        read(consumer.clone(), state.clone(), stopped.clone()),
+        read(
+            consumer.clone(),
+            replacements,
+            state.clone(),
+            stopped.clone(),
+        ),
         span.clone(),
     ));
     let watcher = tokio::spawn(tracing::Instrument::instrument(
-        watch_brokers(
+        Watcher {
             admin,
-            consumer.clone(),
-            state.clone(),
-            config.clone(),
-            [
+            consumer,
+            consumer_config,
+            context,
+            replace,
+            state: state.clone(),
+            config: config.clone(),
+            wanted: [
                 (routes.broadcast.clone(), partitions),
                 (own_topic.clone(), 1),
             ],
-            stopped,
-        ),
+            paused: false,
+        }
+        .run(stopped),
         span,
     ));
     tracing::info!(brokers = %config.brokers.join(","), broadcast = %routes.broadcast,
@@ -151,12 +167,23 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
     })
 }
 
-/// Hands what arrives to the engine, until told to stop; then closes the
-/// consumer off the runtime (closing commits offsets and may block).
-async fn read(consumer: Arc<NodeConsumer>, state: Arc<LinkState>, mut stop: watch::Receiver<bool>) {
+/// Hands what arrives to the engine, until told to stop; takes the new
+/// consumer when the watcher replaces it. A consumer is closed off the runtime
+/// (closing may block).
+async fn read(
+    mut consumer: Arc<NodeConsumer>,
+    mut replacements: mpsc::Receiver<Arc<NodeConsumer>>,
+    state: Arc<LinkState>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let message = tokio::select! {
             message = consumer.recv() => message,
+            Some(new) = replacements.recv() => {
+                let old = std::mem::replace(&mut consumer, new);
+                tokio::task::spawn_blocking(move || drop(old));
+                continue;
+            }
             _ = stop.changed() => break,
         };
         match message {
@@ -172,8 +199,6 @@ async fn read(consumer: Arc<NodeConsumer>, state: Arc<LinkState>, mut stop: watc
                 }
             }
             Err(error) => {
-                // Partitions that vanished with a broker's log come back when
-                // the watcher creates the topics again.
                 let code = error.rdkafka_error_code();
                 tracing::debug!(error = %topics::describe(error), "Kafka consumer");
                 if code == Some(RDKafkaErrorCode::AllBrokersDown) {
@@ -185,77 +210,134 @@ async fn read(consumer: Arc<NodeConsumer>, state: Arc<LinkState>, mut stop: watc
     tokio::task::spawn_blocking(move || drop(consumer));
 }
 
-/// Watches the brokers: a metadata request every few seconds (and often while
-/// the link is down). When it succeeds after a failure the link is up again,
-/// and topics the broker lost are created again.
-async fn watch_brokers(
+/// Watches the brokers: a metadata request every few seconds, often while
+/// the link is down. While it is down the consumer is paused. When a request
+/// succeeds again the link is up: topics the broker lost are created again
+/// and read by a new consumer from their beginning (the old one would fetch
+/// topics that no longer exist by their old ids); otherwise the consumer
+/// resumes where it was.
+struct Watcher {
     admin: AdminClient<DefaultClientContext>,
     consumer: Arc<NodeConsumer>,
+    consumer_config: rdkafka::ClientConfig,
+    context: LinkContext,
+    replace: mpsc::Sender<Arc<NodeConsumer>>,
     state: Arc<LinkState>,
     config: KafkaConfig,
     wanted: [(String, i32); 2],
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let pause = if state.is_down() {
-            WATCH_DOWN
-        } else {
-            WATCH_UP
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = state.wake.notified() => {}
-            _ = stop.changed() => return,
-        }
-        let probe = {
-            let consumer = consumer.clone();
-            let names: Vec<String> = wanted.iter().map(|(t, _)| t.clone()).collect();
-            tokio::task::spawn_blocking(move || {
-                names
-                    .iter()
-                    .map(|name| {
-                        consumer
-                            .fetch_metadata(Some(name), Duration::from_millis(1000))
-                            .map(|metadata| {
-                                metadata.topics().iter().any(|t| {
-                                    t.name() == name
-                                        && t.error().is_none()
-                                        && !t.partitions().is_empty()
-                                })
-                            })
-                    })
-                    .collect::<Result<Vec<bool>, KafkaError>>()
-            })
-        };
-        match probe.await {
-            Ok(Ok(present)) => {
-                let missing: Vec<(&str, i32)> = wanted
-                    .iter()
-                    .zip(&present)
-                    .filter(|(_, present)| !**present)
-                    .map(|((topic, partitions), _)| (topic.as_str(), *partitions))
-                    .collect();
-                if !missing.is_empty() {
-                    tracing::warn!(
-                        ?missing,
-                        "Kafka: the broker lost topics; creating them again"
-                    );
-                    if let Err(error) = topics::ensure(&admin, &config, &missing).await {
-                        state.went_down(format!("Kafka: {error}"));
-                        continue;
-                    }
-                }
-                state.came_up();
-                // Each node's progress shows in Kafka's tools as its group's lag.
-                if let Err(error) = consumer.commit_consumer_state(CommitMode::Async) {
-                    tracing::debug!(error = %topics::describe(error), "Kafka offset commit");
-                }
+    paused: bool,
+}
+
+impl Watcher {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let pause = if self.state.is_down() {
+                WATCH_DOWN
+            } else {
+                WATCH_UP
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.state.wake.notified() => {}
+                _ = stop.changed() => return,
             }
-            Ok(Err(error)) => state.went_down(format!(
-                "Kafka: the brokers do not answer: {}",
-                topics::describe(error)
-            )),
-            Err(_) => return,
+            if self.state.is_down() && !self.paused {
+                self.set_paused(true);
+            }
+            let probe = {
+                let consumer = self.consumer.clone();
+                let names: Vec<String> = self.wanted.iter().map(|(t, _)| t.clone()).collect();
+                tokio::task::spawn_blocking(move || topics::listed(&consumer, &names))
+            };
+            match probe.await {
+                Ok(Ok(counts)) => self.brokers_answer(&counts).await,
+                Ok(Err(error)) => self.state.went_down(format!(
+                    "Kafka: the brokers do not answer: {}",
+                    topics::describe(error)
+                )),
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn brokers_answer(&mut self, counts: &[i32]) {
+        let missing: Vec<(&str, i32)> = self
+            .wanted
+            .iter()
+            .zip(counts)
+            .filter(|(_, count)| **count == 0)
+            .map(|((topic, partitions), _)| (topic.as_str(), *partitions))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                ?missing,
+                "Kafka: the broker lost topics; creating them again"
+            );
+            let missing: Vec<(String, i32)> = missing
+                .into_iter()
+                .map(|(t, n)| (t.to_string(), n))
+                .collect();
+            self.set_paused(true);
+            let missing: Vec<(&str, i32)> = missing.iter().map(|(t, n)| (t.as_str(), *n)).collect();
+            if let Err(error) = topics::ensure(&self.admin, &self.config, &missing).await {
+                self.state.went_down(format!("Kafka: {error}"));
+                return;
+            }
+            if let Err(error) = self.new_consumer().await {
+                self.state.went_down(format!("Kafka: {error}"));
+                return;
+            }
+        } else if self.paused {
+            self.set_paused(false);
+        }
+        self.state.came_up();
+        // Each node's progress shows in Kafka's tools as its group's lag.
+        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::debug!(error = %topics::describe(error), "Kafka offset commit");
+        }
+    }
+
+    /// A consumer of every wanted topic from its beginning, handed to the reader.
+    async fn new_consumer(&mut self) -> Result<(), String> {
+        let consumer: Arc<NodeConsumer> = Arc::new(
+            self.consumer_config
+                .create_with_context(self.context.clone())
+                .map_err(topics::describe)?,
+        );
+        let names: Vec<&str> = self.wanted.iter().map(|(t, _)| t.as_str()).collect();
+        let counts = topics::partitions(&consumer, &names, self.config.timeout_session).await?;
+        let assignment: Vec<(String, i32)> = self
+            .wanted
+            .iter()
+            .zip(counts)
+            .map(|((topic, _), count)| (topic.clone(), count))
+            .collect();
+        topics::assign(
+            &consumer,
+            &assignment,
+            topics::Start::Beginning,
+            self.config.timeout_session,
+        )
+        .await?;
+        self.consumer = consumer.clone();
+        self.paused = false;
+        self.replace
+            .send(consumer)
+            .await
+            .map_err(|_| "the reader has stopped".to_string())
+    }
+
+    fn set_paused(&mut self, paused: bool) {
+        let result = self.consumer.assignment().and_then(|assignment| {
+            if paused {
+                self.consumer.pause(&assignment)
+            } else {
+                self.consumer.resume(&assignment)
+            }
+        });
+        match result {
+            Ok(()) => self.paused = paused,
+            Err(error) => tracing::debug!(error = %topics::describe(error), paused, "Kafka pause"),
         }
     }
 }

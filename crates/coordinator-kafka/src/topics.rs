@@ -91,22 +91,9 @@ pub async fn partitions(
     loop {
         let consumer = consumer.clone();
         let names = topics.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            names
-                .iter()
-                .map(|name| {
-                    let metadata =
-                        consumer.fetch_metadata(Some(name), Duration::from_millis(1000))?;
-                    Ok(metadata
-                        .topics()
-                        .iter()
-                        .find(|t| t.name() == name && t.error().is_none())
-                        .map_or(0, |t| t.partitions().len() as i32))
-                })
-                .collect::<Result<Vec<i32>, KafkaError>>()
-        })
-        .await
-        .map_err(|error| error.to_string())?;
+        let found = tokio::task::spawn_blocking(move || listed(&consumer, &names))
+            .await
+            .map_err(|error| error.to_string())?;
         match found {
             Ok(counts) if counts.iter().all(|&n| n > 0) => return Ok(counts),
             Ok(_) if started.elapsed() < within => {}
@@ -129,12 +116,21 @@ pub async fn partitions(
     }
 }
 
-/// Assigns every partition of `topics` to the consumer, from the current end
-/// of each (the high watermark read now, so that whatever is produced after
-/// this returns is read).
-pub async fn assign_from_end(
+/// Where a consumer starts reading its partitions.
+#[derive(Clone, Copy, Debug)]
+pub enum Start {
+    /// At the current end of each partition: its high watermark, read now, so
+    /// that whatever is produced after the assignment is read.
+    End,
+    /// At the first message the broker still has.
+    Beginning,
+}
+
+/// Assigns every partition of `topics` to the consumer, from `start`.
+pub async fn assign(
     consumer: &std::sync::Arc<StreamConsumer<crate::context::LinkContext>>,
     topics: &[(String, i32)],
+    start: Start,
     within: Duration,
 ) -> Result<(), String> {
     let consumer = consumer.clone();
@@ -143,11 +139,19 @@ pub async fn assign_from_end(
         let mut assignment = TopicPartitionList::new();
         for (topic, partitions) in &topics {
             for partition in 0..*partitions {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, partition, within)
-                    .map_err(|error| format!("{topic}[{partition}]: {}", describe(error)))?;
+                let offset = match start {
+                    Start::Beginning => Offset::Beginning,
+                    Start::End => {
+                        let (_, high) = consumer
+                            .fetch_watermarks(topic, partition, within)
+                            .map_err(|error| {
+                                format!("{topic}[{partition}]: {}", describe(error))
+                            })?;
+                        Offset::Offset(high)
+                    }
+                };
                 assignment
-                    .add_partition_offset(topic, partition, Offset::Offset(high))
+                    .add_partition_offset(topic, partition, offset)
                     .map_err(describe)?;
             }
         }
@@ -155,6 +159,29 @@ pub async fn assign_from_end(
     })
     .await
     .map_err(|error| error.to_string())?
+}
+
+/// The partition count of each topic of `names` (0 when the brokers do not
+/// list it), from one metadata request for all topics.
+///
+/// A request for named topics would be lighter, but librdkafka 2.12 crashes
+/// on the answer Tansu gives for a topic it no longer has (a topic without a
+/// name), which is what a restarted in-memory broker answers.
+pub fn listed(
+    consumer: &StreamConsumer<crate::context::LinkContext>,
+    names: &[String],
+) -> Result<Vec<i32>, KafkaError> {
+    let metadata = consumer.fetch_metadata(None, Duration::from_millis(1000))?;
+    Ok(names
+        .iter()
+        .map(|name| {
+            metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == name && t.error().is_none())
+                .map_or(0, |t| t.partitions().len() as i32)
+        })
+        .collect())
 }
 
 pub fn describe(error: KafkaError) -> String {

@@ -184,7 +184,12 @@ pub async fn connect_with_handle(
     let closed = Arc::new(AtomicBool::new(false));
     let span = tracing::info_span!("zenoh", node = settings.node_id);
     tokio::spawn(tracing::Instrument::instrument(
-        watch_links(session.clone(), inbound.clone(), closed.clone()),
+        watch_links(
+            session.clone(),
+            inbound.clone(),
+            closed.clone(),
+            connections(&session).await > 0,
+        ),
         span,
     ));
     tracing::info!(zid = %session.zid(), broadcast = %routes.broadcast, "zenoh carrier connected");
@@ -258,14 +263,16 @@ fn act(
 
 /// Reports the link down when the session has no router and no peer left
 /// (after having had one), and up when one is back.
-async fn watch_links(session: Session, inbound: InboundSender, closed: Arc<AtomicBool>) {
-    let mut had_any = false;
+async fn watch_links(
+    session: Session,
+    inbound: InboundSender,
+    closed: Arc<AtomicBool>,
+    mut had_any: bool,
+) {
     let mut down = false;
     while !closed.load(Ordering::Acquire) {
         tokio::time::sleep(WATCH_EVERY).await;
-        let routers = session.info().routers_zid().await.count();
-        let peers = session.info().peers_zid().await.count();
-        let connected = routers + peers > 0;
+        let connected = connections(&session).await > 0;
         if connected {
             had_any = true;
             if down {
@@ -283,6 +290,11 @@ async fn watch_links(session: Session, inbound: InboundSender, closed: Arc<Atomi
             }
         }
     }
+}
+
+/// How many routers and peers the session is connected to now.
+async fn connections(session: &Session) -> usize {
+    session.info().routers_zid().await.count() + session.info().peers_zid().await.count()
 }
 
 /// Requests received and not answered yet, by (requester, request id).
