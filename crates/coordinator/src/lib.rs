@@ -112,20 +112,36 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn disabled_starts_a_single_node_and_others_say_why_not() {
+    async fn disabled_starts_a_single_node() {
         let config = CoordinatorConfig::from_json(r#"{"@type":"Disabled","nodeId":5}"#).unwrap();
         let node = start(&config).await.unwrap();
         assert_eq!(node.node_id(), 5);
         assert_eq!(node.carrier(), "Disabled");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[tokio::test]
+    async fn kafka_that_cannot_be_reached_names_the_brokers() {
         let config = CoordinatorConfig::from_json(
-            r#"{"@type":"Kafka","brokers":["k:9092"],"groupId":"g","nodeId":1}"#,
+            r#"{"@type":"Kafka","brokers":["127.0.0.1:9"],"groupId":"g","nodeId":1,"timeoutSession":"300ms"}"#,
         )
         .unwrap();
         let error = start(&config).await.unwrap_err().to_string();
         assert!(
-            error.contains("Kafka carrier is not implemented yet"),
+            error.contains("kafka.brokers:") && error.contains("127.0.0.1:9"),
             "{error}"
         );
+    }
+
+    #[cfg(feature = "zenoh")]
+    #[tokio::test]
+    async fn zenoh_with_a_broken_configuration_names_the_field() {
+        let config = CoordinatorConfig::from_json(
+            r##"{"@type":"Zenoh","nodeId":1,"config":"{ mode: 'peer', listen: { endpoints: [ "}"##,
+        )
+        .unwrap();
+        let error = start(&config).await.unwrap_err().to_string();
+        assert!(error.contains("zenoh.config:"), "{error}");
     }
 
     #[cfg(feature = "native")]

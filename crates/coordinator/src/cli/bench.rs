@@ -180,6 +180,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?,
         );
     }
+    #[cfg(feature = "kafka")]
+    if let Some(coordinator::config::CarrierConfig::Kafka(kafka)) =
+        config.as_ref().map(|c| &c.carrier)
+    {
+        progress(
+            "a bare rdkafka producer and consumer with the same settings (the limit for the Kafka carrier)",
+        );
+        rows.extend(
+            raw_broker_rows(
+                &super::raw_kafka::RawKafka(kafka),
+                args.messages,
+                args.samples,
+                args.size,
+            )
+            .await?,
+        );
+    }
+    #[cfg(feature = "zenoh")]
+    if let Some(coordinator::config::CarrierConfig::Zenoh(zenoh)) =
+        config.as_ref().map(|c| &c.carrier)
+    {
+        progress(
+            "two bare zenoh sessions with the same configuration (the limit for the Zenoh carrier)",
+        );
+        rows.extend(
+            raw_broker_rows(
+                &super::raw_zenoh::RawZenoh(zenoh),
+                args.messages,
+                args.samples,
+                args.size,
+            )
+            .await?,
+        );
+    }
     #[cfg(feature = "redis")]
     {
         use coordinator::config::CarrierConfig;
@@ -374,7 +408,12 @@ async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<V
 }
 
 /// A bare client of a broker: the limit its carrier is measured against.
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "kafka",
+    feature = "zenoh"
+))]
 pub(super) trait RawBroker {
     const SUBJECT: &'static str;
     /// Messages published back to back and counted by a subscriber: how many
@@ -402,7 +441,12 @@ pub(super) trait RawBroker {
 }
 
 /// Counts what `arrivals` yields, up to `count`, until `limit` has passed.
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "kafka",
+    feature = "zenoh"
+))]
 pub(super) async fn count_arrivals<S: futures_util::Stream + Unpin>(
     arrivals: &mut S,
     count: u64,
@@ -421,7 +465,12 @@ pub(super) async fn count_arrivals<S: futures_util::Stream + Unpin>(
 }
 
 /// The rows of a raw broker client: publish throughput and latency, request/reply latency.
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "kafka",
+    feature = "zenoh"
+))]
 async fn raw_broker_rows<R: RawBroker>(
     raw: &R,
     count: u64,

@@ -6,12 +6,16 @@ pub mod gen_cert;
 #[cfg(feature = "native")]
 pub mod local_native;
 pub mod node;
+#[cfg(feature = "kafka")]
+pub mod raw_kafka;
 #[cfg(feature = "nats")]
 pub mod raw_nats;
 #[cfg(feature = "redis")]
 pub mod raw_redis;
 #[cfg(feature = "native")]
 pub mod raw_tls;
+#[cfg(feature = "zenoh")]
+pub mod raw_zenoh;
 #[cfg(feature = "native")]
 pub mod soak;
 
