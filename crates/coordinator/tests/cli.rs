@@ -239,15 +239,15 @@ fn gen_cert_writes_a_certificate_and_key_that_a_native_node_starts_with() {
 }
 
 #[test]
-fn node_refuses_a_carrier_that_is_not_implemented_yet_with_a_clear_error() {
+fn node_with_unreachable_kafka_brokers_fails_with_an_error_naming_them() {
     let path = file(
         "kafka.json",
-        r#"{"@type":"Kafka","brokers":["127.0.0.1:9"],"groupId":"g","nodeId":1}"#,
+        r#"{"@type":"Kafka","brokers":["127.0.0.1:9"],"groupId":"g","nodeId":1,"timeoutSession":"300ms"}"#,
     );
     let output = coordinator(&["node", "--config", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stderr(&output).contains("the Kafka carrier is not implemented yet"),
+        stderr(&output).contains("kafka.brokers: no answer at 127.0.0.1:9"),
         "{}",
         stderr(&output)
     );
