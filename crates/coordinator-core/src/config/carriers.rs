@@ -171,7 +171,7 @@ impl KafkaConfig {
                 retention: v.duration_or("retention", secs(3600), secs(1), DAY * 365),
                 fetch_wait_max: v.duration_or(
                     "fetchWaitMax",
-                    millis(10),
+                    millis(5),
                     Duration::ZERO,
                     secs(300),
                 ),

@@ -463,7 +463,7 @@ fn kafka_latency_security_and_topic_fields() {
     let CarrierConfig::Kafka(k) = c.carrier else {
         panic!()
     };
-    assert_eq!(k.fetch_wait_max, Duration::from_millis(10));
+    assert_eq!(k.fetch_wait_max, Duration::from_millis(5));
     assert_eq!(k.linger, Duration::ZERO);
     assert_eq!((k.partitions, k.replication_factor), (1, None));
     assert_eq!(k.retention, Duration::from_secs(3600));
