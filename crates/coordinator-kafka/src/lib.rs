@@ -8,7 +8,8 @@
 //! * Every node reads every broadcast. Stalwart gives all nodes one
 //!   `group.id`, so Kafka hands each message to one node of the group. Here
 //!   each node has its own group, `{groupId}-node-{id}`, used only to commit
-//!   its offsets: the carrier assigns the partitions itself, so no group
+//!   its offsets every few seconds (so each node's lag shows in Kafka's
+//!   tools): the carrier assigns the partitions itself, so no group
 //!   rebalance ever delays a start or a restart.
 //! * A new node reads from the end of each topic (what was sent before it
 //!   started is not for it). Across a broker restart or a lost connection the
@@ -16,9 +17,10 @@
 //!   when the broker no longer has that position (retention, or a broker that
 //!   lost its log) it resumes from the earliest message the broker has. The
 //!   engine removes duplicates and reports what is missing as gaps.
-//! * The link is reported down when librdkafka finds no broker reachable, and
-//!   up when a metadata request succeeds again; topics the broker lost are
-//!   created again then.
+//! * The link is reported down when librdkafka finds no broker reachable (the
+//!   consumer is paused meanwhile), and up when a metadata request succeeds
+//!   again. Topics the broker lost are created again then and read by a new
+//!   consumer from their beginning (see `Watcher`).
 //! * Latency settings are in [`options`].
 
 #![forbid(unsafe_code)]

@@ -169,12 +169,7 @@ impl KafkaConfig {
                 partitions: v.u64_or("partitions", 1, 1, 10_000),
                 replication_factor: v.optional_u64("replicationFactor", 1, 32),
                 retention: v.duration_or("retention", secs(3600), secs(1), DAY * 365),
-                fetch_wait_max: v.duration_or(
-                    "fetchWaitMax",
-                    millis(5),
-                    Duration::ZERO,
-                    secs(300),
-                ),
+                fetch_wait_max: v.duration_or("fetchWaitMax", millis(5), Duration::ZERO, secs(300)),
                 linger: v.duration_or("linger", Duration::ZERO, Duration::ZERO, secs(300)),
                 properties: v.string_map("properties"),
             };
