@@ -582,6 +582,15 @@ impl ZenohConnector {
             .expect("only a connector with its own router can kill or restart it"))
     }
 
+    /// The carrier of running node `id`.
+    pub fn transport(&self, id: NodeId) -> Option<Arc<coordinator_zenoh::ZenohTransport>> {
+        self.peers
+            .lock()
+            .iter()
+            .filter_map(|(_, t)| t.upgrade())
+            .find(|t| t.node_id() == id && !t.is_closed())
+    }
+
     /// The zenoh configuration (JSON5) of a node listening on `port`.
     pub fn zenoh_config(&self, port: u16) -> String {
         match &self.router {

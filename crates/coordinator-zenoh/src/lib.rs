@@ -32,7 +32,7 @@ use liveness::{Action, Liveness, TokenChange};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use zenoh::Session;
@@ -203,6 +203,8 @@ pub async fn connect_with_handle(
         queries,
         liveness,
         replies_to_engine: inbound,
+        replies_to_queries: AtomicU64::new(0),
+        replies_put: AtomicU64::new(0),
         closed,
         declared: Mutex::new(Some(Declared {
             _broadcasts: broadcasts,
@@ -346,6 +348,10 @@ pub struct ZenohTransport {
     liveness: Arc<Mutex<Liveness>>,
     /// Where replies to this node's queries go.
     replies_to_engine: InboundSender,
+    /// Replies sent as answers to their queries, and put on the requester's
+    /// key because the query was gone.
+    replies_to_queries: AtomicU64,
+    replies_put: AtomicU64,
     closed: Arc<AtomicBool>,
     declared: Mutex<Option<Declared>>,
 }
@@ -359,6 +365,15 @@ impl ZenohTransport {
     /// Whether this node has seen node `id`'s liveliness token.
     pub fn sees(&self, id: NodeId) -> bool {
         self.liveness.lock().is_present(id)
+    }
+
+    /// Replies this node sent as answers to Zenoh queries, and put on the
+    /// requester's key instead (because the query had expired).
+    pub fn replies_sent(&self) -> (u64, u64) {
+        (
+            self.replies_to_queries.load(Ordering::Relaxed),
+            self.replies_put.load(Ordering::Relaxed),
+        )
     }
 
     pub fn is_closed(&self) -> bool {
@@ -423,11 +438,13 @@ impl Transport for ZenohTransport {
                 let query =
                     peek_request_id(&frame).and_then(|id| self.queries.lock().take((node, id)));
                 if let Some(query) = query {
+                    self.replies_to_queries.fetch_add(1, Ordering::Relaxed);
                     return query
                         .reply(self.own_key.clone(), frame)
                         .await
                         .map_err(|error| link_down(format!("reply failed: {error}")));
                 }
+                self.replies_put.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
