@@ -4,6 +4,7 @@
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use coordinator::config::CarrierConfig;
 use coordinator::{
     Coordinator, CoordinatorConfig, Inbox, MemoryNetwork, Settings, SubscribeOptions,
 };
@@ -165,76 +166,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         progress("raw tokio-rustls echo over loopback (the limit for the Native carrier)");
         rows.extend(raw_tls_rows(args.messages, args.samples, args.size).await?);
     }
-    #[cfg(feature = "nats")]
-    if let Some(coordinator::config::CarrierConfig::Nats(nats)) =
-        config.as_ref().map(|c| &c.carrier)
-    {
-        progress("two bare async-nats clients on the same server (the limit for the NATS carrier)");
-        rows.extend(
-            raw_broker_rows(
-                &super::raw_nats::RawNats(nats),
-                args.messages,
-                args.samples,
-                args.size,
-            )
-            .await?,
-        );
-    }
-    #[cfg(feature = "kafka")]
-    if let Some(coordinator::config::CarrierConfig::Kafka(kafka)) =
-        config.as_ref().map(|c| &c.carrier)
-    {
-        progress(
-            "a bare rdkafka producer and consumer with the same settings (the limit for the Kafka carrier)",
-        );
-        rows.extend(
-            raw_broker_rows(
-                &super::raw_kafka::RawKafka(kafka),
-                args.messages,
-                args.samples,
-                args.size,
-            )
-            .await?,
-        );
-    }
-    #[cfg(feature = "zenoh")]
-    if let Some(coordinator::config::CarrierConfig::Zenoh(zenoh)) =
-        config.as_ref().map(|c| &c.carrier)
-    {
-        progress(
-            "two bare zenoh sessions with the same configuration (the limit for the Zenoh carrier)",
-        );
-        rows.extend(
-            raw_broker_rows(
-                &super::raw_zenoh::RawZenoh(zenoh),
-                args.messages,
-                args.samples,
-                args.size,
-            )
-            .await?,
-        );
-    }
-    #[cfg(feature = "redis")]
-    {
-        use coordinator::config::CarrierConfig;
-        let raw_url = match config.as_ref().map(|c| &c.carrier) {
-            Some(CarrierConfig::Redis(redis)) => Some(redis.url.clone()),
-            // A classic PUBLISH to any node reaches the whole cluster.
-            Some(CarrierConfig::RedisCluster(cluster)) => cluster.urls.first().cloned(),
-            _ => None,
-        };
-        if let Some(url) = raw_url {
-            progress("bare redis-rs clients on the same server (the limit for the Redis carriers)");
-            rows.extend(
-                raw_broker_rows(
-                    &super::raw_redis::RawRedis(&url),
-                    args.messages,
-                    args.samples,
-                    args.size,
-                )
-                .await?,
-            );
-        }
+    if let Some(config) = &config {
+        rows.extend(raw_rows(&config.carrier, &args, &progress).await?);
     }
     a.leave().await.ok();
     b.leave().await.ok();
@@ -407,6 +340,40 @@ async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<V
     ])
 }
 
+/// The rows of the bare client of `carrier`'s broker, when it has one.
+#[allow(unused_variables)]
+async fn raw_rows(
+    carrier: &CarrierConfig,
+    args: &BenchArgs,
+    progress: &impl Fn(&str),
+) -> anyhow::Result<Vec<Row>> {
+    match carrier {
+        #[cfg(feature = "nats")]
+        CarrierConfig::Nats(nats) => {
+            raw_broker_rows(&super::raw_nats::RawNats(nats), args, progress).await
+        }
+        #[cfg(feature = "kafka")]
+        CarrierConfig::Kafka(kafka) => {
+            raw_broker_rows(&super::raw_kafka::RawKafka(kafka), args, progress).await
+        }
+        #[cfg(feature = "zenoh")]
+        CarrierConfig::Zenoh(zenoh) => {
+            raw_broker_rows(&super::raw_zenoh::RawZenoh(zenoh), args, progress).await
+        }
+        #[cfg(feature = "redis")]
+        CarrierConfig::Redis(redis) => {
+            raw_broker_rows(&super::raw_redis::RawRedis(&redis.url), args, progress).await
+        }
+        // A classic PUBLISH to any node reaches the whole cluster.
+        #[cfg(feature = "redis")]
+        CarrierConfig::RedisCluster(cluster) => match cluster.urls.first() {
+            Some(url) => raw_broker_rows(&super::raw_redis::RawRedis(url), args, progress).await,
+            None => Ok(Vec::new()),
+        },
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// A bare client of a broker: the limit its carrier is measured against.
 #[cfg(any(
     feature = "nats",
@@ -416,6 +383,8 @@ async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<V
 ))]
 pub(super) trait RawBroker {
     const SUBJECT: &'static str;
+    /// What it is, for the progress line.
+    const DESCRIPTION: &'static str;
     /// Messages published back to back and counted by a subscriber: how many
     /// arrived, and the time until the last one did.
     async fn one_way(
@@ -473,10 +442,11 @@ pub(super) async fn count_arrivals<S: futures_util::Stream + Unpin>(
 ))]
 async fn raw_broker_rows<R: RawBroker>(
     raw: &R,
-    count: u64,
-    samples: u64,
-    size: usize,
+    args: &BenchArgs,
+    progress: &impl Fn(&str),
 ) -> anyhow::Result<Vec<Row>> {
+    progress(&format!("{} (the limit for the carrier)", R::DESCRIPTION));
+    let (count, samples, size) = (args.messages, args.samples, args.size);
     let (received, elapsed) = raw.one_way(count, size, LIMIT).await?;
     let mut publish = histogram();
     raw.publish_latency(samples, size, &mut publish).await?;

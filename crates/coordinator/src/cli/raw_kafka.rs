@@ -91,6 +91,7 @@ async fn next(consumer: &StreamConsumer) -> anyhow::Result<Vec<u8>> {
 
 impl super::bench::RawBroker for RawKafka<'_> {
     const SUBJECT: &'static str = "raw rdkafka";
+    const DESCRIPTION: &'static str = "a bare rdkafka producer and consumer with the same settings";
 
     async fn one_way(
         &self,

@@ -46,6 +46,7 @@ pub struct RawNats<'a>(pub &'a NatsConfig);
 
 impl super::bench::RawBroker for RawNats<'_> {
     const SUBJECT: &'static str = "raw async-nats";
+    const DESCRIPTION: &'static str = "two bare async-nats clients on the same server";
 
     /// Messages published back to back by one client and counted by the other.
     async fn one_way(

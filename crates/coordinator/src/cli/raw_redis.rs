@@ -33,6 +33,7 @@ pub struct RawRedis<'a>(pub &'a str);
 
 impl super::bench::RawBroker for RawRedis<'_> {
     const SUBJECT: &'static str = "raw redis-rs";
+    const DESCRIPTION: &'static str = "bare redis-rs clients on the same server";
 
     /// Messages published one after another and counted by a subscriber.
     async fn one_way(

@@ -63,6 +63,7 @@ impl RawZenoh<'_> {
 
 impl super::bench::RawBroker for RawZenoh<'_> {
     const SUBJECT: &'static str = "raw zenoh";
+    const DESCRIPTION: &'static str = "two bare zenoh sessions with the same configuration";
 
     async fn one_way(
         &self,
