@@ -70,6 +70,12 @@ pub fn producer(config: &KafkaConfig, settings: &Settings) -> Result<ClientConfi
                 .max(1_000_000)
                 .to_string(),
         )
+        // A retried batch must not land after the ones sent behind it (the
+        // engine would wait for it only `reorderTimeout`, then call it lost).
+        // The idempotent producer would keep order with more requests in
+        // flight, but a broker that restarts empty (Tansu in memory) fences
+        // it for good; batches still grow while one request is in flight.
+        .set("max.in.flight.requests.per.connection", "1")
         .set("retry.backoff.ms", "20")
         .set("retry.backoff.max.ms", "1000");
     overrides(&mut client, config);

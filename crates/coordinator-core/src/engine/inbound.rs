@@ -51,7 +51,7 @@ impl InboundHandler for Inner {
 impl Inner {
     fn on_member_report(self: &Arc<Self>, id: NodeId, incarnation: u64, state: MemberState) {
         let mut work = Work::default();
-        {
+        let order = {
             let mut guard = self.state.lock();
             let state_now = &mut *guard;
             state_now.membership.reported(
@@ -65,11 +65,13 @@ impl Inner {
             // Published under the lock: whoever sees the new state can no longer
             // receive the event that announced it (nor miss one that follows).
             self.announce(&work.member_events);
-        }
+            self.dispatch_order.lock()
+        };
         if !work.member_events.is_empty() {
             self.wake_timer.notify_one();
         }
         self.dispatch(work);
+        drop(order);
     }
 
     fn count_drop(&self, reason: DropReason, detail: impl FnOnce() -> String) {
@@ -115,7 +117,7 @@ impl Inner {
         let mut work = Work::default();
         let mut answer_join = false;
         let mut wake_timer = false;
-        let dropped = {
+        let (dropped, order) = {
             let mut guard = self.state.lock();
             let state = &mut *guard;
             let dropped = match envelope.kind {
@@ -163,7 +165,7 @@ impl Inner {
             // Published under the lock: whoever sees the new state can no longer
             // receive the event that announced it (nor miss one that follows).
             self.announce(&work.member_events);
-            dropped
+            (dropped, self.dispatch_order.lock())
         };
         if let Some(reason) = dropped {
             self.count_drop(reason, || format!("from node {from}"));
@@ -180,6 +182,7 @@ impl Inner {
             self.wake_timer.notify_one();
         }
         self.dispatch(work);
+        drop(order);
     }
 
     /// Puts a numbered message through its sender's stream.

@@ -116,6 +116,7 @@ impl NodeBuilder {
             closed: AtomicBool::new(false),
             id_conflict: AtomicU64::new(0),
             wake_timer: Notify::new(),
+            dispatch_order: Mutex::new(()),
             span: span.clone(),
             settings,
         });
@@ -235,6 +236,11 @@ pub(crate) struct Inner {
     /// Incarnation of the last other process seen using this node id.
     id_conflict: AtomicU64,
     wake_timer: Notify,
+    /// Taken while the state lock is still held and kept while the results
+    /// are handed out, so that they are handed out in the order the state
+    /// produced them: a frame and a re-ordering time-out that release
+    /// messages of one stream never overtake each other.
+    dispatch_order: Mutex<()>,
     span: tracing::Span,
 }
 
@@ -323,7 +329,7 @@ impl Inner {
     fn on_time(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         let mut work = inbound::Work::default();
         let reorder_timeout = self.settings.reorder_timeout;
-        let next = {
+        let (next, order) = {
             let mut state = self.state.lock();
             let state = &mut *state;
             state.membership.tick(now, &mut work.member_events);
@@ -342,9 +348,10 @@ impl Inner {
             // Published under the lock: whoever sees the new state can no longer
             // receive the event that announced it (nor miss one that follows).
             self.announce(&work.member_events);
-            next
+            (next, self.dispatch_order.lock())
         };
         self.dispatch(work);
+        drop(order);
         next
     }
 }
