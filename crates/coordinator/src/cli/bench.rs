@@ -409,6 +409,26 @@ pub(super) trait RawBroker {
     ) -> anyhow::Result<()>;
 }
 
+/// Runs `send` in a task of its own while `receive` counts arrivals: how many
+/// arrived, and the time from the start until the last one did.
+#[cfg(any(
+    feature = "nats",
+    feature = "redis",
+    feature = "kafka",
+    feature = "zenoh"
+))]
+pub(super) async fn timed_one_way(
+    send: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    receive: impl Future<Output = u64>,
+) -> anyhow::Result<(u64, Duration)> {
+    let started = Instant::now();
+    let sending = tokio::spawn(send);
+    let received = receive.await;
+    let elapsed = started.elapsed();
+    sending.await??;
+    Ok((received, elapsed))
+}
+
 /// Counts what `arrivals` yields, up to `count`, until `limit` has passed.
 #[cfg(any(
     feature = "nats",

@@ -102,18 +102,15 @@ impl super::bench::RawBroker for RawKafka<'_> {
         let (topic, consumer) = self.topic_and_consumer("throughput").await?;
         let producer = self.producer()?;
         let body = vec![0x5a; size];
-        let started = Instant::now();
-        let sending = tokio::spawn(async move {
+        let send = async move {
             for _ in 0..count {
                 produce(&producer, &topic, &body).await?;
             }
             anyhow::Ok(())
-        });
+        };
         let mut stream = consumer.stream();
-        let received = super::bench::count_arrivals(&mut stream, count, limit).await;
-        let elapsed = started.elapsed();
-        sending.await??;
-        Ok((received, elapsed))
+        let receive = super::bench::count_arrivals(&mut stream, count, limit);
+        super::bench::timed_one_way(send, receive).await
     }
 
     async fn publish_latency(

@@ -61,18 +61,15 @@ impl super::bench::RawBroker for RawNats<'_> {
         let mut subscription = receiver.subscribe(subject.clone()).await?;
         receiver.flush().await?;
         let body = Bytes::from(vec![0x5a; size]);
-        let started = Instant::now();
-        let publisher = tokio::spawn(async move {
+        let send = async move {
             for _ in 0..count {
                 sender.publish(subject.clone(), body.clone()).await?;
             }
             sender.flush().await?;
             anyhow::Ok(())
-        });
-        let received = super::bench::count_arrivals(&mut subscription, count, limit).await;
-        let elapsed = started.elapsed();
-        publisher.await??;
-        Ok((received, elapsed))
+        };
+        let receive = super::bench::count_arrivals(&mut subscription, count, limit);
+        super::bench::timed_one_way(send, receive).await
     }
 
     /// One-way latency: published by one client, received by the other.

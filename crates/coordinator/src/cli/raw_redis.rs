@@ -49,18 +49,15 @@ impl super::bench::RawBroker for RawRedis<'_> {
         subscriber.subscribe(&channel).await?;
         let mut connection = publisher(&client).await?;
         let body = vec![0x5a; size];
-        let started = Instant::now();
-        let sending = tokio::spawn(async move {
+        let send = async move {
             for _ in 0..count {
                 publish(&mut connection, &channel, &body).await?;
             }
             anyhow::Ok(())
-        });
+        };
         let mut messages = subscriber.on_message();
-        let received = super::bench::count_arrivals(&mut messages, count, limit).await;
-        let elapsed = started.elapsed();
-        sending.await??;
-        Ok((received, elapsed))
+        let receive = super::bench::count_arrivals(&mut messages, count, limit);
+        super::bench::timed_one_way(send, receive).await
     }
 
     /// One-way latency: published by one connection, received by the subscriber.

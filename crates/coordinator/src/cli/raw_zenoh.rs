@@ -73,27 +73,18 @@ impl super::bench::RawBroker for RawZenoh<'_> {
     ) -> anyhow::Result<(u64, Duration)> {
         let (_sender, _receiver, publisher, subscriber) = self.pair("throughput").await?;
         let body = bytes::Bytes::from(vec![0x5a; size]);
-        let started = Instant::now();
-        let sending = tokio::spawn(async move {
+        let send = async move {
             for _ in 0..count {
                 publisher
                     .put(body.clone())
                     .await
                     .map_err(|e| anyhow!("{e}"))?;
             }
-            anyhow::Ok(publisher)
-        });
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut received = 0;
-        while received < count {
-            match tokio::time::timeout_at(deadline, subscriber.recv_async()).await {
-                Ok(Ok(_)) => received += 1,
-                _ => break,
-            }
-        }
-        let elapsed = started.elapsed();
-        sending.await??;
-        Ok((received, elapsed))
+            anyhow::Ok(())
+        };
+        let mut arrivals = subscriber.stream();
+        let receive = super::bench::count_arrivals(&mut arrivals, count, limit);
+        super::bench::timed_one_way(send, receive).await
     }
 
     async fn publish_latency(
