@@ -89,26 +89,15 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
             .create_with_context(context.clone())
             .map_err(|error| fail("cannot create a consumer", topics::describe(error)))?,
     );
-    let partitions = config.partitions as i32;
     let wanted = [
-        (routes.broadcast.as_str(), partitions),
-        (own_topic.as_str(), 1),
+        (routes.broadcast.clone(), config.partitions as i32),
+        (own_topic.clone(), 1),
     ];
     let setup = async {
         topics::ensure(&admin, config, &wanted).await?;
-        let counts = topics::partitions(
+        topics::read_from(
             &consumer,
             &[&routes.broadcast, &own_topic],
-            config.timeout_session,
-        )
-        .await?;
-        let assignment = vec![
-            (routes.broadcast.clone(), counts[0]),
-            (own_topic.clone(), counts[1]),
-        ];
-        topics::assign(
-            &consumer,
-            &assignment,
             topics::Start::End,
             config.timeout_session,
         )
@@ -145,10 +134,7 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
             replace,
             state: state.clone(),
             config: config.clone(),
-            wanted: [
-                (routes.broadcast.clone(), partitions),
-                (own_topic.clone(), 1),
-            ],
+            wanted,
             paused: false,
         }
         .run(stopped),
@@ -263,24 +249,19 @@ impl Watcher {
     }
 
     async fn brokers_answer(&mut self, counts: &[i32]) {
-        let missing: Vec<(&str, i32)> = self
+        let missing: Vec<(String, i32)> = self
             .wanted
             .iter()
             .zip(counts)
             .filter(|(_, count)| **count == 0)
-            .map(|((topic, partitions), _)| (topic.as_str(), *partitions))
+            .map(|(wanted, _)| wanted.clone())
             .collect();
         if !missing.is_empty() {
             tracing::warn!(
                 ?missing,
                 "Kafka: the broker lost topics; creating them again"
             );
-            let missing: Vec<(String, i32)> = missing
-                .into_iter()
-                .map(|(t, n)| (t.to_string(), n))
-                .collect();
             self.set_paused(true);
-            let missing: Vec<(&str, i32)> = missing.iter().map(|(t, n)| (t.as_str(), *n)).collect();
             if let Err(error) = topics::ensure(&self.admin, &self.config, &missing).await {
                 self.state.went_down(format!("Kafka: {error}"));
                 return;
@@ -307,16 +288,9 @@ impl Watcher {
                 .map_err(topics::describe)?,
         );
         let names: Vec<&str> = self.wanted.iter().map(|(t, _)| t.as_str()).collect();
-        let counts = topics::partitions(&consumer, &names, self.config.timeout_session).await?;
-        let assignment: Vec<(String, i32)> = self
-            .wanted
-            .iter()
-            .zip(counts)
-            .map(|((topic, _), count)| (topic.clone(), count))
-            .collect();
-        topics::assign(
+        topics::read_from(
             &consumer,
-            &assignment,
+            &names,
             topics::Start::Beginning,
             self.config.timeout_session,
         )

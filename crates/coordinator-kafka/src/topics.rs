@@ -40,7 +40,7 @@ pub fn check_cluster_name(cluster: &str) -> Result<(), Error> {
 pub async fn ensure(
     admin: &AdminClient<DefaultClientContext>,
     config: &KafkaConfig,
-    topics: &[(&str, i32)],
+    topics: &[(String, i32)],
 ) -> Result<(), String> {
     let retention = config.retention.as_millis().to_string();
     let create = |replication: i32| {
@@ -126,15 +126,21 @@ pub enum Start {
     Beginning,
 }
 
-/// Assigns every partition of `topics` to the consumer, from `start`.
-pub async fn assign(
+/// Waits until the brokers list `topics`, then assigns all their partitions
+/// to the consumer, from `start`.
+pub async fn read_from(
     consumer: &std::sync::Arc<StreamConsumer<crate::context::LinkContext>>,
-    topics: &[(String, i32)],
+    topics: &[&str],
     start: Start,
     within: Duration,
 ) -> Result<(), String> {
+    let counts = partitions(consumer, topics, within).await?;
+    let topics: Vec<(String, i32)> = topics
+        .iter()
+        .zip(counts)
+        .map(|(topic, count)| (topic.to_string(), count))
+        .collect();
     let consumer = consumer.clone();
-    let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
         let mut assignment = TopicPartitionList::new();
         for (topic, partitions) in &topics {
@@ -188,5 +194,22 @@ pub fn describe(error: KafkaError) -> String {
     match error.rdkafka_error_code() {
         Some(code) => format!("{error} ({code:?})"),
         None => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_that_cannot_name_topics_are_refused_with_the_field() {
+        assert!(check_cluster_name("mail-eu_1.prod").is_ok());
+        for bad in ["", "mail cluster", "mail/eu", &"x".repeat(240)] {
+            let error = check_cluster_name(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("cluster: ") && error.contains("cannot name Kafka topics"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 }

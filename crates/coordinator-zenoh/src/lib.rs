@@ -77,15 +77,20 @@ pub async fn connect_with_handle(
         .map_err(|error| Error::Start(format!("zenoh.config: {error}")))?;
     let routes = Routes::with_separator(&settings.cluster, '/');
     let member_prefix = format!("{}/member", settings.cluster);
+    let refused = |detail: String| {
+        Error::Start(format!(
+            "cluster: {:?} cannot name Zenoh keys ({detail})",
+            settings.cluster
+        ))
+    };
     let key = |text: String| {
-        KeyExpr::try_from(text.clone()).map_err(|error| {
-            Error::Start(format!(
-                "cluster: {:?} cannot name Zenoh keys ({text:?}: {error})",
-                settings.cluster
-            ))
-        })
+        KeyExpr::try_from(text.clone()).map_err(|error| refused(format!("{text:?}: {error}")))
     };
     let broadcast_key = key(routes.broadcast.clone())?;
+    // A wildcard in the cluster name would read other clusters' traffic.
+    if broadcast_key.is_wild() {
+        return Err(refused("it holds a wildcard".into()));
+    }
     let own_key = key(routes.node(settings.node_id))?;
     let members_key = key(format!("{member_prefix}/**"))?;
     let token_key = key(liveness::token_key(
@@ -466,5 +471,36 @@ impl Transport for ZenohTransport {
 
     fn reports_membership(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ZenohConfig {
+        ZenohConfig {
+            config: "{ mode: 'peer', scouting: { multicast: { enabled: false } } }".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_without_an_incarnation_or_with_a_wildcard_cluster_is_refused() {
+        let error = connect(&config(), &Settings::new(1))
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("incarnation must be set"), "{error}");
+        let settings = Settings::new(1).cluster("mail/*").incarnation(1);
+        let error = connect(&config(), &settings)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("cluster: \"mail/*\" cannot name Zenoh keys"),
+            "{error}"
+        );
     }
 }
