@@ -8,6 +8,7 @@
 
 pub mod brokers;
 pub mod harness;
+pub mod raft;
 pub mod suite;
 pub mod wait;
 

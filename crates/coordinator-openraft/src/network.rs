@@ -1,0 +1,357 @@
+//! The sending side: openraft's network factory and per-target client, over
+//! `Coordinator::request`.
+
+use crate::wire::{self, Rpc};
+use bytes::Bytes;
+use coordinator_core::{Coordinator, Error, NodeId};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{RPCTypes, RaftTypeConfig};
+use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// How the network sends; the defaults suit every carrier.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Largest piece of snapshot data sent in one message. A snapshot chunk
+    /// that openraft hands over is cut into pieces of this size, so that a
+    /// heartbeat sent meanwhile waits behind at most one piece, and a chunk
+    /// larger than the carrier's `maxMessageSize` still goes through.
+    pub snapshot_piece: usize,
+    /// First wait after a target was unreachable; it doubles, with jitter,
+    /// up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            snapshot_piece: 256 * 1024,
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// openraft's network over a coordinator: give it to `Raft::new`. Raft node
+/// ids are the coordinator's node ids; the `Node` value openraft keeps for a
+/// member is not used for addressing.
+pub struct Network<C> {
+    coordinator: Arc<dyn Coordinator>,
+    shared: Arc<Shared>,
+    _config: PhantomData<fn() -> C>,
+}
+
+struct Shared {
+    options: Options,
+    /// The largest message the carrier took, learnt from its refusals (0
+    /// until one was refused).
+    largest: AtomicUsize,
+}
+
+impl<C> Network<C> {
+    pub fn new(coordinator: Arc<dyn Coordinator>) -> Self {
+        Self::with_options(coordinator, Options::default())
+    }
+
+    pub fn with_options(coordinator: Arc<dyn Coordinator>, options: Options) -> Self {
+        Self {
+            coordinator,
+            shared: Arc::new(Shared {
+                options,
+                largest: AtomicUsize::new(0),
+            }),
+            _config: PhantomData,
+        }
+    }
+}
+
+impl<C> RaftNetworkFactory<C> for Network<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+{
+    type Network = Client<C>;
+
+    async fn new_client(&mut self, target: NodeId, _node: &C::Node) -> Client<C> {
+        Client {
+            coordinator: self.coordinator.clone(),
+            shared: self.shared.clone(),
+            target,
+            _config: PhantomData,
+        }
+    }
+}
+
+/// Sends the RPCs of one Raft target.
+pub struct Client<C> {
+    coordinator: Arc<dyn Coordinator>,
+    shared: Arc<Shared>,
+    target: NodeId,
+    _config: PhantomData<fn() -> C>,
+}
+
+/// Why a request got no answer from the target's Raft.
+enum Failure {
+    /// The carrier refused the message as too large.
+    TooLarge { size: usize, max: usize },
+    /// Anything else, already in openraft's terms.
+    Rpc(RPCError<NodeId, openraft::EmptyNode>),
+}
+
+type RpcResult<C, T, E> = Result<T, RPCError<NodeId, <C as RaftTypeConfig>::Node, E>>;
+
+impl<C> Client<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+{
+    /// One request to the target; its reply decoded as the target's `Result`.
+    async fn call<T, E>(
+        &self,
+        rpc: Rpc,
+        action: RPCTypes,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Result<T, E>, Failure>
+    where
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let reply = self
+            .coordinator
+            .request(self.target, payload, timeout)
+            .await
+            .map_err(|error| self.failure(error, action, timeout))?;
+        wire::decode_reply::<Result<T, E>>(&reply).map_err(|error| {
+            tracing::warn!(target = self.target, ?rpc, %error, "undecodable Raft reply");
+            Failure::Rpc(RPCError::Network(NetworkError::new(&error)))
+        })
+    }
+
+    fn failure(&self, error: Error, action: RPCTypes, timeout: Duration) -> Failure {
+        match error {
+            Error::TooLarge { size, max } => {
+                self.shared.largest.store(max, Ordering::Relaxed);
+                Failure::TooLarge { size, max }
+            }
+            Error::Timeout { .. } => Failure::Rpc(RPCError::Timeout(Timeout {
+                action,
+                id: self.coordinator.node_id(),
+                target: self.target,
+                timeout,
+            })),
+            // Dead, gone, unknown, closed, a carrier down, or a node that
+            // refused the message: wait before trying again.
+            error => Failure::Rpc(RPCError::Unreachable(Unreachable::new(&error))),
+        }
+    }
+
+    fn remote<E: std::error::Error>(&self, error: E) -> RPCError<NodeId, C::Node, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, error))
+    }
+
+    fn encode<T: serde::Serialize>(rpc: Rpc, request: &T) -> Result<Bytes, NetworkError> {
+        wire::encode_request(rpc, request).map_err(|error| NetworkError::new(&error))
+    }
+}
+
+/// The same failure, with the node type and error type the caller needs
+/// (nothing in it depends on them).
+fn recast<N, E>(error: RPCError<NodeId, openraft::EmptyNode>) -> RPCError<NodeId, N, E>
+where
+    N: openraft::Node,
+    E: std::error::Error,
+{
+    match error {
+        RPCError::Timeout(e) => RPCError::Timeout(e),
+        RPCError::Unreachable(e) => RPCError::Unreachable(e),
+        RPCError::PayloadTooLarge(e) => RPCError::PayloadTooLarge(e),
+        RPCError::Network(e) => RPCError::Network(e),
+        RPCError::RemoteError(e) => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl<C> RaftNetwork<C> for Client<C>
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+{
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> RpcResult<C, AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let entries = rpc.entries.len() as u64;
+        let payload = Self::encode(Rpc::AppendEntries, &rpc)?;
+        match self
+            .call::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(
+                Rpc::AppendEntries,
+                RPCTypes::AppendEntries,
+                payload,
+                option.hard_ttl(),
+            )
+            .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.remote(error)),
+            Err(Failure::TooLarge { size, max }) if entries > 1 => {
+                // As many entries as fit, on average, with room to spare.
+                let hint =
+                    (entries * max as u64 * 9 / 10 / size.max(1) as u64).clamp(1, entries - 1);
+                Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(hint),
+                ))
+            }
+            Err(Failure::TooLarge { size, max }) => {
+                // One entry larger than the carrier takes: nothing here can
+                // split it. Say so loudly; openraft retries after a backoff.
+                let error = Error::TooLarge { size, max };
+                tracing::error!(
+                    target = self.target,
+                    %error,
+                    "a Raft log entry does not fit in one message: raise maxMessageSize"
+                );
+                Err(RPCError::Unreachable(Unreachable::new(&error)))
+            }
+            Err(Failure::Rpc(error)) => Err(recast(error)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<C>,
+        option: RPCOption,
+    ) -> RpcResult<C, InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>
+    {
+        let InstallSnapshotRequest {
+            vote,
+            meta,
+            offset,
+            data,
+            done,
+        } = rpc;
+        let mut piece = self.shared.options.snapshot_piece.max(1);
+        let mut sent = 0usize;
+        loop {
+            let end = (sent + piece).min(data.len());
+            let last = end == data.len();
+            let request = InstallSnapshotRequest::<C> {
+                vote: vote.clone(),
+                meta: meta.clone(),
+                offset: offset + sent as u64,
+                data: data[sent..end].to_vec(),
+                done: done && last,
+            };
+            let payload = Self::encode(Rpc::InstallSnapshot, &request)?;
+            match self
+                .call::<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>(
+                    Rpc::InstallSnapshot,
+                    RPCTypes::InstallSnapshot,
+                    payload,
+                    option.hard_ttl(),
+                )
+                .await
+            {
+                Ok(Ok(response)) if last => return Ok(response),
+                Ok(Ok(response)) if response.vote != vote => return Ok(response),
+                Ok(Ok(_)) => sent = end,
+                Ok(Err(error)) => return Err(self.remote(error)),
+                Err(Failure::TooLarge { size, max }) if piece > 1024 => {
+                    // Smaller pieces, with room for the envelope around them.
+                    let overhead = size.saturating_sub(end - sent);
+                    piece = max.saturating_sub(overhead + 64).clamp(1024, piece / 2);
+                    tracing::debug!(target = self.target, piece, "smaller snapshot pieces");
+                }
+                Err(Failure::TooLarge { size, max }) => {
+                    let error = Error::TooLarge { size, max };
+                    return Err(RPCError::Unreachable(Unreachable::new(&error)));
+                }
+                Err(Failure::Rpc(error)) => return Err(recast(error)),
+            }
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<C, VoteResponse<NodeId>, RaftError<NodeId>> {
+        let payload = Self::encode(Rpc::Vote, &rpc)?;
+        match self
+            .call::<VoteResponse<NodeId>, RaftError<NodeId>>(
+                Rpc::Vote,
+                RPCTypes::Vote,
+                payload,
+                option.hard_ttl(),
+            )
+            .await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.remote(error)),
+            Err(Failure::TooLarge { size, max }) => {
+                let error = Error::TooLarge { size, max };
+                Err(RPCError::Unreachable(Unreachable::new(&error)))
+            }
+            Err(Failure::Rpc(error)) => Err(recast(error)),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        let options = &self.shared.options;
+        Backoff::new(Jittered {
+            next: options.backoff_min,
+            max: options.backoff_max,
+        })
+    }
+}
+
+/// Truncated exponential backoff with jitter (each wait between half and
+/// all of the current step).
+struct Jittered {
+    next: Duration,
+    max: Duration,
+}
+
+impl Iterator for Jittered {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let step = self.next;
+        self.next = (step * 2).min(self.max);
+        let half = step / 2;
+        Some(half + half.mul_f64(rand::random::<f64>()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let waits: Vec<_> = Jittered {
+            next: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        }
+        .take(10)
+        .collect();
+        let mut step = Duration::from_millis(50);
+        for wait in &waits {
+            assert!(
+                *wait >= step / 2 && *wait <= step,
+                "{wait:?} for step {step:?}"
+            );
+            step = (step * 2).min(Duration::from_secs(1));
+        }
+        assert!(waits[9] >= Duration::from_millis(500));
+    }
+}

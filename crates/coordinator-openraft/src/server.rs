@@ -1,0 +1,116 @@
+//! The receiving side: Raft requests from the coordinator's inbox, handed to
+//! the local `Raft`, their results sent back as replies.
+
+use crate::wire::{self, DecodeError, Request};
+use coordinator_core::{Inbox, Incoming, NodeId};
+use openraft::{Raft, RaftTypeConfig};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Serves the Raft requests that reach this node until dropped (or until the
+/// coordinator stops).
+///
+/// Each request is handled in a task of its own, so that a vote or a
+/// heartbeat never waits behind a large append or a snapshot piece that the
+/// local Raft is still writing.
+pub struct RaftServer {
+    task: JoinHandle<()>,
+}
+
+impl RaftServer {
+    /// Serves `raft` from `inbox`. A message that is not a Raft request gets
+    /// an error reply (or is dropped if it was one-way).
+    pub fn start<C>(raft: Raft<C>, inbox: Inbox) -> RaftServer
+    where
+        C: RaftTypeConfig<NodeId = NodeId>,
+        C::SnapshotData:
+            tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+    {
+        Self::start_sharing(raft, inbox, None)
+    }
+
+    /// As [`RaftServer::start`], but messages that are not Raft requests go
+    /// to `others`, so the application can use the same inbox for its own
+    /// direct messages.
+    pub fn start_sharing<C>(
+        raft: Raft<C>,
+        mut inbox: Inbox,
+        others: Option<mpsc::Sender<Incoming>>,
+    ) -> RaftServer
+    where
+        C: RaftTypeConfig<NodeId = NodeId>,
+        C::SnapshotData:
+            tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+    {
+        let task = tokio::spawn(async move {
+            while let Some(incoming) = inbox.recv().await {
+                match wire::decode_request::<C>(&incoming.payload) {
+                    Ok(request) => {
+                        tokio::spawn(handle(raft.clone(), incoming, request));
+                    }
+                    Err(DecodeError::NotRaft) if others.is_some() => {
+                        let others = others.as_ref().expect("checked");
+                        if others.send(incoming).await.is_err() {
+                            tracing::debug!("nobody takes the application's messages any more");
+                        }
+                    }
+                    Err(error) => refuse(incoming, error).await,
+                }
+            }
+            tracing::debug!("inbox closed: Raft server stops");
+        });
+        RaftServer { task }
+    }
+
+    /// Whether it still serves (the coordinator has not stopped).
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+}
+
+impl Drop for RaftServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn refuse(incoming: Incoming, error: DecodeError) {
+    let from = incoming.from;
+    tracing::warn!(from, %error, "refused a message on the Raft inbox");
+    if incoming.is_request() {
+        let _ = incoming.reply_error(error.to_string()).await;
+    }
+}
+
+async fn handle<C>(raft: Raft<C>, incoming: Incoming, request: Request<C>)
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+    C::SnapshotData: tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+{
+    let from = incoming.from;
+    let reply = match request {
+        Request::AppendEntries(request) => encode(&raft.append_entries(request).await),
+        Request::Vote(request) => encode(&raft.vote(request).await),
+        Request::InstallSnapshot(request) => encode(&raft.install_snapshot(request).await),
+    };
+    if !incoming.is_request() {
+        tracing::debug!(from, "a one-way Raft message: its result is not sent");
+        return;
+    }
+    let sent = match reply {
+        Ok(reply) => incoming.reply(reply).await,
+        Err(error) => {
+            incoming
+                .reply_error(format!("cannot encode the Raft reply: {error}"))
+                .await
+        }
+    };
+    if let Err(error) = sent {
+        tracing::debug!(from, %error, "Raft reply not sent");
+    }
+}
+
+fn encode<T: Serialize>(reply: &T) -> Result<bytes::Bytes, postcard::Error> {
+    wire::encode_reply(reply)
+}
