@@ -26,6 +26,7 @@ macro_rules! conformance_suite {
                 killed_node_is_suspected_then_dead_in_time,
                 graceful_leave_is_seen_at_once,
                 restarted_node_is_never_listed_twice,
+                node_that_left_can_come_back,
                 point_to_point_is_fifo_per_pair,
                 request_gets_its_reply,
                 request_times_out_with_a_typed_error,

@@ -339,6 +339,33 @@ pub async fn restarted_node_is_never_listed_twice(mut harness: impl Harness) {
     assert_eq!(incoming.payload, "hello");
 }
 
+/// A node that left can come back (a rolling restart: leave, then start
+/// again with the same id): every node sees it alive again and can reach it.
+pub async fn node_that_left_can_come_back(mut harness: impl Harness) {
+    let nodes = cluster(&mut harness, &[1, 2, 3]).await;
+    let mut watchers: Vec<_> = nodes[..2].iter().map(|n| n.member_events()).collect();
+    nodes[2].leave().await.unwrap();
+    for events in watchers.iter_mut() {
+        within(
+            LONG,
+            "the departure",
+            member_change(events, 3, |c| *c == MemberChange::Left),
+        )
+        .await;
+    }
+    let back = harness.start(3).await;
+    converge(&[nodes[0].clone(), nodes[1].clone(), back.clone()], LONG).await;
+    let mut inbox = back.inbox().unwrap();
+    nodes[0]
+        .send(3, Bytes::from_static(b"welcome back"))
+        .await
+        .unwrap();
+    let incoming = within(LONG, "a message to the node that came back", inbox.recv())
+        .await
+        .unwrap();
+    assert_eq!(incoming.payload, "welcome back");
+}
+
 /// Point-to-point messages arrive once each, in order per sender.
 pub async fn point_to_point_is_fifo_per_pair(mut harness: impl Harness) {
     const COUNT: usize = 300;

@@ -105,6 +105,10 @@ async fn serve(
         }
     };
     drop(permit);
+    let mut shutdown = transport.shutdown.subscribe();
+    if *shutdown.borrow_and_update() {
+        return;
+    }
     if peer.id != transport.id {
         transport.with_swim(|swim| swim.contact(Instant::now(), peer.id, peer.run, peer.addr));
     }
@@ -113,7 +117,15 @@ async fn serve(
     // Frames are read out of one buffer filled by large reads (writes pass through).
     let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     loop {
-        let frame = match tokio::time::timeout(idle, read_frame(&mut stream, max)).await {
+        let read = tokio::time::timeout(idle, read_frame(&mut stream, max));
+        let read = tokio::select! {
+            read = read => read,
+            _ = shutdown.changed() => {
+                tracing::debug!(peer = peer.id, "carrier closed: connection closed");
+                return;
+            }
+        };
+        let frame = match read {
             Err(_) => {
                 tracing::debug!(peer = peer.id, "idle connection closed");
                 return;

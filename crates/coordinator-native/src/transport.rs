@@ -99,6 +99,7 @@ pub async fn connect(
         handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         tasks: Mutex::new(Vec::new()),
         closed: AtomicBool::new(false),
+        shutdown: tokio::sync::watch::channel(false).0,
         joined: tokio::sync::watch::channel(false).0,
     });
     let span = tracing::info_span!("native", node = settings.node_id);
@@ -235,6 +236,9 @@ pub struct NativeTransport {
     pub(crate) handshakes: Arc<Semaphore>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Turns true on close: inbound connections end with it, so that peers
+    /// notice at once and dial whoever runs this node id next.
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
     /// A first state exchange succeeded.
     pub(crate) joined: tokio::sync::watch::Sender<bool>,
 }
@@ -437,6 +441,7 @@ impl Transport for NativeTransport {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        self.shutdown.send_replace(true);
         for (_, peer) in self.peers.lock().drain() {
             peer.stop();
         }
