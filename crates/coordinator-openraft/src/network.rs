@@ -245,7 +245,7 @@ where
             let end = (sent + piece).min(data.len());
             let last = end == data.len();
             let request = InstallSnapshotRequest::<C> {
-                vote: vote.clone(),
+                vote,
                 meta: meta.clone(),
                 offset: offset + sent as u64,
                 data: data[sent..end].to_vec(),

@@ -16,7 +16,7 @@ pub use log_store::LogStore;
 pub use state_machine::{Fingerprint, StateMachine};
 
 use bytes::Bytes;
-use coordinator::{Coordinator, Incoming, NodeId};
+use coordinator_core::{Coordinator, Incoming, NodeId};
 use coordinator_openraft::{Network, RaftServer};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{EmptyNode, Raft};
@@ -86,7 +86,7 @@ pub enum WriteError {
     Raft(String),
     /// The leader could not be reached.
     #[error("cannot reach the leader: {0}")]
-    Forward(coordinator::Error),
+    Forward(coordinator_core::Error),
 }
 
 /// Marks a forwarded write apart from Raft's own requests on the inbox.
@@ -210,7 +210,7 @@ impl KvNode {
             .request(leader, Bytes::from(payload), Duration::from_secs(5))
             .await
             .map_err(|error| match error {
-                coordinator::Error::Remote { message, .. } => WriteError::Raft(message),
+                coordinator_core::Error::Remote { message, .. } => WriteError::Raft(message),
                 error => WriteError::Forward(error),
             })?;
         postcard::from_bytes(&reply)

@@ -33,13 +33,18 @@ pub struct BenchArgs {
     /// Round trips measured for each latency figure.
     #[arg(long, default_value_t = 2_000)]
     samples: u64,
+    /// Writes in the Raft throughput run (three more nodes running openraft
+    /// through `coordinator-openraft`, beside openraft over an in-process
+    /// router); 0 skips the Raft rows.
+    #[arg(long, default_value_t = 5_000)]
+    raft_writes: u64,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Serialize)]
-struct Row {
+pub(super) struct Row {
     subject: String,
     test: &'static str,
     size: usize,
@@ -55,7 +60,7 @@ struct Row {
 
 impl Row {
     /// `received` of `count` messages arrived in `elapsed`.
-    fn throughput(
+    pub(super) fn throughput(
         subject: &str,
         test: &'static str,
         size: usize,
@@ -82,7 +87,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 const QUEUE_CAPACITY: usize = 1 << 20;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    super::init_logging("warn");
+    // openraft warns of every vote it ignores while the Raft nodes start.
+    super::init_logging("warn,openraft=error");
     let config = match &args.config {
         Some(file) => Some(
             CoordinatorConfig::from_file(file)
@@ -90,41 +96,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let (a, b): (Arc<dyn Coordinator>, Arc<dyn Coordinator>) = match &config {
-        Some(config) => {
-            let node = |id| {
-                let mut config = config.clone();
-                config.cluster.node_id = Some(id);
-                async move { coordinator::start(&config).await }
-            };
-            (Arc::new(node(1).await?), Arc::new(node(2).await?))
-        }
+    let mut starter = match &config {
+        Some(config) => Starter::Config(Box::new(config.clone())),
         None if args.carrier.eq_ignore_ascii_case("memory") => {
-            let network = MemoryNetwork::new();
-            let settings = |id| {
-                Settings::new(id)
-                    .cluster_key("bench-cluster-key")
-                    .queue_capacity(QUEUE_CAPACITY)
-            };
-            (
-                Arc::new(network.start(settings(1))?),
-                Arc::new(network.start(settings(2))?),
-            )
+            Starter::Memory(MemoryNetwork::new())
         }
         #[cfg(feature = "native")]
         None if args.carrier.eq_ignore_ascii_case("native") => {
-            let mut launcher =
-                super::local_native::LocalNative::new().queue_capacity(QUEUE_CAPACITY);
-            (
-                Arc::new(launcher.start(1, "bench").await?),
-                Arc::new(launcher.start(2, "bench").await?),
-            )
+            Starter::Native(super::local_native::LocalNative::new().queue_capacity(QUEUE_CAPACITY))
         }
         None => bail!(
             "unknown carrier {:?}: use --carrier memory or native, or --config FILE for another carrier",
             args.carrier
         ),
     };
+    let a = starter.start(1).await?;
+    let b = starter.start(2).await?;
     let subject = a.carrier().to_string();
     wait_for_peer(&a, 2).await?;
     wait_for_peer(&b, 1).await?;
@@ -171,12 +158,62 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     a.leave().await.ok();
     b.leave().await.ok();
+    if args.raft_writes > 0 {
+        progress(&format!(
+            "{subject}: openraft, 3 nodes ({} writes, {} samples)",
+            args.raft_writes, args.samples
+        ));
+        let mut nodes = Vec::new();
+        for id in [11, 12, 13] {
+            nodes.push(starter.start(id).await?);
+        }
+        rows.extend(
+            super::raft_bench::rows(&subject, &nodes, args.raft_writes, args.samples, args.size)
+                .await?,
+        );
+        for node in nodes {
+            node.leave().await.ok();
+        }
+        progress("openraft over an in-process router (the limit for the library)");
+        rows.extend(
+            super::raft_bench::router_rows(args.raft_writes, args.samples, args.size).await?,
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print_table(&rows);
     }
     Ok(())
+}
+
+/// Starts the measured nodes, whatever the carrier.
+enum Starter {
+    Config(Box<CoordinatorConfig>),
+    Memory(Arc<MemoryNetwork>),
+    #[cfg(feature = "native")]
+    Native(super::local_native::LocalNative),
+}
+
+impl Starter {
+    async fn start(&mut self, id: u64) -> anyhow::Result<Arc<dyn Coordinator>> {
+        Ok(match self {
+            Starter::Config(config) => {
+                let mut config = config.as_ref().clone();
+                config.cluster.node_id = Some(id);
+                Arc::new(coordinator::start(&config).await?)
+            }
+            Starter::Memory(network) => Arc::new(
+                network.start(
+                    Settings::new(id)
+                        .cluster_key("bench-cluster-key")
+                        .queue_capacity(QUEUE_CAPACITY),
+                )?,
+            ),
+            #[cfg(feature = "native")]
+            Starter::Native(launcher) => Arc::new(launcher.start(id, "bench").await?),
+        })
+    }
 }
 
 async fn wait_for_peer(node: &Arc<dyn Coordinator>, peer: u64) -> anyhow::Result<()> {
@@ -486,7 +523,12 @@ async fn raw_broker_rows<R: RawBroker>(
     ])
 }
 
-fn latency_row(subject: &str, test: &'static str, size: usize, histogram: &Histogram<u64>) -> Row {
+pub(super) fn latency_row(
+    subject: &str,
+    test: &'static str,
+    size: usize,
+    histogram: &Histogram<u64>,
+) -> Row {
     Row {
         subject: subject.into(),
         test,
@@ -499,7 +541,7 @@ fn latency_row(subject: &str, test: &'static str, size: usize, histogram: &Histo
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(super) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
 }
 

@@ -1,13 +1,13 @@
 //! Native nodes on 127.0.0.1 for the demo and the benchmark: free ports, the
-//! first node is the seed of the others, a fresh cluster key per run.
+//! nodes started before are the seeds of the next, a fresh cluster key per run.
 
 use coordinator::{Node, NodeId, Settings};
 use std::net::SocketAddr;
 
-/// Starts Native nodes one by one; each joins through the first.
+/// Starts Native nodes one by one; each joins through those started before.
 pub struct LocalNative {
     key: String,
-    seed: Option<SocketAddr>,
+    seeds: Vec<SocketAddr>,
     queue_capacity: usize,
 }
 
@@ -16,7 +16,7 @@ impl LocalNative {
     pub fn new() -> Self {
         Self {
             key: format!("local-{:032x}", random_u128()),
-            seed: None,
+            seeds: Vec::new(),
             queue_capacity: Settings::new(0).queue_capacity,
         }
     }
@@ -36,12 +36,12 @@ impl LocalNative {
         let config = coordinator::config::NativeConfig {
             bind_addr: [127, 0, 0, 1].into(),
             port: 0,
-            seed_nodes: self.seed.iter().map(|addr| addr.to_string()).collect(),
+            seed_nodes: self.seeds.iter().map(|addr| addr.to_string()).collect(),
             ..Default::default()
         };
         let (link, transport) =
             coordinator_native::connect(&config, &settings, Default::default()).await?;
-        self.seed.get_or_insert(transport.local_addr());
+        self.seeds.push(transport.local_addr());
         Ok(Node::start(settings, coordinator_native::NAME, link)?)
     }
 }

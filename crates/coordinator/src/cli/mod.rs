@@ -6,6 +6,7 @@ pub mod gen_cert;
 #[cfg(feature = "native")]
 pub mod local_native;
 pub mod node;
+pub mod raft_bench;
 #[cfg(feature = "kafka")]
 pub mod raw_kafka;
 #[cfg(feature = "nats")]

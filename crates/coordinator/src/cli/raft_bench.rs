@@ -1,0 +1,264 @@
+//! The Raft rows of `coordinator bench`: the `raft-kv` example store on three
+//! nodes of the measured carrier, beside the same store on openraft with an
+//! in-process router (direct calls between the three `Raft`s, nothing
+//! encoded): the most the library could reach.
+
+use super::bench::{Row, histogram, latency_row};
+use anyhow::Context;
+use coordinator::{Coordinator, NodeId};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{EmptyNode, Raft};
+use raft_kv::{Command, KvConfig, KvNode, Storage};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Writes in flight at once in the throughput run (openraft batches them).
+const IN_FLIGHT: usize = 64;
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Three `raft-kv` nodes over `nodes` (fresh coordinators, inboxes untaken).
+pub(super) async fn rows(
+    subject: &str,
+    nodes: &[Arc<dyn Coordinator>],
+    writes: u64,
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.node_id()).collect();
+    for node in nodes {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            coordinator::wait_for_members(node.as_ref(), &ids),
+        )
+        .await
+        .context("the Raft nodes did not see each other")?;
+    }
+    let mut kv = Vec::new();
+    for node in nodes {
+        kv.push(KvNode::start(node.clone(), raft_kv::raft_config(), Storage::default()).await?);
+    }
+    kv[0].initialize(&ids).await?;
+    let leader = wait_leader(kv.iter().map(|n| n.raft())).await?;
+    let raft = kv
+        .iter()
+        .find(|n| n.id() == leader)
+        .expect("the leader is one of them")
+        .raft()
+        .clone();
+    let subject = format!("{subject} raft");
+    let rows = measure(&subject, &raft, writes, samples, size).await;
+    for node in kv {
+        node.stop().await;
+    }
+    rows
+}
+
+/// The same store on openraft with an in-process router.
+pub(super) async fn router_rows(
+    writes: u64,
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let router = Router::default();
+    let mut rafts = Vec::new();
+    for id in [1, 2, 3] {
+        let storage = Storage::default();
+        let raft = Raft::new(
+            id,
+            raft_kv::raft_config(),
+            router.clone(),
+            storage.log,
+            storage.state,
+        )
+        .await?;
+        router
+            .rafts
+            .write()
+            .expect("not poisoned")
+            .insert(id, raft.clone());
+        rafts.push(raft);
+    }
+    rafts[0]
+        .initialize(
+            [1, 2, 3]
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>(),
+        )
+        .await?;
+    let leader = wait_leader(rafts.iter()).await?;
+    let rows = measure(
+        "openraft router",
+        &rafts[(leader - 1) as usize],
+        writes,
+        samples,
+        size,
+    )
+    .await;
+    for raft in rafts {
+        let _ = raft.shutdown().await;
+    }
+    rows
+}
+
+async fn wait_leader<'a>(
+    rafts: impl Iterator<Item = &'a Raft<KvConfig>> + Clone,
+) -> anyhow::Result<NodeId> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: Vec<_> = rafts
+            .clone()
+            .map(|r| r.metrics().borrow().current_leader)
+            .collect();
+        if seen[0].is_some() && seen.iter().all(|l| *l == seen[0]) {
+            return Ok(seen[0].expect("checked"));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no leader within 30 s: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn command(key: u64, size: usize) -> Command {
+    Command::Set {
+        key: format!("key-{key}"),
+        value: "v".repeat(size),
+    }
+}
+
+/// Committed writes per second with `IN_FLIGHT` writers, then the commit
+/// latency of `samples` writes one after another, through the leader.
+async fn measure(
+    subject: &str,
+    leader: &Raft<KvConfig>,
+    writes: u64,
+    samples: u64,
+    size: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let started = Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    let mut committed = 0;
+    let run = async {
+        for key in 0..writes {
+            if running.len() >= IN_FLIGHT {
+                committed += running.join_next().await.expect("one runs")??;
+            }
+            let raft = leader.clone();
+            running.spawn(async move {
+                raft.client_write(command(key, size))
+                    .await
+                    .map(|_| 1u64)
+                    .map_err(anyhow::Error::from)
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            committed += done??;
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(LIMIT, run)
+        .await
+        .context("the Raft throughput run took too long")??;
+    let elapsed = started.elapsed();
+    let throughput = Row::throughput(
+        subject,
+        "commit throughput",
+        size,
+        writes,
+        committed,
+        elapsed,
+    );
+    let mut latency = histogram();
+    for key in 0..samples {
+        let sent = Instant::now();
+        tokio::time::timeout(LIMIT, leader.client_write(command(writes + key, size)))
+            .await
+            .context("a Raft write took too long")??;
+        latency.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    Ok(vec![
+        throughput,
+        latency_row(subject, "commit latency", size, &latency),
+    ])
+}
+
+/// Calls the target `Raft` directly.
+#[derive(Clone, Default)]
+struct Router {
+    rafts: Arc<RwLock<HashMap<NodeId, Raft<KvConfig>>>>,
+}
+
+struct RouterClient {
+    target: NodeId,
+    router: Router,
+}
+
+impl RaftNetworkFactory<KvConfig> for Router {
+    type Network = RouterClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &EmptyNode) -> RouterClient {
+        RouterClient {
+            target,
+            router: self.clone(),
+        }
+    }
+}
+
+impl RouterClient {
+    // The error is openraft's own type, as its network methods return it.
+    #[allow(clippy::result_large_err)]
+    fn raft<E: std::error::Error>(&self) -> Result<Raft<KvConfig>, RPCError<NodeId, EmptyNode, E>> {
+        self.router
+            .rafts
+            .read()
+            .expect("not poisoned")
+            .get(&self.target)
+            .cloned()
+            .ok_or_else(|| {
+                let error = std::io::Error::other(format!("no node {}", self.target));
+                RPCError::Unreachable(Unreachable::new(&error))
+            })
+    }
+}
+
+impl RaftNetwork<KvConfig> for RouterClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<KvConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
+        let raft = self.raft()?;
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<KvConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, EmptyNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let raft = self.raft()?;
+        raft.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
+        let raft = self.raft()?;
+        raft.vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
