@@ -24,23 +24,27 @@
 //! the example, and `serde` the message encodings.
 //!
 //! ```no_run
-//! # async fn run(coordinator: std::sync::Arc<dyn coordinator_core::Coordinator>) {
-//! # openraft::declare_raft_types!(pub Config: D = String, R = String, Node = openraft::EmptyNode);
-//! # fn stores() -> (impl openraft::storage::RaftLogStorage<Config>, impl openraft::storage::RaftStateMachine<Config>) { unimplemented!() }
+//! use coordinator_core::Coordinator;
 //! use coordinator_openraft::{Network, RaftServer};
-//! let (log, state_machine) = stores();
-//! let config = std::sync::Arc::new(openraft::Config::default().validate().unwrap());
-//! let raft = openraft::Raft::<Config>::new(
-//!     coordinator.node_id(),
-//!     config,
-//!     Network::new(coordinator.clone()),
-//!     log,
-//!     state_machine,
-//! )
-//! .await
-//! .unwrap();
-//! let _server = RaftServer::start(raft.clone(), coordinator.inbox().unwrap());
-//! # }
+//! use openraft::storage::{RaftLogStorage, RaftStateMachine};
+//! use openraft::{Raft, RaftTypeConfig};
+//! use std::io::Cursor;
+//! use std::sync::Arc;
+//!
+//! async fn start<C>(
+//!     coordinator: Arc<dyn Coordinator>,
+//!     log: impl RaftLogStorage<C>,
+//!     state_machine: impl RaftStateMachine<C>,
+//! ) -> Result<(Raft<C>, RaftServer), Box<dyn std::error::Error>>
+//! where
+//!     C: RaftTypeConfig<NodeId = u64, SnapshotData = Cursor<Vec<u8>>>,
+//! {
+//!     let config = Arc::new(openraft::Config::default().validate()?);
+//!     let network = Network::new(coordinator.clone());
+//!     let raft = Raft::new(coordinator.node_id(), config, network, log, state_machine).await?;
+//!     let server = RaftServer::start(raft.clone(), coordinator.inbox()?);
+//!     Ok((raft, server))
+//! }
 //! ```
 
 mod network;

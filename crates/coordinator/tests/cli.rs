@@ -255,14 +255,39 @@ fn node_with_unreachable_kafka_brokers_fails_with_an_error_naming_them() {
 
 #[test]
 fn bench_measures_the_memory_carrier_as_json() {
-    let output = coordinator(&["bench", "--messages", "2000", "--samples", "50", "--json"]);
+    let output = coordinator(&[
+        "bench",
+        "--messages",
+        "2000",
+        "--samples",
+        "50",
+        "--raft-writes",
+        "500",
+        "--json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&output)).expect("JSON rows");
     let tests: Vec<_> = rows
         .iter()
         .map(|r| format!("{} / {}", r["subject"], r["test"]))
         .collect();
-    assert_eq!(rows.len(), 6, "{tests:?}");
+    assert_eq!(rows.len(), 10, "{tests:?}");
+    // The Raft rows: every write committed, on the carrier and on the router.
+    for subject in ["Memory raft", "openraft router"] {
+        let throughput = rows
+            .iter()
+            .find(|r| r["subject"] == subject && r["test"] == "commit throughput")
+            .unwrap_or_else(|| panic!("no {subject} throughput row in {tests:?}"));
+        assert_eq!(
+            (throughput["count"].as_u64(), throughput["lost"].as_u64()),
+            (Some(500), Some(0))
+        );
+        let latency = rows
+            .iter()
+            .find(|r| r["subject"] == subject && r["test"] == "commit latency")
+            .unwrap_or_else(|| panic!("no {subject} latency row in {tests:?}"));
+        assert_eq!(latency["count"].as_u64(), Some(50));
+    }
     let memory = &rows[0];
     assert_eq!(
         (memory["subject"].as_str(), memory["lost"].as_u64()),
