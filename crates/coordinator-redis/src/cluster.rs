@@ -5,7 +5,6 @@ use crate::{CLUSTER_NAME, Publisher, RedisTransport, read, redacted, subscribe};
 use coordinator_core::config::{RedisClusterConfig, RedisProtocol};
 use coordinator_core::routes::Routes;
 use coordinator_core::{Error, Link, Settings};
-use redis::IntoConnectionInfo;
 use redis::cluster::ClusterClientBuilder;
 use std::sync::Arc;
 
@@ -25,6 +24,7 @@ pub async fn connect_cluster(
             RedisProtocol::Resp2 => redis::ProtocolVersion::RESP2,
             RedisProtocol::Resp3 => redis::ProtocolVersion::RESP3,
         })
+        .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
         .connection_timeout(config.pool.pool_timeout_create.unwrap_or(config.timeout))
         .response_timeout(config.timeout);
     if let Some(user) = &config.auth_username {
@@ -67,10 +67,7 @@ pub async fn connect_cluster(
     // One plain pub/sub client per node of `urls`, tried in turn.
     let mut subscribers = Vec::new();
     for (index, url) in config.urls.iter().enumerate() {
-        let info = url
-            .as_str()
-            .into_connection_info()
-            .map_err(|error| Error::Start(format!("redisCluster.urls[{index}]: {error}")))?;
+        let info = crate::connection_info(url, &format!("redisCluster.urls[{index}]"))?;
         let mut redis = info.redis_settings().clone();
         if let Some(user) = &config.auth_username {
             redis = redis.set_username(user);
@@ -112,14 +109,28 @@ pub async fn connect_cluster(
     };
     let (inbound, receiver) = coordinator_core::inbound();
     let span = tracing::info_span!("redis-cluster", node = settings.node_id);
+    // `subscribers` was rotated: the first is the server subscribed on.
+    let home: crate::Home = Arc::new(parking_lot::Mutex::new(
+        subscribers[0].get_multiplexed_async_connection().await.ok(),
+    ));
     let reader = tokio::spawn(tracing::Instrument::instrument(
-        read(subscribers, first, channels.broadcast.clone(), own, inbound),
+        read(
+            subscribers,
+            first,
+            channels.broadcast.clone(),
+            own,
+            inbound,
+            Some(home.clone()),
+        ),
         span,
     ));
     tracing::info!(%servers, broadcast = %channels.broadcast, "redis cluster carrier connected");
     Ok(Link {
         transport: Arc::new(RedisTransport {
-            publisher: Publisher::Cluster(connection),
+            publisher: Publisher::Cluster {
+                home,
+                cluster: connection,
+            },
             carrier: CLUSTER_NAME,
             channels,
             timeout: config.timeout,

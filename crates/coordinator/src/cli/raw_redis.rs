@@ -43,7 +43,7 @@ impl super::bench::RawBroker for RawRedis<'_> {
         limit: Duration,
     ) -> anyhow::Result<(u64, Duration)> {
         let url = self.0;
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(coordinator_redis::connection_info(url, "url")?)?;
         let channel = channel("throughput");
         let mut subscriber = client.get_async_pubsub().await?;
         subscriber.subscribe(&channel).await?;
@@ -68,7 +68,7 @@ impl super::bench::RawBroker for RawRedis<'_> {
         histogram: &mut Histogram<u64>,
     ) -> anyhow::Result<()> {
         let url = self.0;
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(coordinator_redis::connection_info(url, "url")?)?;
         let channel = channel("latency");
         let mut subscriber = client.get_async_pubsub().await?;
         subscriber.subscribe(&channel).await?;
@@ -94,7 +94,7 @@ impl super::bench::RawBroker for RawRedis<'_> {
         histogram: &mut Histogram<u64>,
     ) -> anyhow::Result<()> {
         let url = self.0;
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(coordinator_redis::connection_info(url, "url")?)?;
         let (requests, replies) = (channel("requests"), channel("replies"));
         let mut responder = client.get_async_pubsub().await?;
         responder.subscribe(&requests).await?;
