@@ -335,6 +335,22 @@ impl RedisCluster {
         panic!("the Redis Cluster was not ready within {READY_WITHIN:?}");
     }
 
+    /// How many `PUBLISH` commands each node has served so far.
+    pub fn publish_calls(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let stats = redis_cli(node.port(), &["info", "commandstats"]);
+                stats
+                    .lines()
+                    .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|calls| calls.trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
     /// The nodes that are masters now.
     pub fn masters(&self) -> Vec<usize> {
         (0..self.nodes.len())

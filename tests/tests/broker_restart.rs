@@ -210,3 +210,45 @@ async fn redis_cluster_keeps_delivering_after_a_master_is_killed() {
         }
     }
 }
+
+/// Messages are published on the server the nodes subscribe on, never
+/// through another one (that would cross the cluster bus, where
+/// back-to-back messages can wait for a delayed ACK).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_publishes_on_the_server_its_nodes_subscribe_on() {
+    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_cluster("resp3"))
+        .await
+        .unwrap();
+    let mut harness = EngineHarness::new(connector, Timing::default());
+    let (nodes, mut subscription, _events) = two_nodes_listening(&mut harness).await;
+    let calls = |harness: &EngineHarness<RedisClusterConnector>| {
+        tokio::task::block_in_place(|| harness.connector().with_cluster(|c| c.publish_calls()))
+    };
+    let before = calls(&harness);
+    for i in 0..50u32 {
+        nodes[0]
+            .broadcast("t", Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+        // And on each node's own channel (each hashes to its own slot).
+        nodes[0].send(2, Bytes::from_static(b"to 2")).await.unwrap();
+        nodes[1].send(1, Bytes::from_static(b"to 1")).await.unwrap();
+    }
+    for i in 0..50u32 {
+        let message = within(LONG, "the broadcasts", subscription.recv())
+            .await
+            .unwrap();
+        assert_eq!(message.payload, i.to_string());
+    }
+    let after = calls(&harness);
+    let published: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // Node 0 of `urls` is where both nodes subscribe.
+    assert!(published[0] >= 150, "{published:?}");
+    assert!(
+        published[1..].iter().all(|&n| n == 0),
+        "PUBLISH went through other servers too: {published:?}"
+    );
+    for node in &nodes {
+        node.leave().await.unwrap();
+    }
+}
