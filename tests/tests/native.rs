@@ -272,34 +272,19 @@ async fn a_gossip_partition_is_detected_on_both_sides_and_heals_by_itself() {
     );
 }
 
-/// Native nodes on 127.0.0.1, each started on a free port with the earlier
-/// ones as seeds.
-async fn native_node(id: u64, seeds: &[SocketAddr]) -> (Arc<dyn Coordinator>, SocketAddr) {
-    let settings = coordinator::Settings::new(id)
-        .cluster("moved")
-        .cluster_key(CLUSTER_KEY)
-        .incarnation(coordinator::new_incarnation());
-    let config = NativeConfig {
-        bind_addr: [127, 0, 0, 1].into(),
-        port: 0,
-        seed_nodes: seeds.iter().map(|addr| addr.to_string()).collect(),
-        ..Default::default()
-    };
-    let (link, transport) = coordinator_native::connect(&config, &settings, Default::default())
-        .await
-        .unwrap();
-    let node = coordinator::Node::start(settings, coordinator_native::NAME, link).unwrap();
-    (Arc::new(node), transport.local_addr())
-}
-
 /// A node that left comes back on another port while the process of its
 /// old run still exists (its handle kept): the others reach the new run,
 /// because the old one closed its connections when it left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_left_comes_back_on_another_port() {
-    let (first, a) = native_node(1, &[]).await;
-    let (second, b) = native_node(2, &[a]).await;
-    let (third, c) = native_node(3, &[a, b]).await;
+    let mut loopback = coordinator_native::Loopback::with_key("moved", CLUSTER_KEY);
+    let mut start = async |id| -> Arc<dyn Coordinator> {
+        let node: Arc<dyn Coordinator> = Arc::new(loopback.start(id).await.unwrap());
+        node
+    };
+    let first = start(1).await;
+    let second = start(2).await;
+    let third = start(3).await;
     converge(&[first.clone(), second.clone(), third.clone()], LONG).await;
     // Traffic both ways, so that every pair has its connections open.
     first.send(3, Bytes::from_static(b"before")).await.unwrap();
@@ -312,7 +297,8 @@ async fn a_node_that_left_comes_back_on_another_port() {
         member_change(&mut events, 3, |c| *c == MemberChange::Left),
     )
     .await;
-    let (back, _) = native_node(3, &[c, a, b]).await;
+    // A new port, joining through every earlier address (the old run's too).
+    let back = start(3).await;
     converge(&[first.clone(), second.clone(), back.clone()], LONG).await;
     let mut inbox = back.inbox().unwrap();
     first

@@ -90,6 +90,20 @@ mod network {
             .collect()
     }
 
+    /// A Raft for the node of `coordinator` (not initialized).
+    async fn raft_on(coordinator: &Arc<dyn Coordinator>) -> openraft::Raft<KvConfig> {
+        let storage = Storage::default();
+        openraft::Raft::new(
+            coordinator.node_id(),
+            raft_kv::raft_config(),
+            Network::new(coordinator.clone()),
+            storage.log,
+            storage.state,
+        )
+        .await
+        .unwrap()
+    }
+
     async fn client(
         from: &Arc<dyn Coordinator>,
         to: u64,
@@ -131,16 +145,7 @@ mod network {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_remote_rafts_error_arrives_typed() {
         let (_network, nodes) = nodes(&[1, 2], 1 << 20).await;
-        let storage = Storage::default();
-        let raft = openraft::Raft::<KvConfig>::new(
-            2,
-            raft_kv::raft_config(),
-            Network::new(nodes[1].clone()),
-            storage.log.clone(),
-            storage.state.clone(),
-        )
-        .await
-        .unwrap();
+        let raft = raft_on(&nodes[1]).await;
         let _server = RaftServer::start(raft.clone(), nodes[1].inbox().unwrap());
         // A Raft that has stopped answers every RPC with a fatal error.
         raft.shutdown().await.unwrap();
@@ -255,16 +260,7 @@ mod network {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn what_is_not_a_raft_request_is_refused_by_name() {
         let (_network, nodes) = nodes(&[1, 2], 1 << 20).await;
-        let storage = Storage::default();
-        let raft = openraft::Raft::<KvConfig>::new(
-            2,
-            raft_kv::raft_config(),
-            Network::new(nodes[1].clone()),
-            storage.log.clone(),
-            storage.state.clone(),
-        )
-        .await
-        .unwrap();
+        let raft = raft_on(&nodes[1]).await;
         let _server = RaftServer::start(raft, nodes[1].inbox().unwrap());
         let ask = |payload: Bytes| {
             let node = nodes[0].clone();

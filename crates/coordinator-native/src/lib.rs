@@ -5,12 +5,14 @@ pub mod frame;
 mod gossip;
 pub mod handshake;
 mod listener;
+mod loopback;
 mod peer;
 pub mod swim;
 pub mod tls;
 mod transport;
 mod wire;
 
+pub use loopback::Loopback;
 pub use transport::{NativeOptions, NativeTransport, connect};
 
 /// The carrier's name in configurations and logs.

@@ -9,9 +9,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use coordinator::{Coordinator, CoordinatorConfig, Node, NodeId, Settings};
+use coordinator::{Coordinator, CoordinatorConfig, NodeId};
 use raft_kv::{Command, KvNode, Storage};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
@@ -58,49 +57,17 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Native nodes on 127.0.0.1 on free ports; each joins through the nodes
-/// started before it.
-struct Launcher {
-    key: String,
-    seeds: Vec<SocketAddr>,
-}
-
-impl Launcher {
-    async fn start(&mut self, id: NodeId) -> anyhow::Result<Arc<dyn Coordinator>> {
-        let settings = Settings::new(id)
-            .cluster("raft-kv-demo")
-            .cluster_key(self.key.clone())
-            .incarnation(coordinator::new_incarnation());
-        let config = coordinator::config::NativeConfig {
-            bind_addr: [127, 0, 0, 1].into(),
-            port: 0,
-            seed_nodes: self.seeds.iter().map(|addr| addr.to_string()).collect(),
-            ..Default::default()
-        };
-        let (link, transport) =
-            coordinator_native::connect(&config, &settings, Default::default()).await?;
-        self.seeds.push(transport.local_addr());
-        Ok(Arc::new(Node::start(
-            settings,
-            coordinator_native::NAME,
-            link,
-        )?))
-    }
-}
-
 async fn demo(writes: u32) -> anyhow::Result<()> {
     let clock = Instant::now();
     let at = |what: String| println!("[{:>8.1} ms] {what}", clock.elapsed().as_secs_f64() * 1e3);
-    let mut launcher = Launcher {
-        key: format!("raft-kv-demo-{:x}", coordinator::new_incarnation()),
-        seeds: Vec::new(),
-    };
+    // Native nodes on 127.0.0.1, free ports, each joining through the others.
+    let mut launcher = coordinator_native::Loopback::new("raft-kv-demo");
     let ids = [1, 2, 3];
     let storage: Vec<Storage> = ids.iter().map(|_| Storage::default()).collect();
     let mut nodes: Vec<Option<Arc<KvNode>>> = Vec::new();
     let mut coordinators = Vec::new();
     for (i, id) in ids.into_iter().enumerate() {
-        let coordinator = launcher.start(id).await?;
+        let coordinator: Arc<dyn Coordinator> = Arc::new(launcher.start(id).await?);
         coordinators.push(coordinator.clone());
         let node = KvNode::start(coordinator, raft_kv::raft_config(), storage[i].clone()).await?;
         nodes.push(Some(Arc::new(node)));
@@ -148,7 +115,7 @@ async fn demo(writes: u32) -> anyhow::Result<()> {
         "{writes} more writes committed by the two nodes left"
     ));
 
-    let coordinator = launcher.start(leader).await?;
+    let coordinator: Arc<dyn Coordinator> = Arc::new(launcher.start(leader).await?);
     let node = KvNode::start(coordinator, raft_kv::raft_config(), storage[index].clone()).await?;
     nodes[index] = Some(Arc::new(node));
     let back = Instant::now();

@@ -102,9 +102,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Starter::Memory(MemoryNetwork::new())
         }
         #[cfg(feature = "native")]
-        None if args.carrier.eq_ignore_ascii_case("native") => {
-            Starter::Native(super::local_native::LocalNative::new().queue_capacity(QUEUE_CAPACITY))
-        }
+        None if args.carrier.eq_ignore_ascii_case("native") => Starter::Native(
+            coordinator_native::Loopback::new("bench").queue_capacity(QUEUE_CAPACITY),
+        ),
         None => bail!(
             "unknown carrier {:?}: use --carrier memory or native, or --config FILE for another carrier",
             args.carrier
@@ -192,7 +192,7 @@ enum Starter {
     Config(Box<CoordinatorConfig>),
     Memory(Arc<MemoryNetwork>),
     #[cfg(feature = "native")]
-    Native(super::local_native::LocalNative),
+    Native(coordinator_native::Loopback),
 }
 
 impl Starter {
@@ -211,7 +211,7 @@ impl Starter {
                 )?,
             ),
             #[cfg(feature = "native")]
-            Starter::Native(launcher) => Arc::new(launcher.start(id, "bench").await?),
+            Starter::Native(launcher) => Arc::new(launcher.start(id).await?),
         })
     }
 }

@@ -13,18 +13,18 @@ const CARRIER: &str = "Native (TLS RPC + UDP gossip on 127.0.0.1)";
 #[cfg(not(feature = "native"))]
 const CARRIER: &str = "Memory (in-process; this build has no Native carrier)";
 
-/// Starts the demo's nodes one by one; each joins through the first.
+/// Starts the demo's nodes one by one; each joins through those before it.
 #[cfg(feature = "native")]
-struct Launcher(super::local_native::LocalNative);
+struct Launcher(coordinator_native::Loopback);
 
 #[cfg(feature = "native")]
 impl Launcher {
     fn new() -> Self {
-        Self(super::local_native::LocalNative::new())
+        Self(coordinator_native::Loopback::new("demo"))
     }
 
     async fn start(&mut self, id: NodeId) -> anyhow::Result<Node> {
-        self.0.start(id, "demo").await
+        Ok(self.0.start(id).await?)
     }
 }
 

@@ -3,8 +3,6 @@ pub mod check_config;
 pub mod demo;
 #[cfg(feature = "native")]
 pub mod gen_cert;
-#[cfg(feature = "native")]
-pub mod local_native;
 pub mod node;
 pub mod raft_bench;
 #[cfg(feature = "kafka")]

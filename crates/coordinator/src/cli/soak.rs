@@ -39,10 +39,10 @@ struct Counts {
 
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     super::init_logging("error");
-    let mut launcher = super::local_native::LocalNative::new();
+    let mut launcher = coordinator_native::Loopback::new("soak");
     let mut nodes: Vec<Arc<Node>> = Vec::new();
     for id in 1..=args.nodes {
-        nodes.push(Arc::new(launcher.start(id, "soak").await?));
+        nodes.push(Arc::new(launcher.start(id).await?));
     }
     let ids: Vec<u64> = nodes.iter().map(|n| n.node_id()).collect();
     for node in &nodes {
