@@ -94,19 +94,35 @@ pub async fn replicates_fails_over_and_catches_up(mut harness: impl Harness) {
     );
 
     // And takes part again: a write through it (forwarded to the leader)
-    // reaches all three.
-    let applied = within(LIMIT, "a write through the rejoined node", async {
+    // reaches all three. A forward whose request or reply the carrier lost
+    // (Memory with loss) times out with its outcome unknown: it is sent
+    // again, and may then be applied twice.
+    let mut unknown = 0;
+    within(LIMIT, "a write through the rejoined node", async {
         loop {
             match nodes[&leader].set("after", "rejoin").await {
-                Ok(applied) => break applied,
+                Ok(applied) => {
+                    if unknown == 0 {
+                        assert_eq!(applied.previous, None);
+                    }
+                    break;
+                }
                 Err(WriteError::NoLeader) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(WriteError::Forward(coordinator_core::Error::Timeout { .. })) => unknown += 1,
                 Err(error) => panic!("write through the rejoined node failed: {error}"),
             }
         }
     })
     .await;
-    assert_eq!(applied.previous, None);
-    same_state(&nodes, 1701).await;
+    same_state_within(&nodes, 1701, 1701 + unknown).await;
+    for node in nodes.values() {
+        assert_eq!(
+            node.get("after").as_deref(),
+            Some("rejoin"),
+            "node {}",
+            node.id()
+        );
+    }
     eprintln!(
         "{}: new leader {new_leader} elected {elected_after:?} after node {leader} was killed",
         harness.carrier()
@@ -160,6 +176,11 @@ async fn write(leader: &Arc<KvNode>, keys: std::ops::Range<u32>) {
 /// Waits until every node has applied `commands` commands, and checks that
 /// they all applied them at the same indexes in the same order.
 async fn same_state(nodes: &BTreeMap<NodeId, Arc<KvNode>>, commands: u64) {
+    same_state_within(nodes, commands, commands).await
+}
+
+/// As [`same_state`], for a count known to lie between `commands` and `most`.
+async fn same_state_within(nodes: &BTreeMap<NodeId, Arc<KvNode>>, commands: u64, most: u64) {
     let print = |nodes: &BTreeMap<NodeId, Arc<KvNode>>| {
         nodes
             .values()
@@ -168,7 +189,13 @@ async fn same_state(nodes: &BTreeMap<NodeId, Arc<KvNode>>, commands: u64) {
     };
     let what = format!("every node to apply {commands} commands");
     let started = Instant::now();
-    while !nodes.values().all(|n| n.fingerprint().commands >= commands) {
+    // Until every node has applied as many as every other (or too many).
+    let settled = || {
+        let counts: Vec<u64> = nodes.values().map(|n| n.fingerprint().commands).collect();
+        counts.iter().any(|&c| c > most)
+            || (counts.iter().all(|&c| c >= commands) && counts.iter().all(|&c| c == counts[0]))
+    };
+    while !settled() {
         assert!(
             started.elapsed() < LIMIT,
             "timed out after {LIMIT:?} waiting for {what}: applied {:?}",
@@ -179,9 +206,10 @@ async fn same_state(nodes: &BTreeMap<NodeId, Arc<KvNode>>, commands: u64) {
     let prints: Vec<(NodeId, Fingerprint)> =
         nodes.values().map(|n| (n.id(), n.fingerprint())).collect();
     for (id, print) in &prints {
-        assert_eq!(
-            print.commands, commands,
-            "node {id} applied more commands than were written"
+        assert!(
+            print.commands <= most,
+            "node {id} applied {} commands, more than the {most} written",
+            print.commands
         );
         assert_eq!(
             print, &prints[0].1,
