@@ -2,7 +2,7 @@
 //! `raft-kv` example store on three nodes. See [`crate::raft_suite!`].
 
 use crate::harness::Harness;
-use crate::wait::{converge, until, within};
+use crate::wait::{converge, within};
 use coordinator_core::NodeId;
 use raft_kv::{Command, Fingerprint, KvNode, Storage, WriteError};
 use std::collections::BTreeMap;
@@ -107,7 +107,13 @@ pub async fn replicates_fails_over_and_catches_up(mut harness: impl Harness) {
                     }
                     break;
                 }
-                Err(WriteError::NoLeader) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(WriteError::NoLeader) => {
+                    let raft = nodes[&leader].raft();
+                    raft.wait(None)
+                        .metrics(|m| m.current_leader.is_some(), "a leader")
+                        .await
+                        .expect("Raft runs");
+                }
                 Err(WriteError::Forward(coordinator_core::Error::Timeout { .. })) => unknown += 1,
                 Err(error) => panic!("write through the rejoined node failed: {error}"),
             }
@@ -131,14 +137,14 @@ pub async fn replicates_fails_over_and_catches_up(mut harness: impl Harness) {
 
 /// Waits until every node names the same leader, other than `not`.
 async fn agreed_leader(nodes: &BTreeMap<NodeId, Arc<KvNode>>, not: Option<NodeId>) -> NodeId {
-    let mut leader = None;
-    until(LIMIT, "the nodes to agree on a leader", || {
-        let seen: Vec<_> = nodes.values().map(|n| n.leader()).collect();
-        leader = seen[0];
-        leader.is_some() && leader != not && seen.iter().all(|l| *l == leader)
-    })
-    .await;
-    leader.expect("checked")
+    let rafts = nodes.values().map(|n| n.raft());
+    within(
+        LIMIT,
+        "the nodes to agree on a leader",
+        raft_kv::agreed_leader(rafts, not),
+    )
+    .await
+    .expect("no Raft stopped")
 }
 
 /// Commits `keys` through `leader`, `IN_FLIGHT` at a time; every write must
@@ -181,27 +187,22 @@ async fn same_state(nodes: &BTreeMap<NodeId, Arc<KvNode>>, commands: u64) {
 
 /// As [`same_state`], for a count known to lie between `commands` and `most`.
 async fn same_state_within(nodes: &BTreeMap<NodeId, Arc<KvNode>>, commands: u64, most: u64) {
-    let print = |nodes: &BTreeMap<NodeId, Arc<KvNode>>| {
-        nodes
-            .values()
-            .map(|n| (n.id(), n.fingerprint().commands))
-            .collect::<Vec<_>>()
-    };
     let what = format!("every node to apply {commands} commands");
-    let started = Instant::now();
-    // Until every node has applied as many as every other (or too many).
-    let settled = || {
+    // Until every node has applied as many as any other.
+    let mut wanted = commands;
+    loop {
+        within(LIMIT, &what, async {
+            for node in nodes.values() {
+                node.storage().state.applied_at_least(wanted).await;
+            }
+        })
+        .await;
         let counts: Vec<u64> = nodes.values().map(|n| n.fingerprint().commands).collect();
-        counts.iter().any(|&c| c > most)
-            || (counts.iter().all(|&c| c >= commands) && counts.iter().all(|&c| c == counts[0]))
-    };
-    while !settled() {
-        assert!(
-            started.elapsed() < LIMIT,
-            "timed out after {LIMIT:?} waiting for {what}: applied {:?}",
-            print(nodes)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let highest = counts.iter().copied().max().unwrap_or(wanted);
+        if highest > most || counts.iter().all(|&count| count == highest) {
+            break;
+        }
+        wanted = highest;
     }
     let prints: Vec<(NodeId, Fingerprint)> =
         nodes.values().map(|n| (n.id(), n.fingerprint())).collect();

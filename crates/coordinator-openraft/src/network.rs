@@ -2,7 +2,6 @@
 //! `Coordinator::request`.
 
 use crate::wire::{self, Rpc};
-use bytes::Bytes;
 use coordinator_core::{Coordinator, Error, NodeId};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -17,7 +16,6 @@ use openraft::{RPCTypes, RaftTypeConfig};
 use serde::de::DeserializeOwned;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How the network sends; the defaults suit every carrier.
@@ -55,9 +53,6 @@ pub struct Network<C> {
 
 struct Shared {
     options: Options,
-    /// The largest message the carrier took, learnt from its refusals (0
-    /// until one was refused).
-    largest: AtomicUsize,
 }
 
 impl<C> Network<C> {
@@ -68,10 +63,7 @@ impl<C> Network<C> {
     pub fn with_options(coordinator: Arc<dyn Coordinator>, options: Options) -> Self {
         Self {
             coordinator,
-            shared: Arc::new(Shared {
-                options,
-                largest: AtomicUsize::new(0),
-            }),
+            shared: Arc::new(Shared { options }),
             _config: PhantomData,
         }
     }
@@ -105,8 +97,28 @@ pub struct Client<C> {
 enum Failure {
     /// The carrier refused the message as too large.
     TooLarge { size: usize, max: usize },
-    /// Anything else, already in openraft's terms.
-    Rpc(RPCError<NodeId, openraft::EmptyNode>),
+    /// No reply in time.
+    Timeout(Timeout<NodeId>),
+    /// Dead, gone, unknown, closed, a carrier down, or a node that refused
+    /// the message: wait before trying again.
+    Unreachable(Unreachable),
+    /// A request that does not encode, or a reply that does not decode.
+    Codec(NetworkError),
+}
+
+impl Failure {
+    /// In openraft's terms; a message too large for the carrier is
+    /// `Unreachable` here (the callers that can split it do so first).
+    fn into_rpc<N: openraft::Node, E: std::error::Error>(self) -> RPCError<NodeId, N, E> {
+        match self {
+            Failure::TooLarge { size, max } => {
+                RPCError::Unreachable(Unreachable::new(&Error::TooLarge { size, max }))
+            }
+            Failure::Timeout(timeout) => RPCError::Timeout(timeout),
+            Failure::Unreachable(unreachable) => RPCError::Unreachable(unreachable),
+            Failure::Codec(error) => RPCError::Network(error),
+        }
+    }
 }
 
 type RpcResult<C, T, E> = Result<T, RPCError<NodeId, <C as RaftTypeConfig>::Node, E>>;
@@ -119,65 +131,55 @@ where
     async fn call<T, E>(
         &self,
         rpc: Rpc,
-        action: RPCTypes,
-        payload: Bytes,
+        request: &impl serde::Serialize,
         timeout: Duration,
     ) -> Result<Result<T, E>, Failure>
     where
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
+        let payload = wire::encode_request(rpc, request)
+            .map_err(|error| Failure::Codec(NetworkError::new(&error)))?;
         let reply = self
             .coordinator
             .request(self.target, payload, timeout)
             .await
-            .map_err(|error| self.failure(error, action, timeout))?;
+            .map_err(|error| self.failure(error, rpc, timeout))?;
         wire::decode_reply::<Result<T, E>>(&reply).map_err(|error| {
             tracing::warn!(target = self.target, ?rpc, %error, "undecodable Raft reply");
-            Failure::Rpc(RPCError::Network(NetworkError::new(&error)))
+            Failure::Codec(NetworkError::new(&error))
         })
     }
 
-    fn failure(&self, error: Error, action: RPCTypes, timeout: Duration) -> Failure {
+    fn failure(&self, error: Error, rpc: Rpc, timeout: Duration) -> Failure {
         match error {
-            Error::TooLarge { size, max } => {
-                self.shared.largest.store(max, Ordering::Relaxed);
-                Failure::TooLarge { size, max }
-            }
-            Error::Timeout { .. } => Failure::Rpc(RPCError::Timeout(Timeout {
-                action,
+            Error::TooLarge { size, max } => Failure::TooLarge { size, max },
+            Error::Timeout { .. } => Failure::Timeout(Timeout {
+                action: match rpc {
+                    Rpc::AppendEntries => RPCTypes::AppendEntries,
+                    Rpc::Vote => RPCTypes::Vote,
+                    Rpc::InstallSnapshot => RPCTypes::InstallSnapshot,
+                },
                 id: self.coordinator.node_id(),
                 target: self.target,
                 timeout,
-            })),
-            // Dead, gone, unknown, closed, a carrier down, or a node that
-            // refused the message: wait before trying again.
-            error => Failure::Rpc(RPCError::Unreachable(Unreachable::new(&error))),
+            }),
+            error => Failure::Unreachable(Unreachable::new(&error)),
         }
     }
 
-    fn remote<E: std::error::Error>(&self, error: E) -> RPCError<NodeId, C::Node, E> {
-        RPCError::RemoteError(RemoteError::new(self.target, error))
-    }
-
-    fn encode<T: serde::Serialize>(rpc: Rpc, request: &T) -> Result<Bytes, NetworkError> {
-        wire::encode_request(rpc, request).map_err(|error| NetworkError::new(&error))
-    }
-}
-
-/// The same failure, with the node type and error type the caller needs
-/// (nothing in it depends on them).
-fn recast<N, E>(error: RPCError<NodeId, openraft::EmptyNode>) -> RPCError<NodeId, N, E>
-where
-    N: openraft::Node,
-    E: std::error::Error,
-{
-    match error {
-        RPCError::Timeout(e) => RPCError::Timeout(e),
-        RPCError::Unreachable(e) => RPCError::Unreachable(e),
-        RPCError::PayloadTooLarge(e) => RPCError::PayloadTooLarge(e),
-        RPCError::Network(e) => RPCError::Network(e),
-        RPCError::RemoteError(e) => RPCError::Network(NetworkError::new(&e)),
+    /// The target's answer, or the failure, as openraft wants it.
+    // The error is openraft's own type, as its network methods return it.
+    #[allow(clippy::result_large_err)]
+    fn settle<T, E: std::error::Error>(
+        &self,
+        outcome: Result<Result<T, E>, Failure>,
+    ) -> RpcResult<C, T, E> {
+        match outcome {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(RPCError::RemoteError(RemoteError::new(self.target, error))),
+            Err(failure) => Err(failure.into_rpc()),
+        }
     }
 }
 
@@ -191,18 +193,7 @@ where
         option: RPCOption,
     ) -> RpcResult<C, AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         let entries = rpc.entries.len() as u64;
-        let payload = Self::encode(Rpc::AppendEntries, &rpc)?;
-        match self
-            .call::<AppendEntriesResponse<NodeId>, RaftError<NodeId>>(
-                Rpc::AppendEntries,
-                RPCTypes::AppendEntries,
-                payload,
-                option.hard_ttl(),
-            )
-            .await
-        {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.remote(error)),
+        match self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await {
             Err(Failure::TooLarge { size, max }) if entries > 1 => {
                 // As many entries as fit, on average, with room to spare.
                 let hint =
@@ -214,15 +205,14 @@ where
             Err(Failure::TooLarge { size, max }) => {
                 // One entry larger than the carrier takes: nothing here can
                 // split it. Say so loudly; openraft retries after a backoff.
-                let error = Error::TooLarge { size, max };
                 tracing::error!(
                     target = self.target,
-                    %error,
+                    error = %Error::TooLarge { size, max },
                     "a Raft log entry does not fit in one message: raise maxMessageSize"
                 );
-                Err(RPCError::Unreachable(Unreachable::new(&error)))
+                self.settle(Err(Failure::TooLarge { size, max }))
             }
-            Err(Failure::Rpc(error)) => Err(recast(error)),
+            outcome => self.settle(outcome),
         }
     }
 
@@ -251,31 +241,24 @@ where
                 data: data[sent..end].to_vec(),
                 done: done && last,
             };
-            let payload = Self::encode(Rpc::InstallSnapshot, &request)?;
-            match self
-                .call::<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>(
+            let outcome = self
+                .call::<InstallSnapshotResponse<NodeId>, _>(
                     Rpc::InstallSnapshot,
-                    RPCTypes::InstallSnapshot,
-                    payload,
+                    &request,
                     option.hard_ttl(),
                 )
-                .await
-            {
-                Ok(Ok(response)) if last => return Ok(response),
-                Ok(Ok(response)) if response.vote != vote => return Ok(response),
+                .await;
+            match outcome {
+                // The last piece, or a target that has moved on to a newer vote.
+                Ok(Ok(response)) if last || response.vote != vote => return Ok(response),
                 Ok(Ok(_)) => sent = end,
-                Ok(Err(error)) => return Err(self.remote(error)),
                 Err(Failure::TooLarge { size, max }) if piece > 1024 => {
                     // Smaller pieces, with room for the envelope around them.
                     let overhead = size.saturating_sub(end - sent);
                     piece = max.saturating_sub(overhead + 64).clamp(1024, piece / 2);
                     tracing::debug!(target = self.target, piece, "smaller snapshot pieces");
                 }
-                Err(Failure::TooLarge { size, max }) => {
-                    let error = Error::TooLarge { size, max };
-                    return Err(RPCError::Unreachable(Unreachable::new(&error)));
-                }
-                Err(Failure::Rpc(error)) => return Err(recast(error)),
+                outcome => return self.settle(outcome),
             }
         }
     }
@@ -285,24 +268,8 @@ where
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<C, VoteResponse<NodeId>, RaftError<NodeId>> {
-        let payload = Self::encode(Rpc::Vote, &rpc)?;
-        match self
-            .call::<VoteResponse<NodeId>, RaftError<NodeId>>(
-                Rpc::Vote,
-                RPCTypes::Vote,
-                payload,
-                option.hard_ttl(),
-            )
-            .await
-        {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.remote(error)),
-            Err(Failure::TooLarge { size, max }) => {
-                let error = Error::TooLarge { size, max };
-                Err(RPCError::Unreachable(Unreachable::new(&error)))
-            }
-            Err(Failure::Rpc(error)) => Err(recast(error)),
-        }
+        let outcome = self.call(Rpc::Vote, &rpc, option.hard_ttl()).await;
+        self.settle(outcome)
     }
 
     fn backoff(&self) -> Backoff {

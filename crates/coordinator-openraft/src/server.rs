@@ -4,7 +4,6 @@
 use crate::wire::{self, DecodeError, Request};
 use coordinator_core::{Inbox, Incoming, NodeId};
 use openraft::{Raft, RaftTypeConfig};
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -45,17 +44,16 @@ impl RaftServer {
     {
         let task = tokio::spawn(async move {
             while let Some(incoming) = inbox.recv().await {
-                match wire::decode_request::<C>(&incoming.payload) {
-                    Ok(request) => {
+                match (wire::decode_request::<C>(&incoming.payload), &others) {
+                    (Ok(request), _) => {
                         tokio::spawn(handle(raft.clone(), incoming, request));
                     }
-                    Err(DecodeError::NotRaft) if others.is_some() => {
-                        let others = others.as_ref().expect("checked");
+                    (Err(DecodeError::NotRaft), Some(others)) => {
                         if others.send(incoming).await.is_err() {
                             tracing::debug!("nobody takes the application's messages any more");
                         }
                     }
-                    Err(error) => refuse(incoming, error).await,
+                    (Err(error), _) => refuse(incoming, error).await,
                 }
             }
             tracing::debug!("inbox closed: Raft server stops");
@@ -90,9 +88,11 @@ where
 {
     let from = incoming.from;
     let reply = match request {
-        Request::AppendEntries(request) => encode(&raft.append_entries(request).await),
-        Request::Vote(request) => encode(&raft.vote(request).await),
-        Request::InstallSnapshot(request) => encode(&raft.install_snapshot(request).await),
+        Request::AppendEntries(request) => wire::encode_reply(&raft.append_entries(request).await),
+        Request::Vote(request) => wire::encode_reply(&raft.vote(request).await),
+        Request::InstallSnapshot(request) => {
+            wire::encode_reply(&raft.install_snapshot(request).await)
+        }
     };
     if !incoming.is_request() {
         tracing::debug!(from, "a one-way Raft message: its result is not sent");
@@ -109,8 +109,4 @@ where
     if let Err(error) = sent {
         tracing::debug!(from, %error, "Raft reply not sent");
     }
-}
-
-fn encode<T: Serialize>(reply: &T) -> Result<bytes::Bytes, postcard::Error> {
-    wire::encode_reply(reply)
 }

@@ -89,6 +89,27 @@ pub enum WriteError {
     Forward(coordinator_core::Error),
 }
 
+/// Waits until all of `rafts` name the same leader, other than `not`; `None`
+/// if one of them stops meanwhile.
+pub async fn agreed_leader<'a>(
+    rafts: impl IntoIterator<Item = &'a Raft<KvConfig>>,
+    not: Option<NodeId>,
+) -> Option<NodeId> {
+    let mut views: Vec<_> = rafts.into_iter().map(|raft| raft.metrics()).collect();
+    loop {
+        let leaders: Vec<_> = views
+            .iter_mut()
+            .map(|view| view.borrow_and_update().current_leader)
+            .collect();
+        if leaders[0].is_some() && leaders[0] != not && leaders.iter().all(|l| *l == leaders[0]) {
+            return leaders[0];
+        }
+        let changes = views.iter_mut().map(|view| Box::pin(view.changed()));
+        let (changed, _, _) = futures_util::future::select_all(changes).await;
+        changed.ok()?;
+    }
+}
+
 /// Marks a forwarded write apart from Raft's own requests on the inbox.
 const FORWARD: u8 = b'K';
 

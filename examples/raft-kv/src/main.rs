@@ -142,30 +142,22 @@ fn live(nodes: &[Option<Arc<KvNode>>]) -> Vec<Arc<KvNode>> {
 }
 
 async fn wait_leader(nodes: &[Option<Arc<KvNode>>], not: Option<NodeId>) -> anyhow::Result<NodeId> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let seen: Vec<_> = live(nodes).iter().map(|n| n.leader()).collect();
-        if seen[0].is_some() && seen[0] != not && seen.iter().all(|l| *l == seen[0]) {
-            return Ok(seen[0].expect("checked"));
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no leader within 10 s: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let live = live(nodes);
+    let rafts = live.iter().map(|n| n.raft());
+    tokio::time::timeout(Duration::from_secs(10), raft_kv::agreed_leader(rafts, not))
+        .await
+        .context("no leader within 10 s")?
+        .context("a Raft node stopped")
 }
 
 async fn wait_applied(nodes: &[Option<Arc<KvNode>>], commands: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !live(nodes)
-        .iter()
-        .all(|n| n.fingerprint().commands >= commands)
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not applied everywhere within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(())
+    tokio::time::timeout(Duration::from_secs(30), async {
+        for node in live(nodes) {
+            node.storage().state.applied_at_least(commands).await;
+        }
+    })
+    .await
+    .context("not applied everywhere within 30 s")
 }
 
 async fn write_all(

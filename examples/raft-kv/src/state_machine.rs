@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 /// What a node has applied: the last log index, how many commands, and a
 /// hash chain over (index, command) in application order. Two nodes with
@@ -28,7 +29,7 @@ impl Fingerprint {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.chain);
         hasher.update(&index.to_le_bytes());
-        hasher.update(&postcard::to_stdvec(command).expect("a command encodes"));
+        postcard::to_io(command, &mut hasher).expect("a command encodes");
         self.chain = *hasher.finalize().as_bytes();
         self.commands += 1;
     }
@@ -36,9 +37,20 @@ impl Fingerprint {
 
 /// The state machine; clones share it (as a restarted process would find it
 /// on disk).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<State>>,
+    /// The fingerprint after each batch applied or snapshot installed.
+    applied: Arc<watch::Sender<Fingerprint>>,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            applied: Arc::new(watch::Sender::new(Fingerprint::default())),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -80,6 +92,17 @@ impl StateMachine {
 
     pub fn fingerprint(&self) -> Fingerprint {
         self.state().body.fingerprint
+    }
+
+    /// Waits until at least `commands` commands have been applied; what was
+    /// applied then.
+    pub async fn applied_at_least(&self, commands: u64) -> Fingerprint {
+        let mut applied = self.applied.subscribe();
+        let reached = applied
+            .wait_for(|print| print.commands >= commands)
+            .await
+            .expect("the sender lives as long as this state machine");
+        *reached
     }
 
     /// How many snapshots from a leader this state machine installed.
@@ -128,6 +151,7 @@ impl RaftStateMachine<KvConfig> for StateMachine {
                 }
             }
         }
+        self.applied.send_replace(state.body.fingerprint);
         Ok(results)
     }
 
@@ -155,6 +179,7 @@ impl RaftStateMachine<KvConfig> for StateMachine {
         state.membership = meta.last_membership.clone();
         state.snapshot = Some((meta.clone(), bytes));
         state.snapshots_installed += 1;
+        self.applied.send_replace(state.body.fingerprint);
         Ok(())
     }
 

@@ -446,6 +446,20 @@ pub(super) trait RawBroker {
     ) -> anyhow::Result<()>;
 }
 
+/// Times `samples` runs of `one` (a round trip each) into `histogram`.
+pub(super) async fn time_each(
+    samples: u64,
+    histogram: &mut Histogram<u64>,
+    mut one: impl AsyncFnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for _ in 0..samples {
+        let sent = Instant::now();
+        one().await?;
+        histogram.record(sent.elapsed().as_nanos() as u64)?;
+    }
+    Ok(())
+}
+
 /// Runs `send` in a task of its own while `receive` counts arrivals: how many
 /// arrived, and the time from the start until the last one did.
 #[cfg(any(
@@ -557,15 +571,15 @@ async fn broadcast_latency(
         .await?;
     let body = payload(size);
     let mut histogram = histogram();
-    for _ in 0..samples {
-        let sent = Instant::now();
+    time_each(samples, &mut histogram, async || {
         a.broadcast("bench.latency", body.clone()).await?;
         tokio::time::timeout(LIMIT, subscription.recv())
             .await
             .context("broadcast lost")?
             .context("subscription closed")?;
-        histogram.record(sent.elapsed().as_nanos() as u64)?;
-    }
+        Ok(())
+    })
+    .await?;
     Ok(latency_row(subject, "broadcast latency", size, &histogram))
 }
 
@@ -585,12 +599,12 @@ async fn request_latency(
     });
     let body = payload(size);
     let mut histogram = histogram();
-    for _ in 0..samples {
-        let sent = Instant::now();
+    time_each(samples, &mut histogram, async || {
         a.request(b.node_id(), body.clone(), Duration::from_secs(10))
             .await?;
-        histogram.record(sent.elapsed().as_nanos() as u64)?;
-    }
+        Ok(())
+    })
+    .await?;
     server.abort();
     Ok(latency_row(
         subject,
@@ -639,12 +653,12 @@ async fn raw_channel_latency(samples: u64, size: usize) -> anyhow::Result<Row> {
     });
     let body = payload(size);
     let mut histogram = histogram();
-    for _ in 0..samples {
-        let sent = Instant::now();
+    time_each(samples, &mut histogram, async || {
         to_server.send(body.clone()).await?;
         client_in.recv().await.context("echo stopped")?;
-        histogram.record(sent.elapsed().as_nanos() as u64)?;
-    }
+        Ok(())
+    })
+    .await?;
     echo.abort();
     Ok(latency_row(
         "raw tokio mpsc",

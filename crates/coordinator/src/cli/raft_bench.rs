@@ -3,7 +3,7 @@
 //! in-process router (direct calls between the three `Raft`s, nothing
 //! encoded): the most the library could reach.
 
-use super::bench::{Row, histogram, latency_row};
+use super::bench::{Row, histogram, latency_row, time_each};
 use anyhow::Context;
 use coordinator::{Coordinator, NodeId};
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
@@ -106,21 +106,14 @@ pub(super) async fn router_rows(
     rows
 }
 
+/// Waits (at most 30 s) until the nodes agree on a leader.
 async fn wait_leader<'a>(
-    rafts: impl Iterator<Item = &'a Raft<KvConfig>> + Clone,
+    rafts: impl IntoIterator<Item = &'a Raft<KvConfig>>,
 ) -> anyhow::Result<NodeId> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen: Vec<_> = rafts
-            .clone()
-            .map(|r| r.metrics().borrow().current_leader)
-            .collect();
-        if seen[0].is_some() && seen.iter().all(|l| *l == seen[0]) {
-            return Ok(seen[0].expect("checked"));
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no leader within 30 s: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), raft_kv::agreed_leader(rafts, None))
+        .await
+        .context("no leader within 30 s")?
+        .context("a Raft node stopped")
 }
 
 fn command(key: u64, size: usize) -> Command {
@@ -173,13 +166,15 @@ async fn measure(
         elapsed,
     );
     let mut latency = histogram();
-    for key in 0..samples {
-        let sent = Instant::now();
-        tokio::time::timeout(LIMIT, leader.client_write(command(writes + key, size)))
+    let mut key = writes;
+    time_each(samples, &mut latency, async || {
+        key += 1;
+        tokio::time::timeout(LIMIT, leader.client_write(command(key, size)))
             .await
             .context("a Raft write took too long")??;
-        latency.record(sent.elapsed().as_nanos() as u64)?;
-    }
+        Ok(())
+    })
+    .await?;
     Ok(vec![
         throughput,
         latency_row(subject, "commit latency", size, &latency),
@@ -225,6 +220,12 @@ impl RouterClient {
     }
 }
 
+impl RouterClient {
+    fn remote<E: std::error::Error>(&self, error: E) -> RPCError<NodeId, EmptyNode, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, error))
+    }
+}
+
 impl RaftNetwork<KvConfig> for RouterClient {
     async fn append_entries(
         &mut self,
@@ -232,9 +233,7 @@ impl RaftNetwork<KvConfig> for RouterClient {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
         let raft = self.raft()?;
-        raft.append_entries(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        raft.append_entries(rpc).await.map_err(|e| self.remote(e))
     }
 
     async fn install_snapshot(
@@ -246,9 +245,7 @@ impl RaftNetwork<KvConfig> for RouterClient {
         RPCError<NodeId, EmptyNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let raft = self.raft()?;
-        raft.install_snapshot(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        raft.install_snapshot(rpc).await.map_err(|e| self.remote(e))
     }
 
     async fn vote(
@@ -257,8 +254,6 @@ impl RaftNetwork<KvConfig> for RouterClient {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
         let raft = self.raft()?;
-        raft.vote(rpc)
-            .await
-            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        raft.vote(rpc).await.map_err(|e| self.remote(e))
     }
 }

@@ -122,13 +122,11 @@ impl super::bench::RawBroker for RawKafka<'_> {
         let (topic, consumer) = self.topic_and_consumer("latency").await?;
         let producer = self.producer()?;
         let body = vec![0x5a; size];
-        for _ in 0..samples {
-            let sent = Instant::now();
+        super::bench::time_each(samples, histogram, async || {
             produce(&producer, &topic, &body).await?;
-            next(&consumer).await?;
-            histogram.record(sent.elapsed().as_nanos() as u64)?;
-        }
-        Ok(())
+            next(&consumer).await.map(drop)
+        })
+        .await
     }
 
     /// A request on one topic, answered on another by a task that reads it.
@@ -151,13 +149,13 @@ impl super::bench::RawBroker for RawKafka<'_> {
         });
         let requester = self.producer()?;
         let body = vec![0x5a; size];
-        for _ in 0..samples {
-            let sent = Instant::now();
+        let timed = super::bench::time_each(samples, histogram, async || {
             produce(&requester, &requests, &body).await?;
-            next(&reply_consumer).await?;
-            histogram.record(sent.elapsed().as_nanos() as u64)?;
-        }
+            next(&reply_consumer).await.map(drop)
+        })
+        .await;
         answering.abort();
+        timed?;
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use coordinator::config::NatsConfig;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 async fn client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
     let mut options = async_nats::ConnectOptions::new()
@@ -85,16 +85,15 @@ impl super::bench::RawBroker for RawNats<'_> {
         let mut subscription = receiver.subscribe(subject.clone()).await?;
         receiver.flush().await?;
         let body = Bytes::from(vec![0x5a; size]);
-        for _ in 0..samples {
-            let sent = Instant::now();
+        super::bench::time_each(samples, histogram, async || {
             sender.publish(subject.clone(), body.clone()).await?;
             tokio::time::timeout(Duration::from_secs(10), subscription.next())
                 .await
                 .context("raw NATS message lost")?
                 .context("raw NATS subscription ended")?;
-            histogram.record(sent.elapsed().as_nanos() as u64)?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Request/reply through NATS's own reply subjects.
@@ -117,12 +116,13 @@ impl super::bench::RawBroker for RawNats<'_> {
             }
         });
         let body = Bytes::from(vec![0x5a; size]);
-        for _ in 0..samples {
-            let sent = Instant::now();
+        let timed = super::bench::time_each(samples, histogram, async || {
             requester.request(subject.clone(), body.clone()).await?;
-            histogram.record(sent.elapsed().as_nanos() as u64)?;
-        }
+            Ok(())
+        })
+        .await;
         answering.abort();
+        timed?;
         Ok(())
     }
 }

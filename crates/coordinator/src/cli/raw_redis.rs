@@ -5,7 +5,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn channel(what: &str) -> String {
     format!("bench-raw.{what}.{}", std::process::id())
@@ -143,14 +143,13 @@ async fn timed(
     body: &[u8],
     arrivals: &mut (impl futures_util::Stream<Item = redis::Msg> + Unpin),
 ) -> anyhow::Result<()> {
-    for _ in 0..samples {
-        let sent = Instant::now();
+    super::bench::time_each(samples, histogram, async || {
         publish(connection, channel, body).await?;
         tokio::time::timeout(Duration::from_secs(10), arrivals.next())
             .await
             .context("raw Redis message lost")?
             .context("raw Redis subscription ended")?;
-        histogram.record(sent.elapsed().as_nanos() as u64)?;
-    }
-    Ok(())
+        Ok(())
+    })
+    .await
 }

@@ -75,14 +75,15 @@ pub async fn round_trips(
     );
     let body = vec![0x5a; size];
     let mut buffer = Vec::new();
-    for _ in 0..samples {
-        let sent = Instant::now();
+    let timed = super::bench::time_each(samples, histogram, async || {
         write_frame(&mut writer, &body).await?;
         writer.flush().await?;
         read_frame(&mut reader, &mut buffer).await?;
-        histogram.record(sent.elapsed().as_nanos() as u64)?;
-    }
+        Ok(())
+    })
+    .await;
     echo.abort();
+    timed?;
     Ok(())
 }
 

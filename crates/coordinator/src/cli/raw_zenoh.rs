@@ -95,8 +95,7 @@ impl super::bench::RawBroker for RawZenoh<'_> {
     ) -> anyhow::Result<()> {
         let (_sender, _receiver, publisher, subscriber) = self.pair("latency").await?;
         let body = bytes::Bytes::from(vec![0x5a; size]);
-        for _ in 0..samples {
-            let sent = Instant::now();
+        super::bench::time_each(samples, histogram, async || {
             publisher
                 .put(body.clone())
                 .await
@@ -105,9 +104,9 @@ impl super::bench::RawBroker for RawZenoh<'_> {
                 .await
                 .context("raw zenoh sample lost")?
                 .map_err(|e| anyhow!("{e}"))?;
-            histogram.record(sent.elapsed().as_nanos() as u64)?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// A query to a queryable in the other session, answered on its own key.
