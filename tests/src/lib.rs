@@ -21,6 +21,7 @@ macro_rules! conformance_suite {
         mod $carrier {
             $crate::conformance_suite!(@tests $make;
                 broadcast_in_order,
+                a_burst_shares_frames_and_arrives_whole,
                 own_messages_only_when_asked,
                 join_is_seen_by_all_within_one_interval,
                 killed_node_is_suspected_then_dead_in_time,

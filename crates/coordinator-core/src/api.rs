@@ -128,6 +128,10 @@ pub enum Event {
     LinkUp,
     /// Another process uses this node's id.
     DuplicateNodeId { incarnation: u64 },
+    /// Broadcasts queued behind others (a burst) could not be handed to the
+    /// carrier after `broadcast` had returned; the receivers report them as
+    /// a gap.
+    SendFailed { messages: u64, detail: String },
 }
 
 /// The one interface every carrier offers. Object safe: use `Arc<dyn Coordinator>`.

@@ -21,6 +21,10 @@
 //! ..  tag 16             sealed, not encrypted: keyed BLAKE3 of all bytes before, truncated
 //! ..  nonce 24, tag 16   encrypted: XChaCha20-Poly1305 of the payload, the header as AAD
 //! ```
+//!
+//! A `Batch` envelope carries several envelopes of one sender in one carrier
+//! message: its payload is their concatenation, each unsealed (flags 0), and
+//! the batch's own seal covers them all. See [`Batch`].
 
 use crate::api::NodeId;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -33,6 +37,8 @@ use std::fmt;
 pub const MAGIC: [u8; 2] = [0xC0, 0xDE];
 pub const VERSION: u8 = 1;
 const FIXED_LEN: usize = 54;
+/// A batch's own header: the fixed header, no topic, the payload length.
+const BATCH_HEAD: usize = FIXED_LEN + 4;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// The longest seal (encrypted envelopes: nonce and tag).
@@ -66,6 +72,9 @@ pub enum Kind {
     Announce = 8,
     /// "I am leaving": the others drop this node at once.
     Leave = 9,
+    /// Several envelopes of the sender, unsealed, under one seal; `aux` is
+    /// how many.
+    Batch = 10,
 }
 
 impl Kind {
@@ -80,6 +89,7 @@ impl Kind {
             7 => Kind::Join,
             8 => Kind::Announce,
             9 => Kind::Leave,
+            10 => Kind::Batch,
             _ => return None,
         })
     }
@@ -132,6 +142,8 @@ pub enum DecodeError {
     NoKey,
     #[error("authentication failed (wrong cluster key or tampered frame)")]
     BadTag,
+    #[error("envelope {index} of the batch is malformed: {reason}")]
+    BadBatch { index: usize, reason: String },
 }
 
 impl DecodeError {
@@ -216,66 +228,108 @@ impl Codec {
         self.max_size.saturating_sub(OVERHEAD + topic_len)
     }
 
-    pub fn encode(&self, envelope: &Envelope) -> Result<Bytes, EncodeError> {
-        if envelope.topic.len() > MAX_TOPIC_LEN {
+    /// Bytes a seal adds to a frame with this codec.
+    fn seal_len(&self) -> usize {
+        if self.keys.is_some() {
+            Keys::seal_len(self.encrypt)
+        } else {
+            0
+        }
+    }
+
+    /// Checks that an envelope with this topic and payload can be sent on its
+    /// own; returns its size unsealed (what it adds to a [`Batch`]).
+    pub fn check(&self, topic_len: usize, payload_len: usize) -> Result<usize, EncodeError> {
+        if topic_len > MAX_TOPIC_LEN {
             return Err(EncodeError::TopicTooLong);
         }
-        let sealed = self.keys.is_some();
-        let size = FIXED_LEN
-            + envelope.topic.len()
-            + 4
-            + envelope.payload.len()
-            + if sealed {
-                Keys::seal_len(self.encrypt)
-            } else {
-                0
-            };
+        let plain = FIXED_LEN + topic_len + 4 + payload_len;
+        let size = plain + self.seal_len();
         if size > self.max_size {
             return Err(EncodeError::TooLarge {
                 size,
                 max: self.max_size,
             });
         }
-        let mut frame = BytesMut::with_capacity(size);
-        frame.put_slice(&MAGIC);
-        frame.put_u8(VERSION);
-        frame.put_u8(envelope.kind as u8);
-        let flags =
-            if sealed { FLAG_SEALED } else { 0 } | if self.encrypt { FLAG_ENCRYPTED } else { 0 };
-        frame.put_u8(flags);
-        frame.put_u64(envelope.from);
-        frame.put_u64(envelope.from_incarnation);
-        frame.put_u64(envelope.to);
-        frame.put_u64(envelope.to_incarnation);
-        frame.put_u64(envelope.seq);
-        frame.put_u64(envelope.aux);
-        frame.put_u8(envelope.topic.len() as u8);
-        frame.put_slice(&envelope.topic);
-        frame.put_u32(envelope.payload.len() as u32);
-        let payload_at = frame.len();
-        frame.put_slice(&envelope.payload);
-        match &self.keys {
-            Some(keys) if self.encrypt => {
-                let mut nonce = XNonce::default();
-                rand::rng().fill_bytes(&mut nonce);
-                let (head, payload) = frame.split_at_mut(payload_at);
-                let tag = keys
-                    .cipher
-                    .encrypt_in_place_detached(&nonce, head, payload)
-                    .expect("XChaCha20-Poly1305 seals any envelope that fits in memory");
-                frame.put_slice(&nonce);
-                frame.put_slice(&tag);
-            }
-            Some(keys) => {
-                let tag = blake3::keyed_hash(&keys.mac, &frame);
-                frame.put_slice(&tag.as_bytes()[..TAG_LEN]);
-            }
-            None => {}
-        }
-        Ok(frame.freeze())
+        Ok(plain)
     }
 
-    /// Decodes and verifies a frame. Never panics, whatever the bytes.
+    /// The largest [`Batch::size`] that still fits in one frame once sealed.
+    pub fn batch_limit(&self) -> usize {
+        self.max_size.saturating_sub(self.seal_len())
+    }
+
+    pub fn encode(&self, envelope: &Envelope) -> Result<Bytes, EncodeError> {
+        let plain = self.check(envelope.topic.len(), envelope.payload.len())?;
+        let mut frame = BytesMut::with_capacity(plain + self.seal_len());
+        put_plain(
+            &mut frame,
+            &envelope.header(),
+            &envelope.topic,
+            &envelope.payload,
+        );
+        Ok(self.seal(frame, FIXED_LEN + envelope.topic.len() + 4))
+    }
+
+    /// Seals a batch: on its own if it holds one envelope (the same bytes as
+    /// [`Codec::encode`]), as a `Batch` envelope otherwise.
+    pub fn seal_batch(&self, batch: Batch) -> Bytes {
+        let Batch {
+            mut frame,
+            count,
+            from,
+            from_incarnation,
+            first_payload_at,
+        } = batch;
+        if count == 1 {
+            let _ = frame.split_to(BATCH_HEAD);
+            return self.seal(frame, first_payload_at - BATCH_HEAD);
+        }
+        let payload_len = (frame.len() - BATCH_HEAD) as u32;
+        let mut head = &mut frame[..BATCH_HEAD];
+        put_header(
+            &mut head,
+            &Header {
+                kind: Kind::Batch,
+                from,
+                from_incarnation,
+                to: 0,
+                to_incarnation: 0,
+                seq: 0,
+                aux: u64::from(count),
+            },
+            &[],
+        );
+        head.put_u32(payload_len);
+        self.seal(frame, BATCH_HEAD)
+    }
+
+    /// Sets the flags of an unsealed frame and appends its seal; the payload
+    /// starts at `payload_at`.
+    fn seal(&self, mut frame: BytesMut, payload_at: usize) -> Bytes {
+        let Some(keys) = &self.keys else {
+            return frame.freeze();
+        };
+        frame[4] = FLAG_SEALED | if self.encrypt { FLAG_ENCRYPTED } else { 0 };
+        if self.encrypt {
+            let mut nonce = XNonce::default();
+            rand::rng().fill_bytes(&mut nonce);
+            let (head, payload) = frame.split_at_mut(payload_at);
+            let tag = keys
+                .cipher
+                .encrypt_in_place_detached(&nonce, head, payload)
+                .expect("XChaCha20-Poly1305 seals any envelope that fits in memory");
+            frame.put_slice(&nonce);
+            frame.put_slice(&tag);
+        } else {
+            let tag = blake3::keyed_hash(&keys.mac, &frame);
+            frame.put_slice(&tag.as_bytes()[..TAG_LEN]);
+        }
+        frame.freeze()
+    }
+
+    /// Decodes and verifies a frame. Never panics, whatever the bytes. A
+    /// `Batch` comes back as such: [`Codec::unbatch`] opens it.
     pub fn decode(&self, frame: Bytes) -> Result<Envelope, DecodeError> {
         if frame.len() > self.max_size {
             return Err(DecodeError::TooLarge {
@@ -283,55 +337,32 @@ impl Codec {
                 max: self.max_size,
             });
         }
-        if frame.len() < FIXED_LEN + 4 {
-            return Err(DecodeError::Truncated(frame.len()));
-        }
-        if frame[0..2] != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        if frame[2] != VERSION {
-            return Err(DecodeError::UnsupportedVersion(frame[2]));
-        }
-        let kind = Kind::from_byte(frame[3]).ok_or(DecodeError::UnknownKind(frame[3]))?;
-        let flags = frame[4];
-        if flags & !(FLAG_SEALED | FLAG_ENCRYPTED) != 0 || flags == FLAG_ENCRYPTED {
-            return Err(DecodeError::UnknownFlags(flags));
-        }
-        let sealed = flags & FLAG_SEALED != 0;
-        let encrypted = flags & FLAG_ENCRYPTED != 0;
+        let layout = Layout::read(&frame)?;
+        let sealed = layout.flags & FLAG_SEALED != 0;
+        let encrypted = layout.flags & FLAG_ENCRYPTED != 0;
         match (&self.keys, sealed) {
             (Some(_), false) => return Err(DecodeError::NotSealed),
             (None, true) => return Err(DecodeError::NoKey),
             _ => {}
         }
-        let word =
-            |at: usize| u64::from_be_bytes(frame[at..at + 8].try_into().expect("8 bytes in range"));
-        let topic_len = frame[53] as usize;
         let seal_len = if sealed { Keys::seal_len(encrypted) } else { 0 };
         let Some(body_end) = frame.len().checked_sub(seal_len) else {
             return Err(DecodeError::Truncated(frame.len()));
         };
-        let topic_end = FIXED_LEN + topic_len;
-        if topic_end + 4 > body_end {
+        if layout.payload_at > body_end {
             return Err(DecodeError::BadLength("topic length"));
         }
-        let payload_len = u32::from_be_bytes(
-            frame[topic_end..topic_end + 4]
-                .try_into()
-                .expect("4 bytes in range"),
-        ) as usize;
-        let payload_at = topic_end + 4;
-        if payload_at.checked_add(payload_len) != Some(body_end) {
+        if layout.payload_at.checked_add(layout.payload_len) != Some(body_end) {
             return Err(DecodeError::BadLength("payload length"));
         }
-        let mut payload = frame.slice(payload_at..body_end);
+        let mut payload = frame.slice(layout.payload_at..body_end);
         if let Some(keys) = &self.keys {
             if encrypted {
                 let nonce = XNonce::from_slice(&frame[body_end..body_end + NONCE_LEN]);
                 let tag = chacha20poly1305::Tag::from_slice(&frame[body_end + NONCE_LEN..]);
                 let mut plain = BytesMut::from(&payload[..]);
                 keys.cipher
-                    .decrypt_in_place_detached(nonce, &frame[..payload_at], &mut plain, tag)
+                    .decrypt_in_place_detached(nonce, &frame[..layout.payload_at], &mut plain, tag)
                     .map_err(|_| DecodeError::BadTag)?;
                 payload = plain.freeze();
             } else {
@@ -348,12 +379,210 @@ impl Codec {
                 }
             }
         }
-        let topic = frame.slice(FIXED_LEN..topic_end);
+        layout.envelope(&frame, payload)
+    }
+
+    /// The envelopes of a decoded (so verified) `Batch`, in order. Each must be
+    /// unsealed, from the batch's sender, and not a batch itself; the count
+    /// must match. One bad envelope refuses the whole batch.
+    pub fn unbatch(&self, batch: &Envelope) -> Result<Vec<Envelope>, DecodeError> {
+        let count = usize::try_from(batch.aux).unwrap_or(usize::MAX);
+        let bytes = &batch.payload;
+        let mut envelopes = Vec::with_capacity(count.min(bytes.len() / (FIXED_LEN + 4) + 1));
+        let mut at = 0;
+        while at < bytes.len() {
+            let index = envelopes.len();
+            let bad = |reason: String| DecodeError::BadBatch { index, reason };
+            let rest = bytes.slice(at..);
+            let layout = Layout::read(&rest).map_err(|error| bad(error.to_string()))?;
+            if layout.flags != 0 {
+                return Err(bad("sealed inside a batch".into()));
+            }
+            let end = layout
+                .payload_at
+                .checked_add(layout.payload_len)
+                .filter(|&end| end <= rest.len())
+                .ok_or_else(|| bad("payload length runs past the batch".into()))?;
+            let payload = rest.slice(layout.payload_at..end);
+            let envelope = layout
+                .envelope(&rest, payload)
+                .map_err(|error| bad(error.to_string()))?;
+            if envelope.kind == Kind::Batch {
+                return Err(bad("a batch inside a batch".into()));
+            }
+            if (envelope.from, envelope.from_incarnation) != (batch.from, batch.from_incarnation) {
+                return Err(bad(format!(
+                    "from node {} of the batch of node {}",
+                    envelope.from, batch.from
+                )));
+            }
+            envelopes.push(envelope);
+            at += end;
+        }
+        if envelopes.len() != count {
+            return Err(DecodeError::BadBatch {
+                index: envelopes.len(),
+                reason: format!("{} envelopes where the batch says {count}", envelopes.len()),
+            });
+        }
+        Ok(envelopes)
+    }
+}
+
+/// Envelopes of one sender gathered for one frame, unsealed until
+/// [`Codec::seal_batch`].
+#[derive(Debug)]
+pub struct Batch {
+    /// Room for the batch's own header, then the envelopes.
+    frame: BytesMut,
+    count: u32,
+    from: NodeId,
+    from_incarnation: u64,
+    /// Where the first envelope's payload starts (to seal it alone).
+    first_payload_at: usize,
+}
+
+impl Batch {
+    pub fn new(from: NodeId, from_incarnation: u64, capacity: usize) -> Self {
+        let mut frame = BytesMut::with_capacity(BATCH_HEAD + capacity);
+        frame.put_bytes(0, BATCH_HEAD);
+        Self {
+            frame,
+            count: 0,
+            from,
+            from_incarnation,
+            first_payload_at: 0,
+        }
+    }
+
+    /// How many envelopes it holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Its size unsealed, as a batch.
+    pub fn size(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Appends an envelope of this batch's sender. Its size must have been
+    /// checked with [`Codec::check`].
+    pub fn push(&mut self, header: &Header, topic: &[u8], payload: &[u8]) {
+        debug_assert_eq!(
+            (header.from, header.from_incarnation),
+            (self.from, self.from_incarnation)
+        );
+        if self.count == 0 {
+            self.first_payload_at = self.frame.len() + FIXED_LEN + topic.len() + 4;
+        }
+        put_plain(&mut self.frame, header, topic, payload);
+        self.count += 1;
+    }
+}
+
+/// An envelope's fixed fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub from: NodeId,
+    pub from_incarnation: u64,
+    pub to: NodeId,
+    pub to_incarnation: u64,
+    pub seq: u64,
+    pub aux: u64,
+}
+
+impl Envelope {
+    fn header(&self) -> Header {
+        Header {
+            kind: self.kind,
+            from: self.from,
+            from_incarnation: self.from_incarnation,
+            to: self.to,
+            to_incarnation: self.to_incarnation,
+            seq: self.seq,
+            aux: self.aux,
+        }
+    }
+}
+
+/// Writes the fixed header (flags 0) and the topic.
+fn put_header(out: &mut impl BufMut, header: &Header, topic: &[u8]) {
+    out.put_slice(&MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(header.kind as u8);
+    out.put_u8(0);
+    out.put_u64(header.from);
+    out.put_u64(header.from_incarnation);
+    out.put_u64(header.to);
+    out.put_u64(header.to_incarnation);
+    out.put_u64(header.seq);
+    out.put_u64(header.aux);
+    out.put_u8(topic.len() as u8);
+    out.put_slice(topic);
+}
+
+/// Writes an unsealed envelope (flags 0).
+fn put_plain(out: &mut BytesMut, header: &Header, topic: &[u8], payload: &[u8]) {
+    put_header(out, header, topic);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+}
+
+/// Where the parts of an envelope are, read from its header alone.
+struct Layout {
+    kind: Kind,
+    flags: u8,
+    topic_end: usize,
+    payload_at: usize,
+    payload_len: usize,
+}
+
+impl Layout {
+    fn read(frame: &[u8]) -> Result<Self, DecodeError> {
+        if frame.len() < FIXED_LEN + 4 {
+            return Err(DecodeError::Truncated(frame.len()));
+        }
+        if frame[0..2] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if frame[2] != VERSION {
+            return Err(DecodeError::UnsupportedVersion(frame[2]));
+        }
+        let kind = Kind::from_byte(frame[3]).ok_or(DecodeError::UnknownKind(frame[3]))?;
+        let flags = frame[4];
+        if flags & !(FLAG_SEALED | FLAG_ENCRYPTED) != 0 || flags == FLAG_ENCRYPTED {
+            return Err(DecodeError::UnknownFlags(flags));
+        }
+        let topic_end = FIXED_LEN + frame[53] as usize;
+        let payload_at = topic_end + 4;
+        let Some(length) = frame.get(topic_end..payload_at) else {
+            return Err(DecodeError::BadLength("topic length"));
+        };
+        let payload_len = u32::from_be_bytes(length.try_into().expect("4 bytes in range")) as usize;
+        Ok(Self {
+            kind,
+            flags,
+            topic_end,
+            payload_at,
+            payload_len,
+        })
+    }
+
+    /// The envelope of `frame`, whose payload (checked, decrypted) is `payload`.
+    fn envelope(&self, frame: &Bytes, payload: Bytes) -> Result<Envelope, DecodeError> {
+        let word =
+            |at: usize| u64::from_be_bytes(frame[at..at + 8].try_into().expect("8 bytes in range"));
+        let topic = frame.slice(FIXED_LEN..self.topic_end);
         if std::str::from_utf8(&topic).is_err() {
             return Err(DecodeError::BadTopic);
         }
         Ok(Envelope {
-            kind,
+            kind: self.kind,
             from: word(5),
             from_incarnation: word(13),
             to: word(21),

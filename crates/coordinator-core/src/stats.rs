@@ -31,8 +31,16 @@ counters! {
     direct_sent,
     /// Heartbeats, joins and announcements this node sent.
     heartbeats_sent,
+    /// Frames that carried several broadcasts of this node at once (sent
+    /// while the carrier was still busy with the ones before).
+    batches_sent,
+    /// Broadcasts that could not be handed to the carrier after
+    /// `broadcast` had returned (the receivers report them as a gap).
+    broadcasts_failed,
     /// Frames the carrier handed to this node.
     frames_received,
+    /// Of those, batches of several envelopes.
+    batches_received,
     /// Broadcasts delivered to this node's subscribers (after de-duplication).
     broadcasts_delivered,
     /// Point-to-point messages and requests delivered to this node's inbox.

@@ -113,61 +113,89 @@ impl Inner {
             }
             return;
         }
+        if envelope.kind == Kind::Batch {
+            match self.codec.unbatch(&envelope) {
+                Ok(envelopes) => {
+                    Stats::inc(&self.stats.batches_received);
+                    self.on_envelopes(from, envelopes)
+                }
+                Err(error) => {
+                    self.count_drop(error.reason(), || format!("from node {from}: {error}"))
+                }
+            }
+        } else {
+            self.on_envelopes(from, [envelope])
+        }
+    }
+
+    /// Acts on the envelopes of one frame (several for a batch), all from `from`.
+    fn on_envelopes(self: &Arc<Self>, from: NodeId, envelopes: impl IntoIterator<Item = Envelope>) {
         let now = Instant::now();
         let mut work = Work::default();
         let mut answer_join = false;
         let mut wake_timer = false;
-        let (dropped, order) = {
+        let mut dropped = Vec::new();
+        let order = {
             let mut guard = self.state.lock();
             let state = &mut *guard;
-            let dropped = match envelope.kind {
-                Kind::Heartbeat | Kind::Join | Kind::Announce => {
-                    let heard = state.membership.heard(
-                        now,
-                        from,
-                        incarnation,
-                        envelope.aux,
-                        &mut work.member_events,
-                    );
-                    match heard {
-                        Heard::New | Heard::Known => {
-                            let stream = state
-                                .streams
-                                .entry((from, incarnation, StreamKind::Broadcast))
-                                .or_insert_with(|| Stream::starting_at(envelope.seq + 1, MAX_HELD));
-                            stream.announce(envelope.seq, now);
-                            wake_timer = heard == Heard::New
-                                || stream.deadline(self.settings.reorder_timeout).is_some();
-                            answer_join = envelope.kind == Kind::Join;
-                            None
+            for envelope in envelopes {
+                let incarnation = envelope.from_incarnation;
+                let drop = match envelope.kind {
+                    Kind::Heartbeat | Kind::Join | Kind::Announce => {
+                        let heard = state.membership.heard(
+                            now,
+                            from,
+                            incarnation,
+                            envelope.aux,
+                            &mut work.member_events,
+                        );
+                        match heard {
+                            Heard::New | Heard::Known => {
+                                let stream = state
+                                    .streams
+                                    .entry((from, incarnation, StreamKind::Broadcast))
+                                    .or_insert_with(|| {
+                                        Stream::starting_at(envelope.seq + 1, MAX_HELD)
+                                    });
+                                stream.announce(envelope.seq, now);
+                                wake_timer |= heard == Heard::New
+                                    || stream.deadline(self.settings.reorder_timeout).is_some();
+                                answer_join |= envelope.kind == Kind::Join;
+                                None
+                            }
+                            Heard::Stale | Heard::Conflict => Some(DropReason::Stale),
                         }
-                        Heard::Stale | Heard::Conflict => Some(DropReason::Stale),
                     }
-                }
-                Kind::Leave => {
-                    state
-                        .membership
-                        .left(now, from, incarnation, &mut work.member_events);
-                    None
-                }
-                Kind::Broadcast => {
-                    self.sequence(state, now, envelope, StreamKind::Broadcast, &mut work)
-                }
-                Kind::Direct | Kind::Request | Kind::Reply | Kind::ReplyError => {
-                    if envelope.to != self.id || envelope.to_incarnation != self.incarnation {
-                        Some(DropReason::Stale)
-                    } else {
-                        self.sequence(state, now, envelope, StreamKind::Direct, &mut work)
+                    Kind::Leave => {
+                        state
+                            .membership
+                            .left(now, from, incarnation, &mut work.member_events);
+                        None
                     }
-                }
-            };
-            Self::forget_streams(state, &work.member_events);
+                    Kind::Broadcast => {
+                        self.sequence(state, now, envelope, StreamKind::Broadcast, &mut work)
+                    }
+                    Kind::Direct | Kind::Request | Kind::Reply | Kind::ReplyError => {
+                        if envelope.to != self.id || envelope.to_incarnation != self.incarnation {
+                            Some(DropReason::Stale)
+                        } else {
+                            self.sequence(state, now, envelope, StreamKind::Direct, &mut work)
+                        }
+                    }
+                    // Refused by the codec inside a batch; never on its own here.
+                    Kind::Batch => Some(DropReason::Malformed),
+                };
+                dropped.extend(drop);
+                // Streams of incarnations gone by now stop here, before the
+                // next envelope could recreate them.
+                Self::forget_streams(state, &work.member_events);
+            }
             // Published under the lock: whoever sees the new state can no longer
             // receive the event that announced it (nor miss one that follows).
             self.announce(&work.member_events);
-            (dropped, self.dispatch_order.lock())
+            self.dispatch_order.lock()
         };
-        if let Some(reason) = dropped {
+        for reason in dropped {
             self.count_drop(reason, || format!("from node {from}"));
         }
         if answer_join {

@@ -8,6 +8,7 @@
 
 mod inbound;
 mod outbound;
+mod outbox;
 mod settings;
 
 pub use outbound::Replier;
@@ -34,6 +35,8 @@ use tracing::Instrument;
 
 /// Out-of-order messages held per stream before the gap is declared at once.
 const MAX_HELD: usize = 8192;
+/// How long `leave` waits for queued broadcasts to go out.
+const LEAVE_DRAIN: Duration = Duration::from_secs(2);
 /// Membership and diagnostic events buffered per receiver.
 const EVENT_BUFFER: usize = 4096;
 
@@ -91,6 +94,7 @@ impl NodeBuilder {
         );
         let (inbox_sender, inbox_receiver) = mpsc::channel(settings.queue_capacity);
         let span = tracing::info_span!("coordinator", node = settings.node_id, carrier);
+        let outbox = outbox::Outbox::new(&codec, settings.node_id, incarnation);
         let inner = Arc::new(Inner {
             id: settings.node_id,
             incarnation,
@@ -101,7 +105,7 @@ impl NodeBuilder {
                 membership,
                 streams: HashMap::new(),
             }),
-            last_broadcast: tokio::sync::Mutex::new(0),
+            outbox,
             direct_out: Mutex::new(HashMap::new()),
             heartbeat_counter: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -135,6 +139,9 @@ impl NodeBuilder {
         drop(handler);
         tasks.push(tokio::spawn(
             inner.clone().timer_loop().instrument(span.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            inner.clone().flush_loop().instrument(span.clone()),
         ));
         inner.tasks.lock().extend(tasks);
         tracing::info!(parent: &span, incarnation, "node started");
@@ -218,8 +225,8 @@ pub(crate) struct Inner {
     codec: Codec,
     transport: Arc<dyn Transport>,
     state: Mutex<State>,
-    /// Highest broadcast seq sent; held while publishing so the carrier sees them in order.
-    last_broadcast: tokio::sync::Mutex<u64>,
+    /// Broadcasts numbered, waiting for the carrier or being published.
+    outbox: outbox::Outbox,
     /// Per destination: the lock that keeps its direct stream in order.
     direct_out: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<DirectOut>>>>,
     heartbeat_counter: AtomicU64,
@@ -428,6 +435,8 @@ impl Coordinator for Node {
 
     async fn leave(&self) -> Result<(), Error> {
         self.inner.check_open()?;
+        // What is queued goes out before the departure, if the carrier takes it.
+        let _ = tokio::time::timeout(LEAVE_DRAIN, self.inner.outbox.drained()).await;
         let result = self.inner.send_heartbeat(Kind::Leave, None).await;
         self.inner.stop();
         result

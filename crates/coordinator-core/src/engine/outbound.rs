@@ -1,6 +1,7 @@
 //! What this node sends: broadcasts, point-to-point messages, requests,
 //! replies and heartbeats.
 
+use super::outbox::{Publishing, Queued};
 use super::{DirectOut, Inner, PendingRequest, check_topic};
 use crate::api::*;
 use crate::envelope::{EncodeError, Envelope, Kind};
@@ -36,13 +37,19 @@ impl Inner {
     }
 
     fn encode(&self, envelope: Envelope) -> Result<Bytes, Error> {
-        self.codec.encode(&envelope).map_err(|error| match error {
+        self.codec
+            .encode(&envelope)
+            .map_err(|error| self.encode_error(error, envelope.topic_str()))
+    }
+
+    fn encode_error(&self, error: EncodeError, topic: &str) -> Error {
+        match error {
             EncodeError::TooLarge { size, max } => Error::TooLarge { size, max },
             EncodeError::TopicTooLong => Error::InvalidTopic {
-                topic: envelope.topic_str().into(),
+                topic: topic.into(),
                 reason: "longer than 255 bytes",
             },
-        })
+        }
     }
 
     fn check_size(&self, topic_len: usize, payload_len: usize) -> Result<(), Error> {
@@ -66,25 +73,53 @@ impl Inner {
         self.check_open()?;
         check_topic(topic)?;
         self.check_size(topic.len(), payload.len())?;
-        let topic_bytes = Bytes::copy_from_slice(topic.as_bytes());
-        let seq = {
-            let mut last = self.last_broadcast.lock().await;
-            let seq = *last + 1;
-            let frame = self.encode(Envelope {
-                topic: topic_bytes,
-                payload: payload.clone(),
-                ..self.envelope(Kind::Broadcast, 0, 0, seq, 0)
-            })?;
-            self.transport
-                .publish(frame)
-                .await
-                .map_err(|error| self.failed(error))?;
-            *last = seq;
-            seq
+        let plain = self
+            .codec
+            .check(topic.len(), payload.len())
+            .map_err(|error| self.encode_error(error, topic))?;
+        let seq = match self.outbox.push(plain, topic.as_bytes(), &payload).await {
+            Queued::Behind { seq } => seq,
+            Queued::Publish { seq, batch } => {
+                let mut publishing = Publishing {
+                    outbox: &self.outbox,
+                    seq,
+                    sent: None,
+                };
+                let result = self.transport.publish(self.codec.seal_batch(batch)).await;
+                publishing.sent = Some(result.is_ok());
+                drop(publishing);
+                result.map_err(|error| self.failed(error))?;
+                seq
+            }
         };
         Stats::inc(&self.stats.broadcasts_sent);
         self.deliver_broadcast(self.id, topic, seq, payload, true);
         Ok(())
+    }
+
+    /// Publishes what waits in the outbox, batch after batch, whenever a
+    /// caller leaves some behind.
+    pub(super) async fn flush_loop(self: Arc<Self>) {
+        loop {
+            self.outbox.work().await;
+            while let Some((batch, last)) = self.outbox.take() {
+                let count = batch.len() as u64;
+                if count > 1 {
+                    Stats::inc(&self.stats.batches_sent);
+                }
+                let result = self.transport.publish(self.codec.seal_batch(batch)).await;
+                self.outbox.settle(last);
+                if let Err(error) = result {
+                    Stats::inc(&self.stats.send_failures);
+                    Stats::add(&self.stats.broadcasts_failed, count);
+                    tracing::warn!(%error, messages = count, last, "queued broadcasts not sent");
+                    self.emit(Event::SendFailed {
+                        messages: count,
+                        detail: error.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     /// Whether `to` can be sent to; its incarnation if so.
@@ -191,22 +226,23 @@ impl Inner {
         }
     }
 
-    /// A heartbeat-like message (`Heartbeat`, `Join`, `Leave`; `Announce` to one node).
+    /// A heartbeat-like message (`Heartbeat`, `Join`, `Leave`; `Announce` to
+    /// one node). It announces the last broadcast whose publish is over, so it
+    /// never announces one still queued.
     pub(super) async fn send_heartbeat(&self, kind: Kind, to: Option<NodeId>) -> Result<(), Error> {
-        let last = self.last_broadcast.lock().await;
+        let last = self.outbox.settled();
         let counter = self.heartbeat_counter.fetch_add(1, Ordering::Relaxed) + 1;
         let result = match to {
             None => {
-                let frame = self.encode(self.envelope(kind, 0, 0, *last, counter))?;
+                let frame = self.encode(self.envelope(kind, 0, 0, last, counter))?;
                 self.transport.publish(frame).await
             }
             Some(node) => {
                 let incarnation = self.reachable(node)?;
-                let frame = self.encode(self.envelope(kind, node, incarnation, *last, counter))?;
+                let frame = self.encode(self.envelope(kind, node, incarnation, last, counter))?;
                 self.transport.send_to(node, frame).await
             }
         };
-        drop(last);
         result.map_err(|error| self.failed(error))?;
         Stats::inc(&self.stats.heartbeats_sent);
         Ok(())

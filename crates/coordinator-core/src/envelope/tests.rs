@@ -153,6 +153,137 @@ fn peek_request_id_reads_aux_of_requests_and_replies_only() {
     assert_eq!(peek_request_id(b"junk"), None);
 }
 
+fn numbered(seq: u64, payload: &'static [u8]) -> Envelope {
+    Envelope {
+        seq,
+        aux: 0,
+        payload: Bytes::from_static(payload),
+        ..sample()
+    }
+}
+
+fn batch_of(envelopes: &[Envelope]) -> Batch {
+    let mut batch = Batch::new(7, sample().from_incarnation, 1024);
+    for envelope in envelopes {
+        batch.push(&envelope.header(), &envelope.topic, &envelope.payload);
+    }
+    batch
+}
+
+#[test]
+fn a_batch_round_trips_plain_sealed_and_encrypted() {
+    let envelopes = [
+        numbered(1, b"one"),
+        numbered(2, b""),
+        Envelope {
+            topic: Bytes::new(),
+            ..numbered(3, b"three")
+        },
+    ];
+    for codec in [
+        Codec::new("c", None, false, 1 << 20),
+        Codec::new("c", Some(b"key"), false, 1 << 20),
+        Codec::new("c", Some(b"key"), true, 1 << 20),
+    ] {
+        let frame = codec.seal_batch(batch_of(&envelopes));
+        assert_eq!(peek_kind(&frame), Some(Kind::Batch));
+        let batch = codec.decode(frame).unwrap();
+        assert_eq!((batch.kind, batch.aux, batch.from), (Kind::Batch, 3, 7));
+        assert_eq!(codec.unbatch(&batch).unwrap(), envelopes, "{codec:?}");
+    }
+}
+
+#[test]
+fn a_batch_of_one_is_sent_as_the_envelope_itself() {
+    for codec in [
+        Codec::new("c", None, false, 1 << 20),
+        Codec::new("c", Some(b"key"), false, 1 << 20),
+    ] {
+        let one = numbered(5, b"alone");
+        assert_eq!(
+            codec.seal_batch(batch_of(std::slice::from_ref(&one))),
+            codec.encode(&one).unwrap()
+        );
+    }
+    let encrypting = Codec::new("c", Some(b"key"), true, 1 << 20);
+    let frame = encrypting.seal_batch(batch_of(&[numbered(5, b"alone")]));
+    assert_eq!(encrypting.decode(frame).unwrap(), numbered(5, b"alone"));
+}
+
+#[test]
+fn every_flipped_bit_of_a_sealed_batch_is_detected() {
+    for encrypt in [false, true] {
+        let codec = Codec::new("c", Some(b"key"), encrypt, 1 << 20);
+        let frame = codec.seal_batch(batch_of(&[numbered(1, b"a"), numbered(2, b"b")]));
+        for byte in 0..frame.len() {
+            for bit in 0..8 {
+                let mut tampered = frame.to_vec();
+                tampered[byte] ^= 1 << bit;
+                assert!(
+                    codec.decode(Bytes::from(tampered)).is_err(),
+                    "encrypt {encrypt}: byte {byte} bit {bit} went unnoticed"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_with_a_bad_envelope_inside_is_refused_whole() {
+    let codec = Codec::new("c", None, false, 1 << 20);
+    let frame = codec.seal_batch(batch_of(&[numbered(1, b"a"), numbered(2, b"b")]));
+    let second = BATCH_HEAD + FIXED_LEN + sample().topic.len() + 4 + 1;
+    let refused = |at: usize, value: u8| {
+        let mut bytes = frame.to_vec();
+        bytes[at] = value;
+        let batch = codec.decode(Bytes::from(bytes)).unwrap();
+        match codec.unbatch(&batch) {
+            Err(DecodeError::BadBatch { index, reason }) => (index, reason),
+            other => panic!("byte {at} = {value}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        refused(second + 4, FLAG_SEALED).0,
+        1,
+        "a sealed envelope inside"
+    );
+    assert_eq!(
+        refused(second + 3, Kind::Batch as u8).0,
+        1,
+        "a batch inside"
+    );
+    assert_eq!(refused(second + 12, 8).0, 1, "another sender");
+    assert_eq!(refused(second, 0).0, 1, "not an envelope");
+    let (index, reason) = refused(52, 3);
+    assert_eq!(index, 2);
+    assert!(
+        reason.contains("2 envelopes where the batch says 3"),
+        "{reason}"
+    );
+    let (index, reason) = refused(second + FIXED_LEN + sample().topic.len() + 3, 200);
+    assert_eq!(index, 1);
+    assert!(reason.contains("runs past the batch"), "{reason}");
+}
+
+#[test]
+fn a_batch_never_outgrows_the_frame_limit() {
+    let codec = Codec::new("c", Some(b"key"), true, 4096);
+    let plain = codec.check(sample().topic.len(), 100).unwrap();
+    let mut batch = Batch::new(7, sample().from_incarnation, 0);
+    let payload = [0u8; 100];
+    while batch.size() + plain <= codec.batch_limit() {
+        batch.push(
+            &numbered(batch.len() as u64 + 1, b"").header(),
+            &sample().topic,
+            &payload,
+        );
+    }
+    assert!(batch.len() > 10);
+    let frame = codec.seal_batch(batch);
+    assert!(frame.len() <= 4096, "{} bytes", frame.len());
+    assert!(codec.decode(frame).is_ok());
+}
+
 proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -180,5 +311,12 @@ proptest! {
             topic: Bytes::from(topic), payload: Bytes::from(payload),
         };
         prop_assert_eq!(codec.decode(codec.encode(&envelope).unwrap()).unwrap(), envelope);
+    }
+
+    #[test]
+    fn opening_an_arbitrary_batch_never_panics(count in 0u64..5, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let codec = Codec::new("c", None, false, 1 << 20);
+        let batch = Envelope { kind: Kind::Batch, aux: count, payload: Bytes::from(bytes), ..sample() };
+        let _ = codec.unbatch(&batch);
     }
 }

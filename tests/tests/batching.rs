@@ -1,0 +1,339 @@
+//! Broadcasts in a burst share carrier frames (batches); a lone one goes out
+//! alone, at once. What the carrier refuses after `broadcast` returned is
+//! reported, and a departure waits for what is queued.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use coordinator_core::envelope::{Kind, peek_kind};
+use coordinator_core::transport::{Inbound, Link, Transport};
+use coordinator_core::{
+    Coordinator, Error, Event, MemberChange, MemoryNetwork, Node, NodeId, Settings,
+    SubscribeOptions, TransportError,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tests::wait::{broadcasts_reported_lost, converge, event, member_change, until, within};
+use tokio::sync::Semaphore;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A carrier whose broadcast frames can be held back or refused.
+struct Gated {
+    inner: Arc<dyn Transport>,
+    holding: AtomicBool,
+    gate: Semaphore,
+    /// Broadcast and batch frames handed to `publish`.
+    attempts: AtomicU64,
+    refuse_batches: AtomicBool,
+    refuse_all: AtomicBool,
+}
+
+impl Gated {
+    fn new(inner: Arc<dyn Transport>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            holding: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            attempts: AtomicU64::new(0),
+            refuse_batches: AtomicBool::new(false),
+            refuse_all: AtomicBool::new(false),
+        })
+    }
+
+    fn hold(&self) {
+        self.holding.store(true, Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        self.holding.store(false, Ordering::SeqCst);
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+#[async_trait]
+impl Transport for Gated {
+    async fn publish(&self, frame: Bytes) -> Result<(), TransportError> {
+        let kind = peek_kind(&frame);
+        if matches!(kind, Some(Kind::Broadcast | Kind::Batch)) {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            if self.holding.load(Ordering::SeqCst) {
+                self.gate.acquire().await.expect("gate open").forget();
+            }
+            let refused = self.refuse_all.load(Ordering::SeqCst)
+                || (kind == Some(Kind::Batch) && self.refuse_batches.load(Ordering::SeqCst));
+            if refused {
+                return Err(TransportError::LinkDown {
+                    carrier: "Gated",
+                    detail: "refused by the test".into(),
+                });
+            }
+        }
+        self.inner.publish(frame).await
+    }
+
+    async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
+        self.inner.send_to(node, frame).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// Node 1 over a gated carrier and node 2, both on one memory network, seeing each other.
+async fn gated_pair() -> (Arc<Gated>, Arc<Node>, Arc<Node>) {
+    let network = MemoryNetwork::new();
+    let Link { transport, inbound } = network.connect(1);
+    let gated = Gated::new(transport);
+    let link = Link {
+        transport: gated.clone(),
+        inbound,
+    };
+    let sender = Arc::new(Node::start(Settings::new(1), "Memory", link).unwrap());
+    let receiver = Arc::new(
+        network
+            .start(Settings::new(2).reorder_timeout(Duration::from_millis(100)))
+            .unwrap(),
+    );
+    let nodes: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
+    converge(&nodes, LIMIT).await;
+    (gated, sender, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_goes_out_in_batches_in_order_and_a_lone_broadcast_alone() {
+    const COUNT: u64 = 5000;
+    let network = MemoryNetwork::new();
+    let sender = Arc::new(network.start(Settings::new(1)).unwrap());
+    let receiver = Arc::new(network.start(Settings::new(2)).unwrap());
+    let nodes: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
+    converge(&nodes, LIMIT).await;
+    let mut eavesdropper = network.connect(667).inbound;
+    let mut subscription = receiver
+        .subscribe("burst", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let burst = tokio::spawn({
+        let sender = sender.clone();
+        async move {
+            for i in 0..COUNT {
+                sender
+                    .broadcast("burst", Bytes::from(i.to_string()))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    within(LIMIT, "the whole burst, in order", async {
+        for i in 0..COUNT {
+            let message = subscription.recv().await.unwrap();
+            assert_eq!(message.payload, i.to_string());
+            assert_eq!(message.seq, i + 1);
+        }
+    })
+    .await;
+    burst.await.unwrap();
+    assert!(sender.stats().batches_sent > 0, "{:?}", sender.stats());
+    assert!(receiver.stats().batches_received > 0);
+    assert!(
+        receiver.stats().frames_received < COUNT,
+        "one frame per broadcast: {:?}",
+        receiver.stats()
+    );
+    assert_eq!(receiver.stats().messages_lost, 0);
+
+    // Quiet now: the next broadcast goes out on its own, as a plain envelope.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut kinds = Vec::new();
+    while let Ok(Some(Inbound::Frame(frame))) =
+        tokio::time::timeout(Duration::from_millis(1), eavesdropper.recv()).await
+    {
+        kinds.push(peek_kind(&frame));
+    }
+    assert!(kinds.contains(&Some(Kind::Batch)), "{kinds:?}");
+    sender
+        .broadcast("burst", Bytes::from_static(b"lone"))
+        .await
+        .unwrap();
+    let lone = within(LIMIT, "the lone broadcast's frame", async {
+        loop {
+            if let Some(Inbound::Frame(frame)) = eavesdropper.recv().await
+                && peek_kind(&frame) != Some(Kind::Heartbeat)
+            {
+                return frame;
+            }
+        }
+    })
+    .await;
+    assert_eq!(peek_kind(&lone), Some(Kind::Broadcast));
+    let message = within(LIMIT, "the lone broadcast", subscription.recv())
+        .await
+        .unwrap();
+    assert_eq!(message.payload, "lone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_broadcasts_the_carrier_refuses_are_reported_and_seen_as_a_gap() {
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut subscription = receiver
+        .subscribe("t", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut sender_events = sender.events();
+    let mut receiver_events = receiver.events();
+    gated.hold();
+    let first = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.broadcast("t", Bytes::from_static(b"first")).await }
+    });
+    until(LIMIT, "the first publish to start", || {
+        gated.attempts.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The carrier is busy with the first one: these wait in the queue and
+    // `broadcast` returns at once.
+    for i in 0..10 {
+        within(
+            LIMIT,
+            "a queued broadcast to return",
+            sender.broadcast("t", Bytes::from(i.to_string())),
+        )
+        .await
+        .unwrap();
+    }
+    assert!(!first.is_finished());
+    gated.refuse_batches.store(true, Ordering::SeqCst);
+    gated.release();
+    first.await.unwrap().unwrap();
+    let failed = within(
+        LIMIT,
+        "the failure to be reported",
+        event(&mut sender_events, |e| {
+            matches!(e, Event::SendFailed { .. })
+        }),
+    )
+    .await;
+    let Event::SendFailed { messages, detail } = failed else {
+        unreachable!()
+    };
+    assert_eq!(messages, 10);
+    assert!(detail.contains("refused by the test"), "{detail}");
+    let stats = sender.stats();
+    assert_eq!(
+        (
+            stats.broadcasts_failed,
+            stats.batches_sent,
+            stats.send_failures
+        ),
+        (10, 1, 1)
+    );
+
+    gated.refuse_batches.store(false, Ordering::SeqCst);
+    sender
+        .broadcast("t", Bytes::from_static(b"after"))
+        .await
+        .unwrap();
+    let got = within(LIMIT, "the first and the next broadcast", async {
+        [
+            subscription.recv().await.unwrap(),
+            subscription.recv().await.unwrap(),
+        ]
+    })
+    .await;
+    assert_eq!(
+        got.map(|m| (m.payload, m.seq)),
+        [
+            (Bytes::from_static(b"first"), 1),
+            (Bytes::from_static(b"after"), 12)
+        ]
+    );
+    let gap = event(&mut receiver_events, |e| matches!(e, Event::Gap { .. })).await;
+    assert!(
+        matches!(
+            gap,
+            Event::Gap {
+                from: 1,
+                first: 2,
+                count: 10,
+                ..
+            }
+        ),
+        "{gap:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_the_carrier_refuses_fails_and_leaves_no_gap() {
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut subscription = receiver
+        .subscribe("t", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut events = receiver.events();
+    gated.refuse_all.store(true, Ordering::SeqCst);
+    let refused = sender.broadcast("t", Bytes::from_static(b"refused")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Transport(TransportError::LinkDown { .. }))
+        ),
+        "{refused:?}"
+    );
+    gated.refuse_all.store(false, Ordering::SeqCst);
+    sender
+        .broadcast("t", Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    let kept = within(LIMIT, "the next broadcast", subscription.recv())
+        .await
+        .unwrap();
+    assert_eq!((kept.payload, kept.seq), (Bytes::from_static(b"kept"), 1));
+    assert_eq!(
+        broadcasts_reported_lost(&mut events, 1, Duration::from_millis(300)).await,
+        0
+    );
+    assert_eq!(sender.stats().send_failures, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_sends_the_queued_broadcasts_first() {
+    const QUEUED: u64 = 100;
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut subscription = receiver
+        .subscribe("t", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut members = receiver.member_events();
+    gated.hold();
+    let first = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.broadcast("t", Bytes::from_static(b"first")).await }
+    });
+    until(LIMIT, "the first publish to start", || {
+        gated.attempts.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for i in 0..QUEUED {
+        sender
+            .broadcast("t", Bytes::from(i.to_string()))
+            .await
+            .unwrap();
+    }
+    let leaving = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.leave().await }
+    });
+    gated.release();
+    first.await.unwrap().unwrap();
+    leaving.await.unwrap().unwrap();
+    within(
+        LIMIT,
+        "the departure",
+        member_change(&mut members, 1, |c| *c == MemberChange::Left),
+    )
+    .await;
+    let delivered = std::iter::from_fn(|| subscription.try_recv()).count() as u64;
+    assert_eq!(delivered, QUEUED + 1, "delivered before the departure");
+    assert_eq!(receiver.stats().messages_lost, 0);
+}
