@@ -22,9 +22,9 @@
 //! ..  nonce 24, tag 16   encrypted: XChaCha20-Poly1305 of the payload, the header as AAD
 //! ```
 //!
-//! A `Batch` envelope carries several envelopes of one sender in one carrier
-//! message: its payload is their concatenation, each unsealed (flags 0), and
-//! the batch's own seal covers them all. See [`Batch`].
+//! A `Batch` envelope carries consecutive broadcasts of one sender in one
+//! carrier message, as compact records under the batch's one seal. See
+//! [`Batch`].
 
 use crate::api::NodeId;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -72,8 +72,8 @@ pub enum Kind {
     Announce = 8,
     /// "I am leaving": the others drop this node at once.
     Leave = 9,
-    /// Several envelopes of the sender, unsealed, under one seal; `aux` is
-    /// how many.
+    /// Consecutive broadcasts of the sender under one seal: `seq` numbers
+    /// the first, `aux` says how many (see [`Batch`]).
     Batch = 10,
 }
 
@@ -142,7 +142,7 @@ pub enum DecodeError {
     NoKey,
     #[error("authentication failed (wrong cluster key or tampered frame)")]
     BadTag,
-    #[error("envelope {index} of the batch is malformed: {reason}")]
+    #[error("broadcast {index} of the batch is malformed: {reason}")]
     BadBatch { index: usize, reason: String },
 }
 
@@ -260,30 +260,45 @@ impl Codec {
     }
 
     pub fn encode(&self, envelope: &Envelope) -> Result<Bytes, EncodeError> {
-        let plain = self.check(envelope.topic.len(), envelope.payload.len())?;
-        let mut frame = BytesMut::with_capacity(plain + self.seal_len());
-        put_plain(
-            &mut frame,
-            &envelope.header(),
-            &envelope.topic,
-            &envelope.payload,
-        );
-        Ok(self.seal(frame, FIXED_LEN + envelope.topic.len() + 4))
+        self.check(envelope.topic.len(), envelope.payload.len())?;
+        Ok(self.encode_parts(&envelope.header(), &envelope.topic, &envelope.payload))
     }
 
-    /// Seals a batch: on its own if it holds one envelope (the same bytes as
-    /// [`Codec::encode`]), as a `Batch` envelope otherwise.
+    /// Encodes and seals one envelope from its parts (sizes checked with
+    /// [`Codec::check`]).
+    pub fn encode_parts(&self, header: &Header, topic: &[u8], payload: &[u8]) -> Bytes {
+        let mut frame =
+            BytesMut::with_capacity(FIXED_LEN + topic.len() + 4 + payload.len() + self.seal_len());
+        put_plain(&mut frame, header, topic, payload);
+        self.seal(frame, FIXED_LEN + topic.len() + 4)
+    }
+
+    /// Seals a batch: as a `Batch` envelope, or as a plain `Broadcast` if it
+    /// holds only one.
     pub fn seal_batch(&self, batch: Batch) -> Bytes {
         let Batch {
             mut frame,
             count,
             from,
             from_incarnation,
-            first_payload_at,
+            first_seq,
+            ..
         } = batch;
+        let header = Header {
+            kind: Kind::Broadcast,
+            from,
+            from_incarnation,
+            to: 0,
+            to_incarnation: 0,
+            seq: first_seq,
+            aux: 0,
+        };
         if count == 1 {
-            let _ = frame.split_to(BATCH_HEAD);
-            return self.seal(frame, first_payload_at - BATCH_HEAD);
+            let record = Records::new(frame.split_off(BATCH_HEAD).freeze())
+                .next()
+                .and_then(Result::ok)
+                .expect("a batch holds the record it was given");
+            return self.encode_parts(&header, &record.topic, &record.payload);
         }
         let payload_len = (frame.len() - BATCH_HEAD) as u32;
         let mut head = &mut frame[..BATCH_HEAD];
@@ -291,12 +306,8 @@ impl Codec {
             &mut head,
             &Header {
                 kind: Kind::Batch,
-                from,
-                from_incarnation,
-                to: 0,
-                to_incarnation: 0,
-                seq: 0,
                 aux: u64::from(count),
+                ..header
             },
             &[],
         );
@@ -382,65 +393,68 @@ impl Codec {
         layout.envelope(&frame, payload)
     }
 
-    /// The envelopes of a decoded (so verified) `Batch`, in order. Each must be
-    /// unsealed, from the batch's sender, and not a batch itself; the count
-    /// must match. One bad envelope refuses the whole batch.
+    /// The broadcasts of a decoded (so verified) `Batch`, in order: numbers
+    /// `seq` to `seq + aux - 1` of the sender's broadcast stream. One bad
+    /// record refuses the whole batch.
     pub fn unbatch(&self, batch: &Envelope) -> Result<Vec<Envelope>, DecodeError> {
+        let bad = |index: usize, reason: String| DecodeError::BadBatch { index, reason };
+        if batch.seq == 0 || batch.to != 0 || batch.to_incarnation != 0 || !batch.topic.is_empty() {
+            return Err(bad(0, "header fields of a batch out of range".into()));
+        }
         let count = usize::try_from(batch.aux).unwrap_or(usize::MAX);
-        let bytes = &batch.payload;
-        let mut envelopes = Vec::with_capacity(count.min(bytes.len() / (FIXED_LEN + 4) + 1));
-        let mut at = 0;
-        while at < bytes.len() {
-            let index = envelopes.len();
-            let bad = |reason: String| DecodeError::BadBatch { index, reason };
-            let rest = bytes.slice(at..);
-            let layout = Layout::read(&rest).map_err(|error| bad(error.to_string()))?;
-            if layout.flags != 0 {
-                return Err(bad("sealed inside a batch".into()));
-            }
-            let end = layout
-                .payload_at
-                .checked_add(layout.payload_len)
-                .filter(|&end| end <= rest.len())
-                .ok_or_else(|| bad("payload length runs past the batch".into()))?;
-            let payload = rest.slice(layout.payload_at..end);
-            let envelope = layout
-                .envelope(&rest, payload)
-                .map_err(|error| bad(error.to_string()))?;
-            if envelope.kind == Kind::Batch {
-                return Err(bad("a batch inside a batch".into()));
-            }
-            if (envelope.from, envelope.from_incarnation) != (batch.from, batch.from_incarnation) {
-                return Err(bad(format!(
-                    "from node {} of the batch of node {}",
-                    envelope.from, batch.from
-                )));
-            }
-            envelopes.push(envelope);
-            at += end;
+        let mut envelopes = Vec::with_capacity(count.min(batch.payload.len() / RECORD_MIN + 1));
+        for (index, record) in Records::new(batch.payload.clone()).enumerate() {
+            let record = record.map_err(|reason| bad(index, reason.into()))?;
+            let seq = batch
+                .seq
+                .checked_add(index as u64)
+                .ok_or_else(|| bad(index, "numbers past the end of the stream".into()))?;
+            envelopes.push(Envelope {
+                kind: Kind::Broadcast,
+                from: batch.from,
+                from_incarnation: batch.from_incarnation,
+                to: 0,
+                to_incarnation: 0,
+                seq,
+                aux: 0,
+                topic: record.topic,
+                payload: record.payload,
+            });
         }
         if envelopes.len() != count {
-            return Err(DecodeError::BadBatch {
-                index: envelopes.len(),
-                reason: format!("{} envelopes where the batch says {count}", envelopes.len()),
-            });
+            return Err(bad(
+                envelopes.len(),
+                format!(
+                    "{} broadcasts where the batch says {count}",
+                    envelopes.len()
+                ),
+            ));
         }
         Ok(envelopes)
     }
 }
 
-/// Envelopes of one sender gathered for one frame, unsealed until
-/// [`Codec::seal_batch`].
+/// Consecutive broadcasts of one sender gathered for one frame, unsealed
+/// until [`Codec::seal_batch`].
+///
+/// A `Batch` envelope's payload is a run of records, one per broadcast:
+/// `topic_len` (1 byte; 0 repeats the topic of the record before), the topic,
+/// `payload_len` (4 bytes), the payload. The batch's `seq` numbers the first;
+/// `aux` says how many.
 #[derive(Debug)]
 pub struct Batch {
-    /// Room for the batch's own header, then the envelopes.
+    /// Room for the batch's own header, then the records.
     frame: BytesMut,
     count: u32,
     from: NodeId,
     from_incarnation: u64,
-    /// Where the first envelope's payload starts (to seal it alone).
-    first_payload_at: usize,
+    first_seq: u64,
+    /// Where the last record's topic is in `frame`.
+    last_topic: std::ops::Range<usize>,
 }
+
+/// The shortest record: a repeated topic and an empty payload.
+const RECORD_MIN: usize = 1 + 4;
 
 impl Batch {
     pub fn new(from: NodeId, from_incarnation: u64, capacity: usize) -> Self {
@@ -451,11 +465,12 @@ impl Batch {
             count: 0,
             from,
             from_incarnation,
-            first_payload_at: 0,
+            first_seq: 0,
+            last_topic: 0..0,
         }
     }
 
-    /// How many envelopes it holds.
+    /// How many broadcasts it holds.
     pub fn len(&self) -> usize {
         self.count as usize
     }
@@ -469,18 +484,106 @@ impl Batch {
         self.frame.len()
     }
 
-    /// Appends an envelope of this batch's sender. Its size must have been
-    /// checked with [`Codec::check`].
-    pub fn push(&mut self, header: &Header, topic: &[u8], payload: &[u8]) {
-        debug_assert_eq!(
-            (header.from, header.from_incarnation),
-            (self.from, self.from_incarnation)
-        );
+    /// What a broadcast on `topic` with `payload_len` bytes would add.
+    pub fn record_size(&self, topic: &[u8], payload_len: usize) -> usize {
+        let topic_len = if self.repeats(topic) { 0 } else { topic.len() };
+        1 + topic_len + 4 + payload_len
+    }
+
+    fn repeats(&self, topic: &[u8]) -> bool {
+        self.count > 0 && self.frame[self.last_topic.clone()] == *topic
+    }
+
+    /// Appends broadcast `seq` (the one after the last; sizes checked with
+    /// [`Codec::check`]; the topic is 1 to 255 bytes of UTF-8).
+    pub fn push(&mut self, seq: u64, topic: &[u8], payload: &[u8]) {
+        debug_assert!(!topic.is_empty() && topic.len() <= MAX_TOPIC_LEN);
         if self.count == 0 {
-            self.first_payload_at = self.frame.len() + FIXED_LEN + topic.len() + 4;
+            self.first_seq = seq;
         }
-        put_plain(&mut self.frame, header, topic, payload);
+        debug_assert_eq!(seq, self.first_seq + u64::from(self.count));
+        if self.repeats(topic) {
+            self.frame.put_u8(0);
+        } else {
+            self.frame.put_u8(topic.len() as u8);
+            let at = self.frame.len();
+            self.frame.put_slice(topic);
+            self.last_topic = at..at + topic.len();
+        }
+        self.frame.put_u32(payload.len() as u32);
+        self.frame.put_slice(payload);
         self.count += 1;
+    }
+}
+
+/// One record of a batch.
+struct Record {
+    topic: Bytes,
+    payload: Bytes,
+}
+
+/// Reads the records of a batch's payload.
+struct Records {
+    bytes: Bytes,
+    at: usize,
+    topic: Option<Bytes>,
+}
+
+impl Records {
+    fn new(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            at: 0,
+            topic: None,
+        }
+    }
+
+    fn read(&mut self) -> Result<Record, &'static str> {
+        let bytes = &self.bytes;
+        let topic_len = bytes[self.at] as usize;
+        if topic_len == 0 && self.topic.is_none() {
+            return Err("the first record repeats no topic");
+        }
+        let topic_at = self.at + 1;
+        let length_at = topic_at + topic_len;
+        let Some(length) = bytes.get(length_at..length_at + 4) else {
+            return Err("record runs past the batch");
+        };
+        let payload_len = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
+        let payload_at = length_at + 4;
+        let end = payload_at
+            .checked_add(payload_len)
+            .filter(|&end| end <= bytes.len())
+            .ok_or("payload runs past the batch")?;
+        let topic = if topic_len == 0 {
+            self.topic.clone().unwrap_or_default()
+        } else {
+            let topic = bytes.slice(topic_at..length_at);
+            if std::str::from_utf8(&topic).is_err() {
+                return Err("topic is not UTF-8");
+            }
+            self.topic = Some(topic.clone());
+            topic
+        };
+        let payload = bytes.slice(payload_at..end);
+        self.at = end;
+        Ok(Record { topic, payload })
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<Record, &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.bytes.len() {
+            return None;
+        }
+        let record = self.read();
+        if record.is_err() {
+            // Nothing after a bad record can be trusted to be one.
+            self.at = self.bytes.len();
+        }
+        Some(record)
     }
 }
 

@@ -4,7 +4,7 @@
 use super::outbox::{Publishing, Queued};
 use super::{DirectOut, Inner, PendingRequest, check_topic};
 use crate::api::*;
-use crate::envelope::{EncodeError, Envelope, Kind};
+use crate::envelope::{EncodeError, Envelope, Header, Kind};
 use crate::error::Error;
 use crate::stats::Stats;
 use bytes::Bytes;
@@ -79,13 +79,23 @@ impl Inner {
             .map_err(|error| self.encode_error(error, topic))?;
         let seq = match self.outbox.push(plain, topic.as_bytes(), &payload).await {
             Queued::Behind { seq } => seq,
-            Queued::Publish { seq, batch } => {
+            Queued::Publish { seq } => {
                 let mut publishing = Publishing {
                     outbox: &self.outbox,
                     seq,
                     sent: None,
                 };
-                let result = self.transport.publish(self.codec.seal_batch(batch)).await;
+                let header = Header {
+                    kind: Kind::Broadcast,
+                    from: self.id,
+                    from_incarnation: self.incarnation,
+                    to: 0,
+                    to_incarnation: 0,
+                    seq,
+                    aux: 0,
+                };
+                let frame = self.codec.encode_parts(&header, topic.as_bytes(), &payload);
+                let result = self.transport.publish(frame).await;
                 publishing.sent = Some(result.is_ok());
                 drop(publishing);
                 result.map_err(|error| self.failed(error))?;

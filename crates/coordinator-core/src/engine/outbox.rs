@@ -9,7 +9,7 @@
 //! one `Batch` frame: a burst costs the broker one message per batch, and the
 //! receivers one tag check and one wake-up per batch.
 
-use crate::envelope::{Batch, Codec, Header};
+use crate::envelope::{Batch, Codec};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -61,8 +61,8 @@ enum Publisher {
 
 /// What a caller does with the broadcast it queued.
 pub(super) enum Queued {
-    /// Publish this single envelope now, then call [`Outbox::published`].
-    Publish { seq: u64, batch: Batch },
+    /// Publish it now, numbered `seq`, then call [`Outbox::published`].
+    Publish { seq: u64 },
     /// Nothing: the flushing task publishes it with the others.
     Behind { seq: u64 },
 }
@@ -101,28 +101,15 @@ impl Outbox {
     fn try_push(&self, plain: usize, topic: &[u8], payload: &[u8]) -> Option<Queued> {
         let mut queue = self.queue.lock();
         let seq = queue.last_seq + 1;
-        let header = Header {
-            kind: crate::envelope::Kind::Broadcast,
-            from: self.from.0,
-            from_incarnation: self.from.1,
-            to: 0,
-            to_incarnation: 0,
-            seq,
-            aux: 0,
-        };
         let idle = queue.publisher == Publisher::Nobody;
         if idle && queue.idle_since.elapsed() >= BURST {
             queue.publisher = Publisher::Caller;
             queue.last_seq = seq;
-            drop(queue);
-            let mut batch = Batch::new(self.from.0, self.from.1, plain);
-            batch.push(&header, topic, payload);
-            return Some(Queued::Publish { seq, batch });
+            return Some(Queued::Publish { seq });
         }
-        let fits = queue
-            .batches
-            .back()
-            .is_some_and(|(batch, _)| batch.size() + plain <= self.batch_bytes);
+        let fits = queue.batches.back().is_some_and(|(batch, _)| {
+            batch.size() + batch.record_size(topic, payload.len()) <= self.batch_bytes
+        });
         if !fits {
             if queue.batches.len() >= BATCHES_QUEUED {
                 return None;
@@ -131,7 +118,7 @@ impl Outbox {
             queue.batches.push_back((batch, seq));
         }
         let (batch, last) = queue.batches.back_mut().expect("a batch is queued");
-        batch.push(&header, topic, payload);
+        batch.push(seq, topic, payload);
         *last = seq;
         queue.last_seq = seq;
         if idle {

@@ -165,7 +165,7 @@ fn numbered(seq: u64, payload: &'static [u8]) -> Envelope {
 fn batch_of(envelopes: &[Envelope]) -> Batch {
     let mut batch = Batch::new(7, sample().from_incarnation, 1024);
     for envelope in envelopes {
-        batch.push(&envelope.header(), &envelope.topic, &envelope.payload);
+        batch.push(envelope.seq, &envelope.topic, &envelope.payload);
     }
     batch
 }
@@ -173,12 +173,13 @@ fn batch_of(envelopes: &[Envelope]) -> Batch {
 #[test]
 fn a_batch_round_trips_plain_sealed_and_encrypted() {
     let envelopes = [
-        numbered(1, b"one"),
-        numbered(2, b""),
+        numbered(4, b"one"),
+        numbered(5, b""),
         Envelope {
-            topic: Bytes::new(),
-            ..numbered(3, b"three")
+            topic: Bytes::from_static(b"other"),
+            ..numbered(6, b"three")
         },
+        numbered(7, b"four"),
     ];
     for codec in [
         Codec::new("c", None, false, 1 << 20),
@@ -188,13 +189,23 @@ fn a_batch_round_trips_plain_sealed_and_encrypted() {
         let frame = codec.seal_batch(batch_of(&envelopes));
         assert_eq!(peek_kind(&frame), Some(Kind::Batch));
         let batch = codec.decode(frame).unwrap();
-        assert_eq!((batch.kind, batch.aux, batch.from), (Kind::Batch, 3, 7));
+        assert_eq!(
+            (batch.kind, batch.seq, batch.aux, batch.from),
+            (Kind::Batch, 4, 4, 7)
+        );
         assert_eq!(codec.unbatch(&batch).unwrap(), envelopes, "{codec:?}");
     }
 }
 
 #[test]
-fn a_batch_of_one_is_sent_as_the_envelope_itself() {
+fn a_repeated_topic_is_written_once() {
+    let one = batch_of(&[numbered(1, b"x")]).size();
+    let two = batch_of(&[numbered(1, b"x"), numbered(2, b"x")]).size();
+    assert_eq!(two - one, 1 + 4 + 1, "a record with its topic elided");
+}
+
+#[test]
+fn a_batch_of_one_is_sent_as_a_plain_broadcast() {
     for codec in [
         Codec::new("c", None, false, 1 << 20),
         Codec::new("c", Some(b"key"), false, 1 << 20),
@@ -229,10 +240,17 @@ fn every_flipped_bit_of_a_sealed_batch_is_detected() {
 }
 
 #[test]
-fn a_batch_with_a_bad_envelope_inside_is_refused_whole() {
+fn a_batch_with_a_bad_record_is_refused_whole() {
     let codec = Codec::new("c", None, false, 1 << 20);
-    let frame = codec.seal_batch(batch_of(&[numbered(1, b"a"), numbered(2, b"b")]));
-    let second = BATCH_HEAD + FIXED_LEN + sample().topic.len() + 4 + 1;
+    let frame = codec.seal_batch(batch_of(&[
+        numbered(1, b"a"),
+        Envelope {
+            topic: Bytes::from_static(b"t2"),
+            ..numbered(2, b"b")
+        },
+    ]));
+    let first = BATCH_HEAD;
+    let second = first + 1 + sample().topic.len() + 4 + 1;
     let refused = |at: usize, value: u8| {
         let mut bytes = frame.to_vec();
         bytes[at] = value;
@@ -242,41 +260,32 @@ fn a_batch_with_a_bad_envelope_inside_is_refused_whole() {
             other => panic!("byte {at} = {value}: {other:?}"),
         }
     };
-    assert_eq!(
-        refused(second + 4, FLAG_SEALED).0,
-        1,
-        "a sealed envelope inside"
-    );
-    assert_eq!(
-        refused(second + 3, Kind::Batch as u8).0,
-        1,
-        "a batch inside"
-    );
-    assert_eq!(refused(second + 12, 8).0, 1, "another sender");
-    assert_eq!(refused(second, 0).0, 1, "not an envelope");
+    let (index, reason) = refused(first, 0);
+    assert_eq!(index, 0);
+    assert!(reason.contains("repeats no topic"), "{reason}");
+    let (index, reason) = refused(second + 1, 0xff);
+    assert_eq!(index, 1);
+    assert!(reason.contains("not UTF-8"), "{reason}");
+    let (index, reason) = refused(second + 3, 200);
+    assert_eq!(index, 1);
+    assert!(reason.contains("runs past the batch"), "{reason}");
     let (index, reason) = refused(52, 3);
     assert_eq!(index, 2);
     assert!(
-        reason.contains("2 envelopes where the batch says 3"),
+        reason.contains("2 broadcasts where the batch says 3"),
         "{reason}"
     );
-    let (index, reason) = refused(second + FIXED_LEN + sample().topic.len() + 3, 200);
-    assert_eq!(index, 1);
-    assert!(reason.contains("runs past the batch"), "{reason}");
+    assert_eq!(refused(44, 0).1, "header fields of a batch out of range");
 }
 
 #[test]
 fn a_batch_never_outgrows_the_frame_limit() {
     let codec = Codec::new("c", Some(b"key"), true, 4096);
-    let plain = codec.check(sample().topic.len(), 100).unwrap();
-    let mut batch = Batch::new(7, sample().from_incarnation, 0);
+    let topic = &sample().topic;
     let payload = [0u8; 100];
-    while batch.size() + plain <= codec.batch_limit() {
-        batch.push(
-            &numbered(batch.len() as u64 + 1, b"").header(),
-            &sample().topic,
-            &payload,
-        );
+    let mut batch = Batch::new(7, sample().from_incarnation, 0);
+    while batch.size() + batch.record_size(topic, payload.len()) <= codec.batch_limit() {
+        batch.push(batch.len() as u64 + 1, topic, &payload);
     }
     assert!(batch.len() > 10);
     let frame = codec.seal_batch(batch);
@@ -316,7 +325,7 @@ proptest! {
     #[test]
     fn opening_an_arbitrary_batch_never_panics(count in 0u64..5, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let codec = Codec::new("c", None, false, 1 << 20);
-        let batch = Envelope { kind: Kind::Batch, aux: count, payload: Bytes::from(bytes), ..sample() };
+        let batch = Envelope { kind: Kind::Batch, aux: count, topic: Bytes::new(), to: 0, payload: Bytes::from(bytes), ..sample() };
         let _ = codec.unbatch(&batch);
     }
 }
