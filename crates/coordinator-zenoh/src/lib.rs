@@ -36,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use zenoh::Session;
+use zenoh::bytes::ZBytes;
 use zenoh::key_expr::KeyExpr;
 use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::{Publisher, Subscriber};
@@ -108,8 +109,7 @@ pub async fn connect_with_handle(
     let deliver = {
         let inbound = inbound.clone();
         move |sample: Sample| {
-            let frame = Bytes::from(sample.payload().to_bytes().into_owned());
-            inbound.deliver(Inbound::Frame(frame));
+            inbound.deliver(Inbound::Frame(frame_of(sample.payload().clone())));
         }
     };
     let broadcasts = session
@@ -404,6 +404,25 @@ impl ZenohTransport {
     }
 }
 
+/// A received payload as a frame: without a copy when Zenoh holds it in one
+/// piece (the usual case below its batch size), copied when it came in pieces.
+fn frame_of(payload: ZBytes) -> Bytes {
+    if payload.slices().nth(1).is_none() {
+        Bytes::from_owner(Contiguous(payload))
+    } else {
+        Bytes::from(payload.to_bytes().into_owned())
+    }
+}
+
+/// A payload in one piece, lent to `Bytes`.
+struct Contiguous(ZBytes);
+
+impl AsRef<[u8]> for Contiguous {
+    fn as_ref(&self) -> &[u8] {
+        self.0.slices().next().unwrap_or_default()
+    }
+}
+
 fn link_down(detail: String) -> TransportError {
     TransportError::LinkDown {
         carrier: NAME,
@@ -431,8 +450,8 @@ impl Transport for ZenohTransport {
                     .consolidation(ConsolidationMode::None)
                     .timeout(QUERY_TIMEOUT)
                     .callback(move |reply| {
-                        if let Ok(sample) = reply.result() {
-                            let frame = Bytes::from(sample.payload().to_bytes().into_owned());
+                        if let Ok(sample) = reply.into_result() {
+                            let frame = frame_of(sample.payload().clone());
                             inbound_for_replies.deliver(Inbound::Frame(frame));
                         }
                     })

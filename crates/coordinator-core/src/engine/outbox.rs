@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 /// burst, and the next ones will follow it into the same batch.
 const BURST: Duration = Duration::from_micros(10);
 /// Largest batch, in bytes, unsealed (and never more than `maxMessageSize`).
-const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = 60 * 1024;
 /// Batches that can wait before `broadcast` waits for room.
 const BATCHES_QUEUED: usize = 16;
 
