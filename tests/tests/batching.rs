@@ -101,6 +101,24 @@ async fn gated_pair() -> (Arc<Gated>, Arc<Node>, Arc<Node>) {
     (gated, sender, receiver)
 }
 
+/// Broadcasts "first" on `t` from a task of its own, and holds its publish in
+/// the carrier: broadcasts after it wait in the queue.
+async fn first_held(
+    gated: &Arc<Gated>,
+    sender: &Arc<Node>,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    gated.hold();
+    let first = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.broadcast("t", Bytes::from_static(b"first")).await }
+    });
+    until(LIMIT, "the first publish to start", || {
+        gated.attempts.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    first
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_goes_out_in_batches_in_order_and_a_lone_broadcast_alone() {
     const COUNT: u64 = 5000;
@@ -182,15 +200,7 @@ async fn queued_broadcasts_the_carrier_refuses_are_reported_and_seen_as_a_gap() 
         .unwrap();
     let mut sender_events = sender.events();
     let mut receiver_events = receiver.events();
-    gated.hold();
-    let first = tokio::spawn({
-        let sender = sender.clone();
-        async move { sender.broadcast("t", Bytes::from_static(b"first")).await }
-    });
-    until(LIMIT, "the first publish to start", || {
-        gated.attempts.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let first = first_held(&gated, &sender).await;
     // The carrier is busy with the first one: these wait in the queue and
     // `broadcast` returns at once.
     for i in 0..10 {
@@ -305,15 +315,7 @@ async fn leaving_sends_the_queued_broadcasts_first() {
         .await
         .unwrap();
     let mut members = receiver.member_events();
-    gated.hold();
-    let first = tokio::spawn({
-        let sender = sender.clone();
-        async move { sender.broadcast("t", Bytes::from_static(b"first")).await }
-    });
-    until(LIMIT, "the first publish to start", || {
-        gated.attempts.load(Ordering::SeqCst) == 1
-    })
-    .await;
+    let first = first_held(&gated, &sender).await;
     for i in 0..QUEUED {
         sender
             .broadcast("t", Bytes::from(i.to_string()))
