@@ -339,3 +339,32 @@ async fn leaving_sends_the_queued_broadcasts_first() {
     assert_eq!(delivered, QUEUED + 1, "delivered before the departure");
     assert_eq!(receiver.stats().messages_lost, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_waiting_for_room_fails_when_the_node_stops() {
+    let (gated, sender, _receiver) = gated_pair().await;
+    let first = first_held(&gated, &sender).await;
+    // Larger than a batch: one batch each, until the queue is full.
+    let big = Bytes::from(vec![7u8; 61 * 1024]);
+    let mut queued = 0;
+    let waiting = loop {
+        let sending = tokio::spawn({
+            let (sender, big) = (sender.clone(), big.clone());
+            async move { sender.broadcast("t", big).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !sending.is_finished() {
+            break sending;
+        }
+        sending.await.unwrap().unwrap();
+        queued += 1;
+        assert!(queued <= 64, "the queue never filled up");
+    };
+    assert!(queued >= 2, "only {queued} queued before waiting");
+    sender.abort();
+    let result = within(LIMIT, "the waiting broadcast to give up", waiting)
+        .await
+        .unwrap();
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    first.abort();
+}

@@ -284,6 +284,7 @@ impl Inner {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        self.outbox.close();
         for (_, pending) in self.pending.lock().drain() {
             let _ = pending.reply.send(Err(Error::Closed));
         }

@@ -77,7 +77,8 @@ impl Inner {
             .codec
             .check(topic.len(), payload.len())
             .map_err(|error| self.encode_error(error, topic))?;
-        let seq = match self.outbox.push(plain, topic.as_bytes(), &payload).await {
+        let queued = self.outbox.push(plain, topic.as_bytes(), &payload).await;
+        let seq = match queued.ok_or(Error::Closed)? {
             Queued::Behind { seq } => seq,
             Queued::Publish { seq } => {
                 let mut publishing = Publishing {

@@ -13,7 +13,7 @@ use crate::envelope::{Batch, Codec};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
@@ -39,6 +39,8 @@ pub(super) struct Outbox {
     settled: AtomicU64,
     batch_bytes: usize,
     from: (u64, u64),
+    /// The node stopped: nothing is queued any more, nobody waits for room.
+    closed: AtomicBool,
 }
 
 struct Queue {
@@ -81,21 +83,31 @@ impl Outbox {
             settled: AtomicU64::new(0),
             batch_bytes: codec.batch_limit().min(BATCH_BYTES),
             from: (from, from_incarnation),
+            closed: AtomicBool::new(false),
         }
     }
 
     /// Numbers a broadcast and queues it, or hands it back to be published
     /// by the caller. `plain` is its size unsealed (from [`Codec::check`]).
-    /// Waits while the queue is full.
-    pub async fn push(&self, plain: usize, topic: &[u8], payload: &[u8]) -> Queued {
+    /// Waits while the queue is full; `None` once the node has stopped.
+    pub async fn push(&self, plain: usize, topic: &[u8], payload: &[u8]) -> Option<Queued> {
         loop {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
             if let Some(queued) = self.try_push(plain, topic, payload) {
-                return queued;
+                return Some(queued);
             }
             room.await;
         }
+    }
+
+    /// The node stopped: callers waiting for room give up.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.room.notify_waiters();
     }
 
     fn try_push(&self, plain: usize, topic: &[u8], payload: &[u8]) -> Option<Queued> {
@@ -198,7 +210,8 @@ impl Outbox {
             room.as_mut().enable();
             {
                 let queue = self.queue.lock();
-                if queue.publisher == Publisher::Nobody && queue.batches.is_empty() {
+                let idle = queue.publisher == Publisher::Nobody && queue.batches.is_empty();
+                if idle || self.closed.load(Ordering::Acquire) {
                     return;
                 }
             }
