@@ -4,12 +4,13 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use coordinator_core::envelope::{Kind, peek_kind};
+use coordinator_core::envelope::{Batch, Codec, Kind, peek_kind};
 use coordinator_core::transport::{Inbound, Link, Transport};
 use coordinator_core::{
-    Coordinator, Error, Event, MemberChange, MemoryNetwork, Node, NodeId, Settings,
+    Coordinator, DropReason, Error, Event, MemberChange, MemoryNetwork, Node, NodeId, Settings,
     SubscribeOptions, TransportError,
 };
+use futures_util::FutureExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -344,27 +345,58 @@ async fn leaving_sends_the_queued_broadcasts_first() {
 async fn a_broadcast_waiting_for_room_fails_when_the_node_stops() {
     let (gated, sender, _receiver) = gated_pair().await;
     let first = first_held(&gated, &sender).await;
-    // Larger than a batch: one batch each, until the queue is full.
+    // Larger than a batch: one batch each. With room, a broadcast is queued
+    // on its first poll; the first one that is not is waiting for room.
     let big = Bytes::from(vec![7u8; 61 * 1024]);
     let mut queued = 0;
-    let waiting = loop {
-        let sending = tokio::spawn({
-            let (sender, big) = (sender.clone(), big.clone());
-            async move { sender.broadcast("t", big).await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if !sending.is_finished() {
-            break sending;
+    let mut waiting = loop {
+        let mut sending = Box::pin(sender.broadcast("t", big.clone()));
+        match sending.as_mut().now_or_never() {
+            Some(result) => result.unwrap(),
+            None => break sending,
         }
-        sending.await.unwrap().unwrap();
         queued += 1;
         assert!(queued <= 64, "the queue never filled up");
     };
     assert!(queued >= 2, "only {queued} queued before waiting");
     sender.abort();
-    let result = within(LIMIT, "the waiting broadcast to give up", waiting)
-        .await
-        .unwrap();
+    let result = within(LIMIT, "the waiting broadcast to give up", &mut waiting).await;
     assert!(matches!(result, Err(Error::Closed)), "{result:?}");
     first.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_batch_is_dropped_whole_and_reported_with_its_sender() {
+    let network = MemoryNetwork::new();
+    let receiver = Arc::new(network.start(Settings::new(2)).unwrap());
+    let forger = network.connect(9);
+    let mut events = receiver.events();
+    let codec = Codec::new(&Settings::new(2).cluster, None, false, 1 << 20);
+    let mut batch = Batch::new(9, 1, 64);
+    batch.push(1, b"t", b"one");
+    batch.push(2, b"t", b"two");
+    let mut frame = codec.seal_batch(batch).to_vec();
+    // The second record repeats the topic and claims more payload than there is.
+    let last_length = frame.len() - 3 - 4;
+    frame[last_length] = 0x7f;
+    forger.transport.publish(Bytes::from(frame)).await.unwrap();
+    let dropped = within(
+        LIMIT,
+        "the batch to be reported",
+        event(&mut events, |e| matches!(e, Event::Dropped { .. })),
+    )
+    .await;
+    let Event::Dropped { reason, detail } = dropped else {
+        unreachable!()
+    };
+    assert_eq!(reason, DropReason::Malformed);
+    assert!(
+        detail.contains("from node 9") && detail.contains("broadcast 1 of the batch"),
+        "{detail}"
+    );
+    let stats = receiver.stats();
+    assert_eq!(
+        (stats.dropped_malformed, stats.broadcasts_delivered),
+        (1, 0)
+    );
 }
