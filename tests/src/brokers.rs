@@ -337,18 +337,84 @@ impl RedisCluster {
 
     /// How many `PUBLISH` commands each node has served so far.
     pub fn publish_calls(&self) -> Vec<u64> {
+        self.calls("publish")
+    }
+
+    /// How many times each node has run `command` (lower case) so far.
+    pub fn calls(&self, command: &str) -> Vec<u64> {
+        let prefix = format!("cmdstat_{command}:calls=");
         self.nodes
             .iter()
             .map(|node| {
                 let stats = redis_cli(node.port(), &["info", "commandstats"]);
                 stats
                     .lines()
-                    .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+                    .find_map(|line| line.strip_prefix(prefix.as_str()))
                     .and_then(|rest| rest.split(',').next())
                     .and_then(|calls| calls.trim().parse().ok())
                     .unwrap_or(0)
             })
             .collect()
+    }
+
+    /// The node (index into `nodes`) that is master of `key`'s slot, as
+    /// the live node `asked` sees it.
+    pub fn master_of(&self, key: &str, asked: usize) -> Option<usize> {
+        let port = self.nodes[asked].port();
+        let slot: u16 = redis_cli(port, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .ok()?;
+        // `CLUSTER NODES`: id addr@bus flags master ping pong epoch state slots...
+        redis_cli(port, &["cluster", "nodes"])
+            .lines()
+            .find(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 8
+                    && fields[2].contains("master")
+                    && !fields[2].contains("fail")
+                    && fields[8..].iter().any(|range| {
+                        let (low, high) = range.split_once('-').unwrap_or((range, range));
+                        match (low.parse::<u16>(), high.parse::<u16>()) {
+                            (Ok(low), Ok(high)) => (low..=high).contains(&slot),
+                            _ => false,
+                        }
+                    })
+            })
+            .and_then(|line| {
+                let addr = line.split_whitespace().nth(1)?;
+                let port: u16 = addr.split('@').next()?.rsplit(':').next()?.parse().ok()?;
+                self.nodes.iter().position(|node| node.port() == port)
+            })
+    }
+
+    /// How many sharded subscribers `channel` has at node `node`.
+    pub fn shard_subscribers(&self, channel: &str, node: usize) -> u64 {
+        redis_cli(self.nodes[node].port(), &["pubsub", "shardnumsub", channel])
+            .lines()
+            .nth(1)
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Moves the slot of `key` from master `from` to master `to`, as a
+    /// resharding does (there are no keys to migrate).
+    pub fn move_slot_of(&self, key: &str, from: usize, to: usize) {
+        let (from, to) = (self.nodes[from].port(), self.nodes[to].port());
+        let slot = redis_cli(from, &["cluster", "keyslot", key])
+            .trim()
+            .to_string();
+        let from_id = redis_cli(from, &["cluster", "myid"]).trim().to_string();
+        let to_id = redis_cli(to, &["cluster", "myid"]).trim().to_string();
+        for (port, args) in [
+            (to, ["cluster", "setslot", &slot, "importing", &from_id]),
+            (from, ["cluster", "setslot", &slot, "migrating", &to_id]),
+            (to, ["cluster", "setslot", &slot, "node", &to_id]),
+            (from, ["cluster", "setslot", &slot, "node", &to_id]),
+        ] {
+            let answer = redis_cli(port, &args);
+            assert_eq!(answer.trim(), "OK", "CLUSTER {args:?} at {port}");
+        }
     }
 
     /// The nodes that are masters now.

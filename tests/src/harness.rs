@@ -450,6 +450,8 @@ pub struct RedisClusterConnector {
     urls: Vec<String>,
     protocol: &'static str,
     cluster: Mutex<Option<crate::brokers::RedisCluster>>,
+    /// `shardedPubSub` of the nodes started from now on.
+    sharded: std::sync::atomic::AtomicBool,
 }
 
 impl RedisClusterConnector {
@@ -460,6 +462,7 @@ impl RedisClusterConnector {
             urls: cluster.urls(),
             protocol,
             cluster: Mutex::new(Some(cluster)),
+            sharded: true.into(),
         }
     }
 
@@ -469,6 +472,7 @@ impl RedisClusterConnector {
                 urls: urls.split(',').map(|url| url.trim().to_string()).collect(),
                 protocol,
                 cluster: Mutex::new(None),
+                sharded: true.into(),
             },
             None => Self::own_cluster(protocol),
         }
@@ -483,12 +487,20 @@ impl RedisClusterConnector {
             .expect("only a connector with its own cluster can change it"))
     }
 
+    /// Whether the nodes started from now on use sharded pub/sub for their
+    /// own channels (`shardedPubSub`, on by default).
+    pub fn set_sharded(&self, sharded: bool) {
+        self.sharded
+            .store(sharded, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn config(&self) -> coordinator_core::config::RedisClusterConfig {
         let urls: Vec<String> = self.urls.iter().map(|url| format!("{url:?}")).collect();
         let text = format!(
-            r#"{{"@type": "RedisCluster", "urls": [{}], "protocolVersion": "{}", "timeout": "2s", "maxRetries": 3, "minRetryWait": 10, "maxRetryWait": 100}}"#,
+            r#"{{"@type": "RedisCluster", "urls": [{}], "protocolVersion": "{}", "timeout": "2s", "maxRetries": 3, "minRetryWait": 10, "maxRetryWait": 100, "shardedPubSub": {}}}"#,
             urls.join(", "),
-            self.protocol
+            self.protocol,
+            self.sharded.load(std::sync::atomic::Ordering::Relaxed)
         );
         match coordinator_core::CoordinatorConfig::from_json(&text)
             .expect("a valid Redis Cluster test configuration")

@@ -211,44 +211,245 @@ async fn redis_cluster_keeps_delivering_after_a_master_is_killed() {
     }
 }
 
-/// Messages are published on the server the nodes subscribe on, never
+/// Broadcasts are published on the server the nodes subscribe on, never
 /// through another one (that would cross the cluster bus, where
-/// back-to-back messages can wait for a delayed ACK).
+/// back-to-back messages can wait for a delayed ACK). What is sent to one
+/// node is `SPUBLISH`ed at the master that owns that node's channel, and
+/// crosses no other server; a node with `shardedPubSub` off gets it by
+/// classic `PUBLISH`, from any sender.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cluster_publishes_on_the_server_its_nodes_subscribe_on() {
-    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_cluster("resp3"))
+async fn redis_cluster_publishes_broadcasts_at_home_and_node_messages_on_their_shard() {
+    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_cluster("resp2"))
         .await
         .unwrap();
     let mut harness = EngineHarness::new(connector, Timing::default());
+    let routes = coordinator_core::routes::Routes::new(&harness.cluster());
     let (nodes, mut subscription, _events) = two_nodes_listening(&mut harness).await;
+    let mut inboxes = vec![nodes[0].inbox().unwrap(), nodes[1].inbox().unwrap()];
     let calls = |harness: &EngineHarness<RedisClusterConnector>| {
-        tokio::task::block_in_place(|| harness.connector().with_cluster(|c| c.publish_calls()))
+        tokio::task::block_in_place(|| {
+            harness
+                .connector()
+                .with_cluster(|c| (c.calls("publish"), c.calls("spublish")))
+        })
     };
+    let owners: Vec<usize> = tokio::task::block_in_place(|| {
+        harness.connector().with_cluster(|c| {
+            [1, 2]
+                .map(|id| c.master_of(&routes.node(id), 0).expect("a master"))
+                .to_vec()
+        })
+    });
     let before = calls(&harness);
     for i in 0..50u32 {
         nodes[0]
             .broadcast("t", Bytes::from(i.to_string()))
             .await
             .unwrap();
-        // And on each node's own channel (each hashes to its own slot).
-        nodes[0].send(2, Bytes::from_static(b"to 2")).await.unwrap();
-        nodes[1].send(1, Bytes::from_static(b"to 1")).await.unwrap();
+        nodes[0].send(2, Bytes::from(i.to_string())).await.unwrap();
+        nodes[1].send(1, Bytes::from(i.to_string())).await.unwrap();
     }
     for i in 0..50u32 {
         let message = within(LONG, "the broadcasts", subscription.recv())
             .await
             .unwrap();
         assert_eq!(message.payload, i.to_string());
+        for inbox in &mut inboxes {
+            let incoming = within(LONG, "the node messages", inbox.recv())
+                .await
+                .unwrap();
+            assert_eq!(incoming.payload, i.to_string());
+        }
     }
     let after = calls(&harness);
-    let published: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let published = difference(&after.0, &before.0);
+    let sharded = difference(&after.1, &before.1);
     // Node 0 of `urls` is where both nodes subscribe.
-    assert!(published[0] >= 150, "{published:?}");
+    assert!(published[0] >= 1, "{published:?}");
     assert!(
         published[1..].iter().all(|&n| n == 0),
         "PUBLISH went through other servers too: {published:?}"
     );
+    for (server, &count) in sharded.iter().enumerate() {
+        if owners.contains(&server) {
+            continue;
+        }
+        assert_eq!(count, 0, "SPUBLISH at {server}, no owner of {owners:?}");
+    }
+    let at_owners: u64 = sharded.iter().sum();
+    assert!(at_owners >= 100, "{sharded:?} (owners {owners:?})");
+
+    // Nodes 3 and 4 read their channels only the classic way.
+    harness.connector().set_sharded(false);
+    let more = vec![harness.start(3).await, harness.start(4).await];
+    let all: Vec<_> = nodes.iter().chain(&more).cloned().collect();
+    converge(&all, LONG).await;
+    let mut inbox = more[1].inbox().unwrap();
+    let before = calls(&harness);
+    for i in 0..50u32 {
+        // From a classic sender, and from a sharded one (whose SPUBLISH
+        // reaches nobody, so it publishes again the classic way).
+        more[0]
+            .send(4, Bytes::from(format!("3: {i}")))
+            .await
+            .unwrap();
+        nodes[0]
+            .send(4, Bytes::from(format!("1: {i}")))
+            .await
+            .unwrap();
+    }
+    let mut next = std::collections::HashMap::from([(3, 0u32), (1, 0u32)]);
+    within(LONG, "the messages to node 4", async {
+        while next.values().sum::<u32>() < 100 {
+            let incoming = inbox.recv().await.unwrap();
+            let expected = next.get_mut(&incoming.from).unwrap();
+            assert_eq!(incoming.payload, format!("{}: {expected}", incoming.from));
+            *expected += 1;
+        }
+    })
+    .await;
+    let after = calls(&harness);
+    let published = difference(&after.0, &before.0);
+    assert!(published[0] >= 100, "{published:?}");
+    assert!(published[1..].iter().all(|&n| n == 0), "{published:?}");
+    for node in &all {
+        node.leave().await.unwrap();
+    }
+}
+
+/// The master that owns a node's sharded channel is killed: messages to
+/// that node take the classic route while its replica takes over, none is
+/// lost or delivered twice, and once the node subscribes on the new master
+/// the senders `SPUBLISH` there again. With both protocol versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_node_messages_survive_their_shard_failing_over() {
+    for protocol in ["resp2", "resp3"] {
+        let connector =
+            tokio::task::spawn_blocking(move || RedisClusterConnector::own_cluster(protocol))
+                .await
+                .unwrap();
+        // A cluster name whose node 2 channel is owned by another master
+        // than node 0, where the classic subscriptions are (they stay up).
+        let (name, owner) = tokio::task::block_in_place(|| {
+            connector.with_cluster(|c| {
+                (0..100)
+                    .map(|k| format!("shard-failover-{k}"))
+                    .find_map(|name| {
+                        let channel = coordinator_core::routes::Routes::new(&name).node(2);
+                        let owner = c.master_of(&channel, 0).expect("a master");
+                        (owner != 0).then_some((name, owner))
+                    })
+                    .expect("a channel owned by another master than node 0")
+            })
+        });
+        let channel = coordinator_core::routes::Routes::new(&name).node(2);
+        let mut harness = EngineHarness::new(connector, Timing::default()).with_cluster(name);
+        let (nodes, _subscription, _events) = two_nodes_listening(&mut harness).await;
+        let mut inbox = nodes[1].inbox().unwrap();
+        let connector = harness.connector();
+        tokio::task::block_in_place(|| connector.with_cluster(|c| c.nodes[owner].kill()));
+
+        let (sent, received) =
+            send_until_spublished_elsewhere(&nodes[0], &mut inbox, connector, &channel, owner)
+                .await;
+        let expected: Vec<Bytes> = (0..sent).map(|i| Bytes::from(i.to_string())).collect();
+        assert_eq!(received, expected, "{protocol}: lost, reordered or twice");
+        for node in &nodes {
+            node.leave().await.unwrap();
+        }
+    }
+}
+
+/// The slot of a node's sharded channel moves to another master (as in a
+/// resharding): the server unsubscribes the node, which subscribes again
+/// on the new master, and no message to it is lost or delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_node_channel_follows_its_slot_to_another_master() {
+    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_cluster("resp2"))
+        .await
+        .unwrap();
+    let mut harness = EngineHarness::new(connector, Timing::default());
+    let channel = coordinator_core::routes::Routes::new(&harness.cluster()).node(2);
+    let (nodes, _subscription, _events) = two_nodes_listening(&mut harness).await;
+    let mut inbox = nodes[1].inbox().unwrap();
+    let connector = harness.connector();
+    let owner = tokio::task::block_in_place(|| {
+        connector.with_cluster(|c| {
+            let owner = c.master_of(&channel, 0).expect("a master");
+            let to = c
+                .masters()
+                .into_iter()
+                .find(|&m| m != owner)
+                .expect("another master");
+            c.move_slot_of(&channel, owner, to);
+            owner
+        })
+    });
+    let (sent, received) =
+        send_until_spublished_elsewhere(&nodes[0], &mut inbox, connector, &channel, owner).await;
+    let expected: Vec<Bytes> = (0..sent).map(|i| Bytes::from(i.to_string())).collect();
+    assert_eq!(received, expected, "lost, reordered or twice");
     for node in &nodes {
         node.leave().await.unwrap();
     }
+}
+
+/// Sends numbered messages from `sender` to node 2 until `channel` has
+/// another master than `away_from`, node 2 subscribes there, and 10 of the
+/// messages were `SPUBLISH`ed there; then waits for all of them. What was
+/// sent, and what arrived.
+async fn send_until_spublished_elsewhere(
+    sender: &std::sync::Arc<dyn coordinator::Coordinator>,
+    inbox: &mut coordinator::Inbox,
+    connector: &RedisClusterConnector,
+    channel: &str,
+    away_from: usize,
+) -> (u32, Vec<Bytes>) {
+    let mut sent = 0u32;
+    let mut received = Vec::new();
+    within(
+        LONG,
+        "SPUBLISH at the new master of node 2's channel",
+        async {
+            let mut baseline: Option<(usize, u64)> = None;
+            loop {
+                sender.send(2, Bytes::from(sent.to_string())).await.unwrap();
+                sent += 1;
+                while let Ok(Some(incoming)) =
+                    tokio::time::timeout(Duration::from_millis(20), inbox.recv()).await
+                {
+                    received.push(incoming.payload);
+                }
+                let now = tokio::task::block_in_place(|| {
+                    connector.with_cluster(|c| {
+                        let live = c.masters().into_iter().find(|&m| m != away_from)?;
+                        let master = c.master_of(channel, live).filter(|&m| m != away_from)?;
+                        (c.shard_subscribers(channel, master) == 1)
+                            .then(|| (master, c.calls("spublish")[master]))
+                    })
+                });
+                match (baseline, now) {
+                    (None, Some(now)) => baseline = Some(now),
+                    (Some((master, calls)), Some((now_master, now_calls)))
+                        if master == now_master && now_calls >= calls + 10 =>
+                    {
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        },
+    )
+    .await;
+    within(LONG, "every message to node 2", async {
+        while received.len() < sent as usize {
+            received.push(inbox.recv().await.unwrap().payload);
+        }
+    })
+    .await;
+    (sent, received)
+}
+
+fn difference(after: &[u64], before: &[u64]) -> Vec<u64> {
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
 }

@@ -1,12 +1,18 @@
 //! `RedisCluster`: publishes through the redis-rs cluster client, reads on a
 //! plain pub/sub connection to one node at a time (see the crate's docs).
 
+use crate::shard::{OpenError, ShardedSender, ShardedSubscriber};
 use crate::{CLUSTER_NAME, Publisher, RedisTransport, read, redacted, subscribe};
 use coordinator_core::config::{RedisClusterConfig, RedisProtocol};
 use coordinator_core::routes::Routes;
 use coordinator_core::{Error, Link, Settings};
 use redis::cluster::ClusterClientBuilder;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The longest a `SPUBLISH` may take before the classic route is tried (a
+/// copy that arrived after all is dropped by the engine as a duplicate).
+const SPUBLISH_WAIT: Duration = Duration::from_millis(250);
 
 /// Connects to the cluster of `config` and subscribes node
 /// `settings.node_id`'s channels.
@@ -48,7 +54,7 @@ pub async fn connect_cluster(
     let client = builder
         .build()
         .map_err(|error| Error::Start(format!("redisCluster.urls: {error}")))?;
-    let servers = config
+    let servers_named = config
         .urls
         .iter()
         .map(|url| redacted(url))
@@ -56,7 +62,7 @@ pub async fn connect_cluster(
         .join(", ");
     let unreachable = |error: &dyn std::fmt::Display| {
         Error::Start(format!(
-            "redisCluster.urls: cannot reach {servers}: {error}"
+            "redisCluster.urls: cannot reach {servers_named}: {error}"
         ))
     };
     let connection = tokio::time::timeout(config.timeout, client.get_async_connection())
@@ -66,6 +72,7 @@ pub async fn connect_cluster(
 
     // One plain pub/sub client per node of `urls`, tried in turn.
     let mut subscribers = Vec::new();
+    let mut servers = Vec::new();
     for (index, url) in config.urls.iter().enumerate() {
         let info = crate::connection_info(url, &format!("redisCluster.urls[{index}]"))?;
         let mut redis = info.redis_settings().clone();
@@ -76,6 +83,7 @@ pub async fn connect_cluster(
             redis = redis.set_password(password);
         }
         let info = info.set_redis_settings(redis);
+        servers.push(info.clone());
         subscribers.push(
             redis::Client::open(info)
                 .map_err(|error| Error::Start(format!("redisCluster.urls[{index}]: {error}")))?,
@@ -113,7 +121,31 @@ pub async fn connect_cluster(
     let home: crate::Home = Arc::new(parking_lot::Mutex::new(
         subscribers[0].get_multiplexed_async_connection().await.ok(),
     ));
-    let reader = tokio::spawn(tracing::Instrument::instrument(
+    let mut readers = Vec::new();
+    if config.sharded_pub_sub {
+        let subscriber = ShardedSubscriber::new(servers, own.clone(), config.timeout);
+        let first = match tokio::time::timeout(config.timeout, subscriber.open(None)).await {
+            Ok(Ok(subscription)) => Some(Ok(subscription)),
+            Ok(Err(OpenError::Refused(detail))) => {
+                tracing::warn!(%detail, "the cluster refuses SSUBSCRIBE (Redis before 7, or an ACL); this node's channel is classic");
+                None
+            }
+            Ok(Err(OpenError::Failed(detail))) => Some(Err(detail)),
+            Err(_) => Some(Err("timed out".to_string())),
+        };
+        if let Some(first) = first {
+            let first = first
+                .inspect_err(|detail| {
+                    tracing::warn!(%detail, "no sharded subscription yet; messages to this node take the classic route until there is");
+                })
+                .ok();
+            readers.push(tokio::spawn(tracing::Instrument::instrument(
+                subscriber.run(first, inbound.clone()),
+                span.clone(),
+            )));
+        }
+    }
+    readers.push(tokio::spawn(tracing::Instrument::instrument(
         read(
             subscribers,
             first,
@@ -123,18 +155,22 @@ pub async fn connect_cluster(
             Some(home.clone()),
         ),
         span,
-    ));
-    tracing::info!(%servers, broadcast = %channels.broadcast, "redis cluster carrier connected");
+    )));
+    tracing::info!(%servers_named, broadcast = %channels.broadcast, sharded = config.sharded_pub_sub, "redis cluster carrier connected");
+    let sharded = config
+        .sharded_pub_sub
+        .then(|| ShardedSender::new((config.timeout / 4).min(SPUBLISH_WAIT)));
     Ok(Link {
         transport: Arc::new(RedisTransport {
             publisher: Publisher::Cluster {
                 home,
                 cluster: connection,
+                sharded,
             },
             carrier: CLUSTER_NAME,
             channels,
             timeout: config.timeout,
-            reader,
+            readers,
         }),
         inbound: receiver,
     })

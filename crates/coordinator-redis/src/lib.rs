@@ -91,7 +91,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
             carrier: NAME,
             channels,
             timeout: config.timeout,
-            reader,
+            readers: vec![reader],
         }),
         inbound: receiver,
     })
@@ -239,6 +239,9 @@ pub(crate) enum Publisher {
     Cluster {
         home: Home,
         cluster: redis::cluster_async::ClusterConnection,
+        /// Node channels are sharded too (see [`shard`]), unless
+        /// `shardedPubSub` is off.
+        sharded: Option<shard::ShardedSender>,
     },
 }
 
@@ -247,7 +250,8 @@ pub(crate) struct RedisTransport {
     pub(crate) carrier: &'static str,
     pub(crate) channels: Routes,
     pub(crate) timeout: Duration,
-    pub(crate) reader: JoinHandle<()>,
+    /// The subscription tasks: classic, and sharded for a cluster.
+    pub(crate) readers: Vec<JoinHandle<()>>,
 }
 
 impl RedisTransport {
@@ -268,7 +272,7 @@ impl RedisTransport {
                         .await
                         .map_err(failed)
                 }
-                Publisher::Cluster { home, cluster } => {
+                Publisher::Cluster { home, cluster, .. } => {
                     let at_home = home.lock().clone();
                     match at_home {
                         Some(mut connection) => {
@@ -328,11 +332,23 @@ impl Transport for RedisTransport {
     }
 
     async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
-        self.publish_to(&self.channels.node(node), frame).await
+        let channel = self.channels.node(node);
+        if let Publisher::Cluster {
+            cluster,
+            sharded: Some(sharded),
+            ..
+        } = &self.publisher
+            && sharded.publish(cluster, node, &channel, &frame).await
+        {
+            return Ok(());
+        }
+        self.publish_to(&channel, frame).await
     }
 
     async fn close(&self) {
-        self.reader.abort();
+        for reader in &self.readers {
+            reader.abort();
+        }
         if let Publisher::Pool { pool, .. } = &self.publisher {
             pool.close();
         }
@@ -340,6 +356,7 @@ impl Transport for RedisTransport {
 }
 
 mod cluster;
+mod shard;
 pub use cluster::connect_cluster;
 
 #[cfg(test)]

@@ -369,6 +369,10 @@ pub struct RedisClusterConfig {
     pub max_retry_wait: Option<Duration>,
     pub read_from_replicas: bool,
     pub protocol_version: RedisProtocol,
+    /// Each node's own channel is a sharded channel (`SSUBSCRIBE`, Redis 7+),
+    /// so what is sent to one node stays on the shard that owns its slot
+    /// instead of crossing the cluster bus to every server.
+    pub sharded_pub_sub: bool,
     #[serde(flatten)]
     pub pool: PoolConfig,
 }
@@ -401,6 +405,7 @@ impl RedisClusterConfig {
                 max_retry_wait: v.optional_duration("maxRetryWait", millis(1), millis(1024)),
                 read_from_replicas: v.bool_or("readFromReplicas", true),
                 protocol_version,
+                sharded_pub_sub: v.bool_or("shardedPubSub", true),
                 pool: PoolConfig::read(v),
             };
             if let (Some(min), Some(max)) = (config.min_retry_wait, config.max_retry_wait)

@@ -82,8 +82,8 @@ fn defaults_are_filled_in_for_every_carrier() {
         panic!()
     };
     assert_eq!(
-        (r.read_from_replicas, r.protocol_version),
-        (true, RedisProtocol::Resp2)
+        (r.read_from_replicas, r.protocol_version, r.sharded_pub_sub),
+        (true, RedisProtocol::Resp2, true)
     );
     assert_eq!(r.urls, vec!["redis://127.0.0.1"]);
 
