@@ -1,4 +1,4 @@
-//! The `Redis` carrier (and, later, `RedisCluster`): Redis pub/sub.
+//! The `Redis` and `RedisCluster` carriers: Redis pub/sub.
 //!
 //! Channels are prefixed by the cluster name: `{cluster}.broadcast` carries
 //! broadcasts and heartbeats to every node, `{cluster}.node.{id}` what is
@@ -11,13 +11,17 @@
 //! at-most-once: what is published while a subscriber is away is lost for it,
 //! and the engine reports it as a gap.
 //!
-//! `RedisCluster` publishes with `PUBLISH` through a redis-rs cluster client
-//! (RESP2 or RESP3 as configured, with its retries and replica reads); a
-//! classic `PUBLISH` crosses the cluster bus to every node, so each node
-//! subscribes on a plain RESP2 pub/sub connection to any one node of `urls`,
-//! moving to the next one when it drops (a killed master, say). That works
-//! whatever the protocol version, where redis-rs's cluster subscriptions need
-//! RESP3 and are not restored after a failover.
+//! `RedisCluster` reads broadcasts on a plain RESP2 pub/sub connection to
+//! one server of `urls` (the first that answers), moving to the next one when
+//! it drops (a killed master, say), and publishes them on that same server: a
+//! classic `PUBLISH` reaches every subscriber of the cluster, but one taken by
+//! another server crosses the cluster bus. That works whatever the protocol
+//! version, where redis-rs's cluster subscriptions need RESP3 and are not
+//! restored after a failover. Each node's own channel is sharded as well
+//! (`SSUBSCRIBE` on the master of its slot, `SPUBLISH` there), with the
+//! classic channel of the same name as the fallback: see `shard.rs`. Other
+//! commands go through a redis-rs cluster client (RESP2 or RESP3 as
+//! configured, with its retries).
 
 use async_trait::async_trait;
 use bytes::Bytes;
