@@ -349,11 +349,9 @@ async fn redis_cluster_node_messages_survive_their_shard_failing_over() {
         let connector = harness.connector();
         tokio::task::block_in_place(|| connector.with_cluster(|c| c.nodes[owner].kill()));
 
-        let (sent, received) =
-            send_until_spublished_elsewhere(&nodes[0], &mut inbox, connector, &channel, owner)
-                .await;
-        let expected: Vec<Bytes> = (0..sent).map(|i| Bytes::from(i.to_string())).collect();
-        assert_eq!(received, expected, "{protocol}: lost, reordered or twice");
+        send_until_spublished_elsewhere(&nodes[0], &mut inbox, connector, &channel, owner)
+            .await
+            .unwrap_or_else(|error| panic!("{protocol}: {error}"));
         for node in &nodes {
             node.leave().await.unwrap();
         }
@@ -385,10 +383,9 @@ async fn redis_cluster_node_channel_follows_its_slot_to_another_master() {
             owner
         })
     });
-    let (sent, received) =
-        send_until_spublished_elsewhere(&nodes[0], &mut inbox, connector, &channel, owner).await;
-    let expected: Vec<Bytes> = (0..sent).map(|i| Bytes::from(i.to_string())).collect();
-    assert_eq!(received, expected, "lost, reordered or twice");
+    send_until_spublished_elsewhere(&nodes[0], &mut inbox, connector, &channel, owner)
+        .await
+        .unwrap();
     for node in &nodes {
         node.leave().await.unwrap();
     }
@@ -396,15 +393,15 @@ async fn redis_cluster_node_channel_follows_its_slot_to_another_master() {
 
 /// Sends numbered messages from `sender` to node 2 until `channel` has
 /// another master than `away_from`, node 2 subscribes there, and 10 of the
-/// messages were `SPUBLISH`ed there; then waits for all of them. What was
-/// sent, and what arrived.
+/// messages were `SPUBLISH`ed there; then waits for all of them: an error
+/// if one was lost, reordered or delivered twice.
 async fn send_until_spublished_elsewhere(
     sender: &std::sync::Arc<dyn coordinator::Coordinator>,
     inbox: &mut coordinator::Inbox,
     connector: &RedisClusterConnector,
     channel: &str,
     away_from: usize,
-) -> (u32, Vec<Bytes>) {
+) -> Result<(), String> {
     let mut sent = 0u32;
     let mut received = Vec::new();
     within(
@@ -447,7 +444,14 @@ async fn send_until_spublished_elsewhere(
         }
     })
     .await;
-    (sent, received)
+    let expected: Vec<Bytes> = (0..sent).map(|i| Bytes::from(i.to_string())).collect();
+    if received == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "lost, reordered or twice: sent 0..{sent}, received {received:?}"
+        ))
+    }
 }
 
 fn difference(after: &[u64], before: &[u64]) -> Vec<u64> {
