@@ -20,6 +20,9 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 pub enum Kind {
     Nats,
     Redis,
+    /// A Redis server that speaks only TLS, with a certificate of a test
+    /// authority of its own (`ca.pem` in its directory, see [`Broker::dir`]).
+    RedisTls,
     /// One node of a Redis Cluster (see [`RedisCluster`]).
     RedisClusterNode,
     /// Tansu, a broker that speaks the Apache Kafka API, keeping its log in
@@ -35,6 +38,7 @@ impl Kind {
         match self {
             Kind::Nats => "nats",
             Kind::Redis | Kind::RedisClusterNode => "redis",
+            Kind::RedisTls => "rediss",
             Kind::Kafka => "kafka",
             Kind::ZenohRouter => "tcp",
         }
@@ -54,6 +58,7 @@ impl Kind {
         match self {
             Kind::Nats => "COORDINATOR_TEST_NATS_URL",
             Kind::Redis => "COORDINATOR_TEST_REDIS_URL",
+            Kind::RedisTls => "COORDINATOR_TEST_REDIS_TLS_URL",
             Kind::RedisClusterNode => "COORDINATOR_TEST_REDIS_CLUSTER_URLS",
             Kind::Kafka => "COORDINATOR_TEST_KAFKA_BROKERS",
             Kind::ZenohRouter => "COORDINATOR_TEST_ZENOH_ROUTER",
@@ -63,7 +68,7 @@ impl Kind {
     fn program(self) -> &'static str {
         match self {
             Kind::Nats => "nats-server",
-            Kind::Redis | Kind::RedisClusterNode => "redis-server",
+            Kind::Redis | Kind::RedisTls | Kind::RedisClusterNode => "redis-server",
             Kind::Kafka => "tansu",
             Kind::ZenohRouter => "zenohd",
         }
@@ -82,6 +87,23 @@ impl Kind {
                 )
                 .expect("a nats-server configuration file");
                 vec!["-c".into(), file.display().to_string()]
+            }
+            Kind::RedisTls => {
+                let files = test_authority(dir);
+                let mut args = Kind::Redis.args(0, dir);
+                args.extend([
+                    "--tls-port".into(),
+                    port,
+                    "--tls-cert-file".into(),
+                    files.cert,
+                    "--tls-key-file".into(),
+                    files.key,
+                    "--tls-ca-cert-file".into(),
+                    files.ca,
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+                args
             }
             Kind::RedisClusterNode => {
                 let mut args = Kind::Redis.args(port.parse().expect("a port"), dir);
@@ -157,8 +179,9 @@ impl Kind {
                 let mut answer = [0u8; 8];
                 return stream.read_exact(&mut answer).is_ok() && answer[4..8] == [0, 0, 0, 1];
             }
-            // A Zenoh router accepts the connection once it listens.
-            Kind::ZenohRouter => return true,
+            // A Zenoh router accepts the connection once it listens, and so
+            // does a TLS server (the handshake is the client's test).
+            Kind::ZenohRouter | Kind::RedisTls => return true,
             Kind::Redis | Kind::RedisClusterNode => {
                 if stream.write_all(b"PING\r\n").is_err() {
                     return false;
@@ -202,6 +225,11 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The broker's own directory (its data, its certificates).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -260,6 +288,43 @@ impl Drop for Broker {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The PEM files of a TLS server: its certificate and key, and the
+/// authority that signed it.
+struct TlsFiles {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+/// A test certificate authority and a certificate it signs for 127.0.0.1,
+/// written into `dir` once (a restarted server keeps them).
+fn test_authority(dir: &std::path::Path) -> TlsFiles {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let files = TlsFiles {
+        ca: path("ca.pem"),
+        cert: path("server.pem"),
+        key: path("server.key"),
+    };
+    if std::path::Path::new(&files.key).exists() {
+        return files;
+    }
+    let ca_key = rcgen::KeyPair::generate().expect("a key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "coordinator test authority");
+    let ca = ca.self_signed(&ca_key).expect("a CA certificate");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+        .expect("server parameters")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("a server certificate");
+    std::fs::write(&files.ca, ca.pem()).expect("ca.pem");
+    std::fs::write(&files.cert, server.pem()).expect("server.pem");
+    std::fs::write(&files.key, key.serialize_pem()).expect("server.key");
+    files
 }
 
 /// A port that was free a moment ago on 127.0.0.1.

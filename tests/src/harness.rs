@@ -277,6 +277,8 @@ pub async fn memory_faulty() -> EngineHarness<MemoryConnector> {
 pub struct BrokerConnector {
     kind: crate::brokers::Kind,
     url: String,
+    /// The authority that signs a TLS broker's certificate (`tlsCaPath`).
+    ca: Option<String>,
     broker: Mutex<Option<crate::brokers::Broker>>,
 }
 
@@ -284,9 +286,12 @@ impl BrokerConnector {
     /// A connector with a broker of its own (always: for kill and restart tests).
     pub fn own_broker(kind: crate::brokers::Kind) -> Self {
         let broker = crate::brokers::Broker::start(kind);
+        let ca = matches!(kind, crate::brokers::Kind::RedisTls)
+            .then(|| broker.dir().join("ca.pem").display().to_string());
         Self {
             kind,
             url: kind.url(broker.addr()),
+            ca,
             broker: Mutex::new(Some(broker)),
         }
     }
@@ -298,6 +303,7 @@ impl BrokerConnector {
             Some(url) => Self {
                 kind,
                 url,
+                ca: crate::brokers::external("COORDINATOR_TEST_REDIS_TLS_CA"),
                 broker: Mutex::new(None),
             },
             None => Self::own_broker(kind),
@@ -328,9 +334,13 @@ impl BrokerConnector {
                 r#"{{"@type": "Nats", "addresses": ["{}"], "timeoutConnection": "2s", "timeoutRequest": "2s", "pingInterval": "1s"}}"#,
                 self.url
             ),
-            crate::brokers::Kind::Redis => format!(
-                r#"{{"@type": "Redis", "url": "{}", "timeout": "2s", "poolTimeoutWait": "2s", "poolTimeoutCreate": "2s"}}"#,
-                self.url
+            crate::brokers::Kind::Redis | crate::brokers::Kind::RedisTls => format!(
+                r#"{{"@type": "Redis", "url": "{}", "timeout": "2s", "poolTimeoutWait": "2s", "poolTimeoutCreate": "2s"{}}}"#,
+                self.url,
+                match &self.ca {
+                    Some(ca) => format!(r#", "tlsCaPath": {ca:?}"#),
+                    None => String::new(),
+                }
             ),
             crate::brokers::Kind::Kafka => format!(
                 r#"{{"@type": "Kafka", "brokers": ["{}"], "groupId": "conformance", "timeoutSession": "10s", "timeoutMessage": "5s"}}"#,
@@ -351,7 +361,7 @@ impl Connector for BrokerConnector {
     fn carrier(&self) -> &'static str {
         match self.kind {
             crate::brokers::Kind::Nats => coordinator_nats::NAME,
-            crate::brokers::Kind::Redis => coordinator_redis::NAME,
+            crate::brokers::Kind::Redis | crate::brokers::Kind::RedisTls => coordinator_redis::NAME,
             crate::brokers::Kind::RedisClusterNode => "RedisCluster",
             crate::brokers::Kind::Kafka => coordinator_kafka::NAME,
             crate::brokers::Kind::ZenohRouter => "Zenoh",
@@ -442,6 +452,12 @@ pub const KAFKA_TIMING: Timing = Timing {
 /// The `Redis` carrier on a real Redis server.
 pub async fn redis() -> EngineHarness<BrokerConnector> {
     on_broker(crate::brokers::Kind::Redis).await
+}
+
+/// The `Redis` carrier over TLS (`rediss://`, `tlsCaPath`) on a Redis
+/// server that speaks only TLS.
+pub async fn redis_tls() -> EngineHarness<BrokerConnector> {
+    on_broker(crate::brokers::Kind::RedisTls).await
 }
 
 /// Connects nodes to one Redis Cluster (3 masters, 3 replicas): this test's

@@ -24,6 +24,13 @@ async fn redis_survives_its_server_killed_and_restarted() {
     survives_a_broker_restart(own_broker(Kind::Redis, Timing::default()).await).await;
 }
 
+/// Over TLS, the subscription and the pool connect again to the restarted
+/// server (same certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_survives_its_server_killed_and_restarted() {
+    survives_a_broker_restart(own_broker(Kind::RedisTls, Timing::default()).await).await;
+}
+
 /// Tansu keeps its log in memory here: a restart loses topics and messages.
 /// The carrier creates the topics again, and the producer delivers what it
 /// held during the outage.

@@ -25,6 +25,7 @@ pub async fn connect_cluster(
         .resolve("redisCluster.authSecret")
         .map_err(|error| Error::Start(error.to_string()))?
         .map(|secret| secret.expose().to_string());
+    let roots = crate::tls_roots(config.tls_ca_path.as_deref(), "redisCluster.tlsCaPath")?;
     let mut builder = ClusterClientBuilder::new(config.urls.clone())
         .use_protocol(match config.protocol_version {
             RedisProtocol::Resp2 => redis::ProtocolVersion::RESP2,
@@ -47,6 +48,12 @@ pub async fn connect_cluster(
     }
     if let Some(wait) = config.max_retry_wait {
         builder = builder.max_retry_wait(wait.as_millis() as u64);
+    }
+    if let Some(roots) = &roots {
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(roots.clone()),
+        });
     }
     if config.read_from_replicas {
         builder = builder.read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy);
@@ -82,7 +89,11 @@ pub async fn connect_cluster(
         if let Some(password) = &password {
             redis = redis.set_password(password);
         }
-        let info = info.set_redis_settings(redis);
+        let info = crate::with_roots(
+            info.set_redis_settings(redis),
+            roots.as_deref(),
+            "redisCluster.tlsCaPath",
+        )?;
         servers.push(info.clone());
         subscribers.push(
             redis::Client::open(info)

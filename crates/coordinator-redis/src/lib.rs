@@ -57,7 +57,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Connects to the Redis server of `config` and subscribes node
 /// `settings.node_id`'s channels.
 pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, Error> {
-    let info = connection_info(&config.url, "redis.url")?;
+    let roots = tls_roots(config.tls_ca_path.as_deref(), "redis.tlsCaPath")?;
+    let info = with_roots(
+        connection_info(&config.url, "redis.url")?,
+        roots.as_deref(),
+        "redis.tlsCaPath",
+    )?;
     let client = redis::Client::open(info.clone())
         .map_err(|error| Error::Start(format!("redis.url: {error}")))?;
     let pool = pool(config, info)?;
@@ -127,6 +132,49 @@ pub fn connection_info(url: &str, field: &str) -> Result<redis::ConnectionInfo, 
         .into_connection_info()
         .map_err(|error| Error::Start(format!("{field}: {error}")))?;
     Ok(info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+}
+
+/// The certificate authorities of `tlsCaPath` (named `field` in errors):
+/// a PEM file with one certificate or more.
+pub(crate) fn tls_roots(path: Option<&str>, field: &str) -> Result<Option<Vec<u8>>, Error> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let failed = |detail: String| Error::Start(format!("{field}: {path}: {detail}"));
+    let pem = std::fs::read(path).map_err(|error| failed(format!("cannot read it: {error}")))?;
+    let mut certificates = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate.map_err(|error| failed(format!("not PEM: {error}")))?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(failed("no certificate in it (expected PEM)".into()));
+    }
+    Ok(Some(pem))
+}
+
+/// `info`, trusting the certificate authorities of `roots` (PEM) instead of
+/// the system's when it is a TLS address (`rediss://`).
+pub(crate) fn with_roots(
+    info: redis::ConnectionInfo,
+    roots: Option<&[u8]>,
+    field: &str,
+) -> Result<redis::ConnectionInfo, Error> {
+    match (info.addr(), roots) {
+        (redis::ConnectionAddr::TcpTls { .. }, Some(roots)) => {
+            let client = redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(roots.to_vec()),
+                },
+            )
+            .map_err(|error| Error::Start(format!("{field}: {error}")))?;
+            Ok(client.get_connection_info().clone())
+        }
+        _ => Ok(info),
+    }
 }
 
 fn pool(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<Pool, Error> {

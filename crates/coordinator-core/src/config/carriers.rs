@@ -306,8 +306,22 @@ pub struct RedisConfig {
     pub url: String,
     #[serde(with = "serde_text")]
     pub timeout: Duration,
+    /// A PEM file of the certificate authorities that sign the server's
+    /// certificate, for a `rediss://` URL (the system's roots when absent).
+    pub tls_ca_path: Option<String>,
     #[serde(flatten)]
     pub pool: PoolConfig,
+}
+
+/// `tlsCaPath` means something only with a TLS URL: say so rather than ignore it.
+fn check_tls_ca_path(v: &mut ObjectReader<'_>, path: &Option<String>, urls: &[String]) {
+    let tls = |url: &String| url.starts_with("rediss://") || url.starts_with("valkeys://");
+    if path.is_some() && !urls.iter().any(tls) {
+        v.error(
+            "tlsCaPath",
+            "is set, but no URL is a TLS one (rediss://): it would not be used",
+        );
+    }
 }
 
 fn check_redis_url(v: &mut ObjectReader<'_>, key: &str, url: &str) {
@@ -334,9 +348,12 @@ impl RedisConfig {
                 .string("url")
                 .unwrap_or_else(|| "redis://127.0.0.1".into());
             check_redis_url(v, "url", &url);
+            let tls_ca_path = v.string("tlsCaPath");
+            check_tls_ca_path(v, &tls_ca_path, std::slice::from_ref(&url));
             Self {
                 url,
                 timeout: v.duration_or("timeout", secs(10), millis(1), DAY),
+                tls_ca_path,
                 pool: PoolConfig::read(v),
             }
         })
@@ -373,6 +390,9 @@ pub struct RedisClusterConfig {
     /// so what is sent to one node stays on the shard that owns its slot
     /// instead of crossing the cluster bus to every server.
     pub sharded_pub_sub: bool,
+    /// A PEM file of the certificate authorities that sign the servers'
+    /// certificates, for `rediss://` URLs (the system's roots when absent).
+    pub tls_ca_path: Option<String>,
     #[serde(flatten)]
     pub pool: PoolConfig,
 }
@@ -406,8 +426,10 @@ impl RedisClusterConfig {
                 read_from_replicas: v.bool_or("readFromReplicas", true),
                 protocol_version,
                 sharded_pub_sub: v.bool_or("shardedPubSub", true),
+                tls_ca_path: v.string("tlsCaPath"),
                 pool: PoolConfig::read(v),
             };
+            check_tls_ca_path(v, &config.tls_ca_path, &config.urls);
             if let (Some(min), Some(max)) = (config.min_retry_wait, config.max_retry_wait)
                 && min > max
             {

@@ -503,3 +503,27 @@ fn kafka_latency_security_and_topic_fields() {
         );
     }
 }
+
+#[test]
+fn a_tls_authority_needs_a_tls_url() {
+    let expected = "tlsCaPath: is set, but no URL is a TLS one (rediss://): it would not be used";
+    let found = errors(json!({"@type": "Redis", "url": "redis://10.0.0.1", "tlsCaPath": "ca.pem"}));
+    assert!(found.contains(&format!("redis.{expected}")), "{found:#?}");
+    let found = errors(json!({
+        "@type": "RedisCluster",
+        "urls": ["redis://10.0.0.1", "redis://10.0.0.2"],
+        "tlsCaPath": "ca.pem",
+    }));
+    assert!(
+        found.contains(&format!("redisCluster.{expected}")),
+        "{found:#?}"
+    );
+    let c = CoordinatorConfig::from_value(
+        json!({"@type": "Redis", "url": "rediss://10.0.0.1", "tlsCaPath": "ca.pem"}),
+    )
+    .unwrap();
+    let CarrierConfig::Redis(r) = c.carrier else {
+        panic!()
+    };
+    assert_eq!(r.tls_ca_path.as_deref(), Some("ca.pem"));
+}
