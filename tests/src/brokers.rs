@@ -25,6 +25,9 @@ pub enum Kind {
     RedisTls,
     /// One node of a Redis Cluster (see [`RedisCluster`]).
     RedisClusterNode,
+    /// One node of a Redis Cluster that speaks only TLS, to clients and to
+    /// the other nodes, with the certificate of [`shared_authority`].
+    RedisClusterTlsNode,
     /// Tansu, a broker that speaks the Apache Kafka API, keeping its log in
     /// memory (a restart loses it, as a crashed disk-less broker would).
     Kafka,
@@ -38,7 +41,7 @@ impl Kind {
         match self {
             Kind::Nats => "nats",
             Kind::Redis | Kind::RedisClusterNode => "redis",
-            Kind::RedisTls => "rediss",
+            Kind::RedisTls | Kind::RedisClusterTlsNode => "rediss",
             Kind::Kafka => "kafka",
             Kind::ZenohRouter => "tcp",
         }
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Redis => "COORDINATOR_TEST_REDIS_URL",
             Kind::RedisTls => "COORDINATOR_TEST_REDIS_TLS_URL",
             Kind::RedisClusterNode => "COORDINATOR_TEST_REDIS_CLUSTER_URLS",
+            Kind::RedisClusterTlsNode => "COORDINATOR_TEST_REDIS_CLUSTER_TLS_URLS",
             Kind::Kafka => "COORDINATOR_TEST_KAFKA_BROKERS",
             Kind::ZenohRouter => "COORDINATOR_TEST_ZENOH_ROUTER",
         }
@@ -68,7 +72,9 @@ impl Kind {
     fn program(self) -> &'static str {
         match self {
             Kind::Nats => "nats-server",
-            Kind::Redis | Kind::RedisTls | Kind::RedisClusterNode => "redis-server",
+            Kind::Redis | Kind::RedisTls | Kind::RedisClusterNode | Kind::RedisClusterTlsNode => {
+                "redis-server"
+            }
             Kind::Kafka => "tansu",
             Kind::ZenohRouter => "zenohd",
         }
@@ -88,21 +94,15 @@ impl Kind {
                 .expect("a nats-server configuration file");
                 vec!["-c".into(), file.display().to_string()]
             }
+            Kind::RedisClusterTlsNode => {
+                let mut args = Kind::RedisClusterNode.args(0, dir);
+                args.extend(tls_args(port, &shared_authority()));
+                args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+                args
+            }
             Kind::RedisTls => {
-                let files = test_authority(dir);
                 let mut args = Kind::Redis.args(0, dir);
-                args.extend([
-                    "--tls-port".into(),
-                    port,
-                    "--tls-cert-file".into(),
-                    files.cert,
-                    "--tls-key-file".into(),
-                    files.key,
-                    "--tls-ca-cert-file".into(),
-                    files.ca,
-                    "--tls-auth-clients".into(),
-                    "no".into(),
-                ]);
+                args.extend(tls_args(port, &test_authority(dir)));
                 args
             }
             Kind::RedisClusterNode => {
@@ -181,7 +181,7 @@ impl Kind {
             }
             // A Zenoh router accepts the connection once it listens, and so
             // does a TLS server (the handshake is the client's test).
-            Kind::ZenohRouter | Kind::RedisTls => return true,
+            Kind::ZenohRouter | Kind::RedisTls | Kind::RedisClusterTlsNode => return true,
             Kind::Redis | Kind::RedisClusterNode => {
                 if stream.write_all(b"PING\r\n").is_err() {
                     return false;
@@ -290,12 +290,41 @@ impl Drop for Broker {
     }
 }
 
+/// redis-server's arguments to speak only TLS on `port`.
+fn tls_args(port: String, files: &TlsFiles) -> Vec<String> {
+    vec![
+        "--tls-port".into(),
+        port,
+        "--tls-cert-file".into(),
+        files.cert.clone(),
+        "--tls-key-file".into(),
+        files.key.clone(),
+        "--tls-ca-cert-file".into(),
+        files.ca.clone(),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]
+}
+
+/// One test authority for all the TLS brokers of this process (the nodes
+/// of a cluster must trust each other), in its own directory.
+pub fn shared_authority() -> TlsFiles {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("coordinator-test-authority-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the test authority");
+        dir
+    });
+    test_authority(dir)
+}
+
 /// The PEM files of a TLS server: its certificate and key, and the
 /// authority that signed it.
-struct TlsFiles {
-    ca: String,
-    cert: String,
-    key: String,
+pub struct TlsFiles {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
 }
 
 /// A test certificate authority and a certificate it signs for 127.0.0.1,
@@ -346,14 +375,25 @@ pub fn external(variable: &str) -> Option<String> {
 /// ready when every slot is served and every replica is in sync.
 pub struct RedisCluster {
     pub nodes: Vec<Broker>,
+    /// The authority of a cluster that speaks TLS.
+    tls: Option<TlsFiles>,
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let nodes: Vec<Broker> = (0..6)
-            .map(|_| Broker::start(Kind::RedisClusterNode))
-            .collect();
+        Self::start_of(Kind::RedisClusterNode)
+    }
+
+    /// A cluster whose nodes speak only TLS, to clients and to each other.
+    pub fn start_tls() -> RedisCluster {
+        Self::start_of(Kind::RedisClusterTlsNode)
+    }
+
+    fn start_of(kind: Kind) -> RedisCluster {
+        let nodes: Vec<Broker> = (0..6).map(|_| Broker::start(kind)).collect();
+        let tls = matches!(kind, Kind::RedisClusterTlsNode).then(shared_authority);
         let mut create = Command::new("redis-cli");
+        create.args(tls_flags(tls.as_ref()));
         create.arg("--cluster").arg("create");
         for node in &nodes {
             create.arg(node.addr().to_string());
@@ -367,16 +407,30 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls };
         cluster.wait_until_ready();
         cluster
     }
 
+    /// `tlsCaPath` for a cluster that speaks TLS.
+    pub fn tls_ca(&self) -> Option<&str> {
+        self.tls.as_ref().map(|files| files.ca.as_str())
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        redis_cli(self.tls.as_ref(), port, args)
+    }
+
     /// `redis://127.0.0.1:PORT` of every node.
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|node| format!("redis://{}", node.addr()))
+            .map(|node| format!("{scheme}://{}", node.addr()))
             .collect()
     }
 
@@ -386,8 +440,8 @@ impl RedisCluster {
         let started = Instant::now();
         while started.elapsed() < READY_WITHIN {
             let ready = self.nodes.iter().all(|node| {
-                let info = redis_cli(node.port(), &["cluster", "info"]);
-                let replication = redis_cli(node.port(), &["info", "replication"]);
+                let info = self.cli(node.port(), &["cluster", "info"]);
+                let replication = self.cli(node.port(), &["info", "replication"]);
                 info.contains("cluster_state:ok")
                     && (replication.contains("role:master")
                         || replication.contains("master_link_status:up"))
@@ -411,7 +465,7 @@ impl RedisCluster {
         self.nodes
             .iter()
             .map(|node| {
-                let stats = redis_cli(node.port(), &["info", "commandstats"]);
+                let stats = self.cli(node.port(), &["info", "commandstats"]);
                 stats
                     .lines()
                     .find_map(|line| line.strip_prefix(prefix.as_str()))
@@ -426,12 +480,13 @@ impl RedisCluster {
     /// the live node `asked` sees it.
     pub fn master_of(&self, key: &str, asked: usize) -> Option<usize> {
         let port = self.nodes[asked].port();
-        let slot: u16 = redis_cli(port, &["cluster", "keyslot", key])
+        let slot: u16 = self
+            .cli(port, &["cluster", "keyslot", key])
             .trim()
             .parse()
             .ok()?;
         // `CLUSTER NODES`: id addr@bus flags master ping pong epoch state slots...
-        redis_cli(port, &["cluster", "nodes"])
+        self.cli(port, &["cluster", "nodes"])
             .lines()
             .find(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
@@ -455,7 +510,7 @@ impl RedisCluster {
 
     /// How many sharded subscribers `channel` has at node `node`.
     pub fn shard_subscribers(&self, channel: &str, node: usize) -> u64 {
-        redis_cli(self.nodes[node].port(), &["pubsub", "shardnumsub", channel])
+        self.cli(self.nodes[node].port(), &["pubsub", "shardnumsub", channel])
             .lines()
             .nth(1)
             .and_then(|count| count.trim().parse().ok())
@@ -466,18 +521,19 @@ impl RedisCluster {
     /// resharding does (there are no keys to migrate).
     pub fn move_slot_of(&self, key: &str, from: usize, to: usize) {
         let (from, to) = (self.nodes[from].port(), self.nodes[to].port());
-        let slot = redis_cli(from, &["cluster", "keyslot", key])
+        let slot = self
+            .cli(from, &["cluster", "keyslot", key])
             .trim()
             .to_string();
-        let from_id = redis_cli(from, &["cluster", "myid"]).trim().to_string();
-        let to_id = redis_cli(to, &["cluster", "myid"]).trim().to_string();
+        let from_id = self.cli(from, &["cluster", "myid"]).trim().to_string();
+        let to_id = self.cli(to, &["cluster", "myid"]).trim().to_string();
         for (port, args) in [
             (to, ["cluster", "setslot", &slot, "importing", &from_id]),
             (from, ["cluster", "setslot", &slot, "migrating", &to_id]),
             (to, ["cluster", "setslot", &slot, "node", &to_id]),
             (from, ["cluster", "setslot", &slot, "node", &to_id]),
         ] {
-            let answer = redis_cli(port, &args);
+            let answer = self.cli(port, &args);
             assert_eq!(answer.trim(), "OK", "CLUSTER {args:?} at {port}");
         }
     }
@@ -486,15 +542,24 @@ impl RedisCluster {
     pub fn masters(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|&index| {
-                redis_cli(self.nodes[index].port(), &["info", "replication"])
+                self.cli(self.nodes[index].port(), &["info", "replication"])
                     .contains("role:master")
             })
             .collect()
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+/// redis-cli's flags to reach a server of the authority `tls` (none: plain).
+fn tls_flags(tls: Option<&TlsFiles>) -> Vec<String> {
+    match tls {
+        Some(files) => vec!["--tls".into(), "--cacert".into(), files.ca.clone()],
+        None => Vec::new(),
+    }
+}
+
+fn redis_cli(tls: Option<&TlsFiles>, port: u16, args: &[&str]) -> String {
     Command::new("redis-cli")
+        .args(tls_flags(tls))
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()

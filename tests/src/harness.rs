@@ -346,7 +346,9 @@ impl BrokerConnector {
                 r#"{{"@type": "Kafka", "brokers": ["{}"], "groupId": "conformance", "timeoutSession": "10s", "timeoutMessage": "5s"}}"#,
                 self.url
             ),
-            crate::brokers::Kind::RedisClusterNode | crate::brokers::Kind::ZenohRouter => {
+            crate::brokers::Kind::RedisClusterNode
+            | crate::brokers::Kind::RedisClusterTlsNode
+            | crate::brokers::Kind::ZenohRouter => {
                 panic!("{:?} is not a broker for this connector", self.kind)
             }
         };
@@ -362,7 +364,9 @@ impl Connector for BrokerConnector {
         match self.kind {
             crate::brokers::Kind::Nats => coordinator_nats::NAME,
             crate::brokers::Kind::Redis | crate::brokers::Kind::RedisTls => coordinator_redis::NAME,
-            crate::brokers::Kind::RedisClusterNode => "RedisCluster",
+            crate::brokers::Kind::RedisClusterNode | crate::brokers::Kind::RedisClusterTlsNode => {
+                "RedisCluster"
+            }
             crate::brokers::Kind::Kafka => coordinator_kafka::NAME,
             crate::brokers::Kind::ZenohRouter => "Zenoh",
         }
@@ -468,30 +472,60 @@ pub struct RedisClusterConnector {
     cluster: Mutex<Option<crate::brokers::RedisCluster>>,
     /// `shardedPubSub` of the nodes started from now on.
     sharded: std::sync::atomic::AtomicBool,
+    /// `tlsCaPath`, for a cluster that speaks TLS.
+    ca: Option<String>,
 }
 
 impl RedisClusterConnector {
     /// A connector with a cluster of its own, speaking `protocol` (`resp2` or `resp3`).
     pub fn own_cluster(protocol: &'static str) -> Self {
-        let cluster = crate::brokers::RedisCluster::start();
+        Self::with(crate::brokers::RedisCluster::start(), protocol)
+    }
+
+    /// A connector with a cluster of its own that speaks only TLS.
+    pub fn own_tls_cluster(protocol: &'static str) -> Self {
+        Self::with(crate::brokers::RedisCluster::start_tls(), protocol)
+    }
+
+    fn with(cluster: crate::brokers::RedisCluster, protocol: &'static str) -> Self {
         Self {
             urls: cluster.urls(),
             protocol,
+            ca: cluster.tls_ca().map(String::from),
             cluster: Mutex::new(Some(cluster)),
             sharded: true.into(),
         }
     }
 
     pub fn from_env(protocol: &'static str) -> Self {
-        match crate::brokers::external(crate::brokers::Kind::RedisClusterNode.variable()) {
-            Some(urls) => Self {
-                urls: urls.split(',').map(|url| url.trim().to_string()).collect(),
-                protocol,
-                cluster: Mutex::new(None),
-                sharded: true.into(),
-            },
-            None => Self::own_cluster(protocol),
-        }
+        Self::external(crate::brokers::Kind::RedisClusterNode, None, protocol)
+            .unwrap_or_else(|| Self::own_cluster(protocol))
+    }
+
+    /// The TLS cluster in `COORDINATOR_TEST_REDIS_CLUSTER_TLS_URLS` (with
+    /// `COORDINATOR_TEST_REDIS_CLUSTER_TLS_CA`), else one of its own.
+    pub fn tls_from_env(protocol: &'static str) -> Self {
+        Self::external(
+            crate::brokers::Kind::RedisClusterTlsNode,
+            crate::brokers::external("COORDINATOR_TEST_REDIS_CLUSTER_TLS_CA"),
+            protocol,
+        )
+        .unwrap_or_else(|| Self::own_tls_cluster(protocol))
+    }
+
+    fn external(
+        kind: crate::brokers::Kind,
+        ca: Option<String>,
+        protocol: &'static str,
+    ) -> Option<Self> {
+        let urls = crate::brokers::external(kind.variable())?;
+        Some(Self {
+            urls: urls.split(',').map(|url| url.trim().to_string()).collect(),
+            protocol,
+            cluster: Mutex::new(None),
+            sharded: true.into(),
+            ca,
+        })
     }
 
     /// Acts on this connector's own cluster (to kill a master, say).
@@ -513,10 +547,14 @@ impl RedisClusterConnector {
     pub fn config(&self) -> coordinator_core::config::RedisClusterConfig {
         let urls: Vec<String> = self.urls.iter().map(|url| format!("{url:?}")).collect();
         let text = format!(
-            r#"{{"@type": "RedisCluster", "urls": [{}], "protocolVersion": "{}", "timeout": "2s", "maxRetries": 3, "minRetryWait": 10, "maxRetryWait": 100, "shardedPubSub": {}}}"#,
+            r#"{{"@type": "RedisCluster", "urls": [{}], "protocolVersion": "{}", "timeout": "2s", "maxRetries": 3, "minRetryWait": 10, "maxRetryWait": 100, "shardedPubSub": {}{}}}"#,
             urls.join(", "),
             self.protocol,
-            self.sharded.load(std::sync::atomic::Ordering::Relaxed)
+            self.sharded.load(std::sync::atomic::Ordering::Relaxed),
+            match &self.ca {
+                Some(ca) => format!(r#", "tlsCaPath": {ca:?}"#),
+                None => String::new(),
+            }
         );
         match coordinator_core::CoordinatorConfig::from_json(&text)
             .expect("a valid Redis Cluster test configuration")
@@ -543,6 +581,14 @@ impl Connector for RedisClusterConnector {
 
 async fn on_redis_cluster(protocol: &'static str) -> EngineHarness<RedisClusterConnector> {
     let connector = tokio::task::spawn_blocking(move || RedisClusterConnector::from_env(protocol))
+        .await
+        .expect("a Redis Cluster");
+    EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())
+}
+
+/// The `RedisCluster` carrier on a cluster that speaks only TLS, its own.
+pub async fn redis_cluster_tls() -> EngineHarness<RedisClusterConnector> {
+    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_tls_cluster("resp3"))
         .await
         .expect("a Redis Cluster");
     EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())

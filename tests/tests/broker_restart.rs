@@ -223,12 +223,21 @@ async fn redis_cluster_keeps_delivering_after_a_master_is_killed() {
 /// back-to-back messages can wait for a delayed ACK). What is sent to one
 /// node is `SPUBLISH`ed at the master that owns that node's channel, and
 /// crosses no other server; a node with `shardedPubSub` off gets it by
-/// classic `PUBLISH`, from any sender.
+/// classic `PUBLISH`, from any sender. On a plain cluster (RESP2) and on
+/// one that speaks only TLS (RESP3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_publishes_broadcasts_at_home_and_node_messages_on_their_shard() {
-    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_cluster("resp2"))
+    let plain = tokio::task::spawn_blocking(|| RedisClusterConnector::own_cluster("resp2"))
         .await
         .unwrap();
+    routes_broadcasts_home_and_node_messages_to_their_shard(plain).await;
+    let tls = tokio::task::spawn_blocking(|| RedisClusterConnector::own_tls_cluster("resp3"))
+        .await
+        .unwrap();
+    routes_broadcasts_home_and_node_messages_to_their_shard(tls).await;
+}
+
+async fn routes_broadcasts_home_and_node_messages_to_their_shard(connector: RedisClusterConnector) {
     let mut harness = EngineHarness::new(connector, Timing::default());
     let routes = coordinator_core::routes::Routes::new(&harness.cluster());
     let (nodes, mut subscription, _events) = two_nodes_listening(&mut harness).await;
