@@ -306,17 +306,17 @@ fn tls_args(port: String, files: &TlsFiles) -> Vec<String> {
     ]
 }
 
-/// One test authority for all the TLS brokers of this process (the nodes
-/// of a cluster must trust each other), in its own directory.
+/// One test authority for the nodes of a TLS cluster (they must trust each
+/// other), in a directory of this process's that the cluster removes when
+/// it is dropped.
 pub fn shared_authority() -> TlsFiles {
-    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("coordinator-test-authority-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a directory for the test authority");
-        dir
-    });
-    test_authority(dir)
+    let dir = shared_authority_dir();
+    std::fs::create_dir_all(&dir).expect("a directory for the test authority");
+    test_authority(&dir)
+}
+
+fn shared_authority_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("coordinator-test-authority-{}", std::process::id()))
 }
 
 /// The PEM files of a TLS server: its certificate and key, and the
@@ -554,6 +554,14 @@ fn tls_flags(tls: Option<&TlsFiles>) -> Vec<String> {
     match tls {
         Some(files) => vec!["--tls".into(), "--cacert".into(), files.ca.clone()],
         None => Vec::new(),
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        if self.tls.is_some() {
+            let _ = std::fs::remove_dir_all(shared_authority_dir());
+        }
     }
 }
 
