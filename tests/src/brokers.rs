@@ -62,8 +62,10 @@ impl Kind {
             Kind::Nats => "COORDINATOR_TEST_NATS_URL",
             Kind::Redis => "COORDINATOR_TEST_REDIS_URL",
             Kind::RedisTls => "COORDINATOR_TEST_REDIS_TLS_URL",
-            Kind::RedisClusterNode => "COORDINATOR_TEST_REDIS_CLUSTER_URLS",
-            Kind::RedisClusterTlsNode => "COORDINATOR_TEST_REDIS_CLUSTER_TLS_URLS",
+            // Tests on a TLS cluster count its commands: always their own.
+            Kind::RedisClusterNode | Kind::RedisClusterTlsNode => {
+                "COORDINATOR_TEST_REDIS_CLUSTER_URLS"
+            }
             Kind::Kafka => "COORDINATOR_TEST_KAFKA_BROKERS",
             Kind::ZenohRouter => "COORDINATOR_TEST_ZENOH_ROUTER",
         }
@@ -461,7 +463,18 @@ impl RedisCluster {
 
     /// How many times each node has run `command` (lower case) so far.
     pub fn calls(&self, command: &str) -> Vec<u64> {
-        let prefix = format!("cmdstat_{command}:calls=");
+        self.command_stat(command, "calls")
+    }
+
+    /// How many times each node has refused `command` (an ACL, say).
+    pub fn rejected_calls(&self, command: &str) -> Vec<u64> {
+        self.command_stat(command, "rejected_calls")
+    }
+
+    /// Field `field` of `command`'s line in each node's `INFO commandstats`
+    /// (`cmdstat_publish:calls=3,usec=…,rejected_calls=0,…`).
+    fn command_stat(&self, command: &str, field: &str) -> Vec<u64> {
+        let prefix = format!("cmdstat_{command}:");
         self.nodes
             .iter()
             .map(|node| {
@@ -469,11 +482,22 @@ impl RedisCluster {
                 stats
                     .lines()
                     .find_map(|line| line.strip_prefix(prefix.as_str()))
-                    .and_then(|rest| rest.split(',').next())
-                    .and_then(|calls| calls.trim().parse().ok())
+                    .and_then(|rest| {
+                        rest.split(',')
+                            .find_map(|pair| pair.strip_prefix(field)?.strip_prefix('='))
+                    })
+                    .and_then(|value| value.trim().parse().ok())
                     .unwrap_or(0)
             })
             .collect()
+    }
+
+    /// Runs `command` on every node (ACLs, say, which nodes do not share).
+    pub fn on_every_node(&self, command: &[&str]) {
+        for node in &self.nodes {
+            let answer = self.cli(node.port(), command);
+            assert_eq!(answer.trim(), "OK", "{command:?} at {}", node.port());
+        }
     }
 
     /// The node (index into `nodes`) that is master of `key`'s slot, as

@@ -474,6 +474,8 @@ pub struct RedisClusterConnector {
     sharded: std::sync::atomic::AtomicBool,
     /// `tlsCaPath`, for a cluster that speaks TLS.
     ca: Option<String>,
+    /// `authUsername` and `authSecret` of the nodes started from now on.
+    user: Mutex<Option<(String, String)>>,
 }
 
 impl RedisClusterConnector {
@@ -494,38 +496,22 @@ impl RedisClusterConnector {
             ca: cluster.tls_ca().map(String::from),
             cluster: Mutex::new(Some(cluster)),
             sharded: true.into(),
+            user: Mutex::new(None),
         }
     }
 
     pub fn from_env(protocol: &'static str) -> Self {
-        Self::external(crate::brokers::Kind::RedisClusterNode, None, protocol)
-            .unwrap_or_else(|| Self::own_cluster(protocol))
-    }
-
-    /// The TLS cluster in `COORDINATOR_TEST_REDIS_CLUSTER_TLS_URLS` (with
-    /// `COORDINATOR_TEST_REDIS_CLUSTER_TLS_CA`), else one of its own.
-    pub fn tls_from_env(protocol: &'static str) -> Self {
-        Self::external(
-            crate::brokers::Kind::RedisClusterTlsNode,
-            crate::brokers::external("COORDINATOR_TEST_REDIS_CLUSTER_TLS_CA"),
-            protocol,
-        )
-        .unwrap_or_else(|| Self::own_tls_cluster(protocol))
-    }
-
-    fn external(
-        kind: crate::brokers::Kind,
-        ca: Option<String>,
-        protocol: &'static str,
-    ) -> Option<Self> {
-        let urls = crate::brokers::external(kind.variable())?;
-        Some(Self {
-            urls: urls.split(',').map(|url| url.trim().to_string()).collect(),
-            protocol,
-            cluster: Mutex::new(None),
-            sharded: true.into(),
-            ca,
-        })
+        match crate::brokers::external(crate::brokers::Kind::RedisClusterNode.variable()) {
+            Some(urls) => Self {
+                urls: urls.split(',').map(|url| url.trim().to_string()).collect(),
+                protocol,
+                cluster: Mutex::new(None),
+                sharded: true.into(),
+                ca: None,
+                user: Mutex::new(None),
+            },
+            None => Self::own_cluster(protocol),
+        }
     }
 
     /// Acts on this connector's own cluster (to kill a master, say).
@@ -544,17 +530,27 @@ impl RedisClusterConnector {
             .store(sharded, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The ACL user the nodes started from now on log in as.
+    pub fn set_user(&self, user: &str, password: &str) {
+        *self.user.lock() = Some((user.into(), password.into()));
+    }
+
     pub fn config(&self) -> coordinator_core::config::RedisClusterConfig {
         let urls: Vec<String> = self.urls.iter().map(|url| format!("{url:?}")).collect();
+        let mut extra = String::new();
+        if let Some(ca) = &self.ca {
+            extra += &format!(r#", "tlsCaPath": {ca:?}"#);
+        }
+        if let Some((user, password)) = &*self.user.lock() {
+            extra += &format!(
+                r#", "authUsername": {user:?}, "authSecret": {{"@type": "Value", "secret": {password:?}}}"#
+            );
+        }
         let text = format!(
-            r#"{{"@type": "RedisCluster", "urls": [{}], "protocolVersion": "{}", "timeout": "2s", "maxRetries": 3, "minRetryWait": 10, "maxRetryWait": 100, "shardedPubSub": {}{}}}"#,
+            r#"{{"@type": "RedisCluster", "urls": [{}], "protocolVersion": "{}", "timeout": "2s", "maxRetries": 3, "minRetryWait": 10, "maxRetryWait": 100, "shardedPubSub": {}{extra}}}"#,
             urls.join(", "),
             self.protocol,
             self.sharded.load(std::sync::atomic::Ordering::Relaxed),
-            match &self.ca {
-                Some(ca) => format!(r#", "tlsCaPath": {ca:?}"#),
-                None => String::new(),
-            }
         );
         match coordinator_core::CoordinatorConfig::from_json(&text)
             .expect("a valid Redis Cluster test configuration")
@@ -581,14 +577,6 @@ impl Connector for RedisClusterConnector {
 
 async fn on_redis_cluster(protocol: &'static str) -> EngineHarness<RedisClusterConnector> {
     let connector = tokio::task::spawn_blocking(move || RedisClusterConnector::from_env(protocol))
-        .await
-        .expect("a Redis Cluster");
-    EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())
-}
-
-/// The `RedisCluster` carrier on a cluster that speaks only TLS, its own.
-pub async fn redis_cluster_tls() -> EngineHarness<RedisClusterConnector> {
-    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_tls_cluster("resp3"))
         .await
         .expect("a Redis Cluster");
     EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())

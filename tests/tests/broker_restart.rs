@@ -374,6 +374,78 @@ async fn redis_cluster_node_messages_survive_their_shard_failing_over() {
     }
 }
 
+/// Nodes that log in as an ACL user who may not run `SPUBLISH` and
+/// `SSUBSCRIBE`: their messages to each other go the classic way, and each
+/// sender stops asking for `SPUBLISH` after the first refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_user_without_sharded_commands_keeps_node_messages_classic() {
+    let connector = tokio::task::spawn_blocking(|| RedisClusterConnector::own_cluster("resp2"))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        connector.with_cluster(|c| {
+            c.on_every_node(&[
+                "acl",
+                "setuser",
+                "coordinator",
+                "on",
+                ">secret",
+                "~*",
+                "&*",
+                "+@all",
+                "-spublish",
+                "-ssubscribe",
+            ])
+        })
+    });
+    connector.set_user("coordinator", "secret");
+    let mut harness = EngineHarness::new(connector, Timing::default());
+    let (nodes, _subscription, _events) = two_nodes_listening(&mut harness).await;
+    let mut inboxes = vec![nodes[0].inbox().unwrap(), nodes[1].inbox().unwrap()];
+    for i in 0..50u32 {
+        nodes[0].send(2, Bytes::from(i.to_string())).await.unwrap();
+        nodes[1].send(1, Bytes::from(i.to_string())).await.unwrap();
+        if i == 24 {
+            // Longer than a sender keeps to the classic route after an
+            // ordinary failure (1 s): a refusal must end the tries for good.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
+    for i in 0..50u32 {
+        for inbox in &mut inboxes {
+            let incoming = within(LONG, "the node messages", inbox.recv())
+                .await
+                .unwrap();
+            assert_eq!(incoming.payload, i.to_string());
+        }
+    }
+    let (refused, subscriptions_refused, sharded, published) = tokio::task::block_in_place(|| {
+        harness.connector().with_cluster(|c| {
+            (
+                c.rejected_calls("spublish").iter().sum::<u64>(),
+                c.rejected_calls("ssubscribe").iter().sum::<u64>(),
+                c.calls("spublish").iter().sum::<u64>(),
+                c.calls("publish")[0],
+            )
+        })
+    });
+    assert_eq!(sharded, 0);
+    // One refusal per sender, then the classic route only.
+    assert!(
+        (1..=2).contains(&refused),
+        "SPUBLISH refused {refused} times"
+    );
+    // Per node: the attempt at start and the subscriber's own, then no more.
+    assert!(
+        (2..=4).contains(&subscriptions_refused),
+        "SSUBSCRIBE refused {subscriptions_refused} times"
+    );
+    assert!(published >= 100, "{published} PUBLISH at home");
+    for node in &nodes {
+        node.leave().await.unwrap();
+    }
+}
+
 /// The slot of a node's sharded channel moves to another master (as in a
 /// resharding): the server unsubscribes the node, which subscribes again
 /// on the new master, and no message to it is lost or delivered twice.

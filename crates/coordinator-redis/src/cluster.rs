@@ -136,25 +136,24 @@ pub async fn connect_cluster(
     if config.sharded_pub_sub {
         let subscriber = ShardedSubscriber::new(servers, own.clone(), config.timeout);
         let first = match tokio::time::timeout(config.timeout, subscriber.open(None)).await {
-            Ok(Ok(subscription)) => Some(Ok(subscription)),
-            Ok(Err(OpenError::Refused(detail))) => {
-                tracing::warn!(%detail, "the cluster refuses SSUBSCRIBE (Redis before 7, or an ACL); this node's channel is classic");
+            Ok(Ok(subscription)) => Some(subscription),
+            // `run` tries once more, says so and stops.
+            Ok(Err(OpenError::Refused(_))) => None,
+            Ok(Err(OpenError::Failed(detail))) => {
+                tracing::warn!(%detail, "no sharded subscription yet; messages to this node take the classic route until there is");
                 None
             }
-            Ok(Err(OpenError::Failed(detail))) => Some(Err(detail)),
-            Err(_) => Some(Err("timed out".to_string())),
+            Err(_) => {
+                tracing::warn!(
+                    "no sharded subscription yet (timed out); messages to this node take the classic route until there is"
+                );
+                None
+            }
         };
-        if let Some(first) = first {
-            let first = first
-                .inspect_err(|detail| {
-                    tracing::warn!(%detail, "no sharded subscription yet; messages to this node take the classic route until there is");
-                })
-                .ok();
-            readers.push(tokio::spawn(tracing::Instrument::instrument(
-                subscriber.run(first, inbound.clone()),
-                span.clone(),
-            )));
-        }
+        readers.push(tokio::spawn(tracing::Instrument::instrument(
+            subscriber.run(first, inbound.clone()),
+            span.clone(),
+        )));
     }
     readers.push(tokio::spawn(tracing::Instrument::instrument(
         read(

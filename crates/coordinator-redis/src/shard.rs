@@ -123,8 +123,15 @@ impl ShardedSender {
             channel,
             SlotAddr::Master,
         )));
-        let sent =
-            tokio::time::timeout(self.wait, cluster.clone().route_command(command, route)).await;
+        // `route_command` answers a refusal as a value, not as an error.
+        let sent = tokio::time::timeout(self.wait, async {
+            cluster
+                .clone()
+                .route_command(command, route)
+                .await
+                .and_then(Value::extract_error)
+        })
+        .await;
         match sent {
             Ok(Ok(Value::Int(receivers))) if receivers > 0 => true,
             Ok(Ok(_)) => {
@@ -287,13 +294,18 @@ impl ShardedSubscriber {
                 })
             }
             Err(error) => match error.redirect_node() {
-                Some((addr, _slot)) => match addr.rsplit_once(':') {
-                    Some((host, port)) if port.parse::<u16>().is_ok() => Err(Attempt::Moved(
-                        host.trim_matches(['[', ']']).to_string(),
-                        port.parse().unwrap_or_default(),
-                    )),
-                    _ => Err(failed(&error)),
-                },
+                Some((addr, _slot)) => {
+                    match addr
+                        .rsplit_once(':')
+                        .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                    {
+                        Some((host, port)) => Err(Attempt::Moved(
+                            host.trim_matches(['[', ']']).to_string(),
+                            port,
+                        )),
+                        None => Err(failed(&error)),
+                    }
+                }
                 None if refused_for_good(&error) => {
                     Err(Attempt::Refused(format!("{name}: {error}")))
                 }
