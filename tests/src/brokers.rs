@@ -61,6 +61,7 @@ impl Kind {
         match self {
             Kind::Nats => "COORDINATOR_TEST_NATS_URL",
             Kind::Redis => "COORDINATOR_TEST_REDIS_URL",
+            // Its tests use the authority of their own server.
             Kind::RedisTls => "COORDINATOR_TEST_REDIS_TLS_URL",
             // Tests on a TLS cluster count its commands: always their own.
             Kind::RedisClusterNode | Kind::RedisClusterTlsNode => {

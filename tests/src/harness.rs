@@ -303,7 +303,7 @@ impl BrokerConnector {
             Some(url) => Self {
                 kind,
                 url,
-                ca: crate::brokers::external("COORDINATOR_TEST_REDIS_TLS_CA"),
+                ca: None,
                 broker: Mutex::new(None),
             },
             None => Self::own_broker(kind),
@@ -456,12 +456,6 @@ pub const KAFKA_TIMING: Timing = Timing {
 /// The `Redis` carrier on a real Redis server.
 pub async fn redis() -> EngineHarness<BrokerConnector> {
     on_broker(crate::brokers::Kind::Redis).await
-}
-
-/// The `Redis` carrier over TLS (`rediss://`, `tlsCaPath`) on a Redis
-/// server that speaks only TLS.
-pub async fn redis_tls() -> EngineHarness<BrokerConnector> {
-    on_broker(crate::brokers::Kind::RedisTls).await
 }
 
 /// Connects nodes to one Redis Cluster (3 masters, 3 replicas): this test's

@@ -7,7 +7,6 @@ mod conformance {
     tests::conformance_suite!(native, tests::harness::native);
     tests::conformance_suite!(nats, tests::harness::nats);
     tests::conformance_suite!(redis, tests::harness::redis);
-    tests::conformance_suite!(redis_tls, tests::harness::redis_tls);
     tests::conformance_suite!(kafka, tests::harness::kafka);
     tests::conformance_suite!(zenoh_peers, tests::harness::zenoh_peers);
     tests::conformance_suite!(zenoh_router, tests::harness::zenoh_router);

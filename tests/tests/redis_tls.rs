@@ -1,6 +1,7 @@
 //! The Redis carrier over TLS (`rediss://`): a server it cannot verify, or
 //! an authority file it cannot use, stops the start with an error that
-//! names the field. (The conformance suite runs over TLS as `redis_tls`.)
+//! names the field. Delivery over TLS, across a restart of the server, is
+//! `broker_restart::redis_over_tls_survives_its_server_killed_and_restarted`.
 
 use coordinator_core::Settings;
 use coordinator_core::config::{CarrierConfig, RedisConfig};
