@@ -2,9 +2,9 @@
 
 use async_trait::async_trait;
 use coordinator_core::config::NativeConfig;
-use coordinator_core::{
-    Coordinator, Faults, Link, LinkFaults, MemoryNetwork, Node, NodeId, Settings, new_incarnation,
-};
+use coordinator_core::testing::{Faults, LinkFaults, MemoryNetwork};
+use coordinator_core::transport::Link;
+use coordinator_core::{Coordinator, Node, NodeId, Settings, new_incarnation};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -6,9 +6,9 @@ use crate::harness::{CLUSTER_KEY, Harness};
 use crate::wait::{broadcasts_reported_lost, converge, event, member_change, until, within};
 use bytes::Bytes;
 use coordinator_core::envelope::{Codec, Envelope, Kind};
+use coordinator_core::transport::Inbound;
 use coordinator_core::{
-    Coordinator, DropReason, Error, Event, Inbound, MemberChange, MemberState, NodeId,
-    SubscribeOptions,
+    Coordinator, DropReason, Error, Event, MemberChange, MemberState, NodeId, SubscribeOptions,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -608,7 +608,7 @@ pub async fn gap_is_reported_under_loss(mut harness: impl Harness) {
     faults.set_link(
         1,
         2,
-        coordinator_core::LinkFaults {
+        coordinator_core::testing::LinkFaults {
             drop: 0.3,
             ..Default::default()
         },

@@ -5,10 +5,11 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::envelope::{Batch, Codec, Kind, peek_kind};
+use coordinator_core::testing::MemoryNetwork;
 use coordinator_core::transport::{Inbound, Link, Transport};
 use coordinator_core::{
-    Coordinator, DropReason, Error, Event, MemberChange, MemoryNetwork, Node, NodeId, Settings,
-    SubscribeOptions, TransportError,
+    Coordinator, DropReason, Error, Event, MemberChange, Node, NodeId, Settings, SubscribeOptions,
+    TransportError,
 };
 use futures_util::FutureExt;
 use std::sync::Arc;
@@ -274,8 +275,12 @@ async fn queued_broadcasts_the_carrier_refuses_are_reported_and_seen_as_a_gap() 
     );
 }
 
+/// A refused publish may still have reached some receivers (a carrier that
+/// wrote to some peers, a time-out whose answer was lost), so its number is
+/// never given back: the caller gets the error, and a receiver that missed it
+/// reports it lost instead of taking the next broadcast for a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broadcast_the_carrier_refuses_fails_and_leaves_no_gap() {
+async fn a_broadcast_the_carrier_refuses_fails_and_its_number_is_reported_lost() {
     let (gated, sender, receiver) = gated_pair().await;
     let mut subscription = receiver
         .subscribe("t", SubscribeOptions::default())
@@ -299,10 +304,10 @@ async fn a_broadcast_the_carrier_refuses_fails_and_leaves_no_gap() {
     let kept = within(LIMIT, "the next broadcast", subscription.recv())
         .await
         .unwrap();
-    assert_eq!((kept.payload, kept.seq), (Bytes::from_static(b"kept"), 1));
+    assert_eq!((kept.payload, kept.seq), (Bytes::from_static(b"kept"), 2));
     assert_eq!(
         broadcasts_reported_lost(&mut events, 1, Duration::from_millis(300)).await,
-        0
+        1
     );
     assert_eq!(sender.stats().send_failures, 1);
 }
@@ -356,7 +361,8 @@ async fn a_broadcast_waiting_for_room_fails_when_the_node_stops() {
             None => break sending,
         }
         queued += 1;
-        assert!(queued <= 64, "the queue never filled up");
+        let room = Settings::new(1).max_outgoing_bytes / big.len() + 2;
+        assert!(queued <= room, "the queue never filled up");
     };
     assert!(queued >= 2, "only {queued} queued before waiting");
     sender.abort();

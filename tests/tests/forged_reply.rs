@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use coordinator::Error;
-use coordinator::envelope::{Codec, Envelope, Kind};
+use coordinator_core::envelope::{Codec, Envelope, Kind};
 use std::time::Duration;
 use tests::harness::{self, CLUSTER_KEY, Harness};
 use tests::wait::{converge, until};

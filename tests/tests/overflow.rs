@@ -1,7 +1,8 @@
 //! A subscriber that does not keep up loses messages, and is told so.
 
 use bytes::Bytes;
-use coordinator::{Coordinator, Event, MemoryNetwork, Settings, SubscribeOptions};
+use coordinator::testing::MemoryNetwork;
+use coordinator::{Coordinator, Event, Settings, SubscribeOptions};
 use std::time::Duration;
 use tests::wait::{converge, event, within};
 

@@ -1,7 +1,7 @@
 //! openraft over every carrier: three nodes of the `raft-kv` example elect a
 //! leader, commit, fail over and catch up. Test paths: `raft::<carrier>::<test>`.
 
-use coordinator_core::LinkFaults;
+use coordinator_core::testing::LinkFaults;
 use std::time::Duration;
 use tests::harness::{EngineHarness, MemoryConnector, Timing};
 
@@ -34,7 +34,8 @@ mod raft {
 /// how the network cuts what does not fit.
 mod network {
     use bytes::Bytes;
-    use coordinator_core::{Coordinator, Error, MemoryNetwork, Node, Settings};
+    use coordinator_core::testing::MemoryNetwork;
+    use coordinator_core::{Coordinator, Error, Node, Settings};
     use coordinator_openraft::wire::{self, Request, Rpc};
     use coordinator_openraft::{Network, Options, RaftServer};
     use openraft::error::{RPCError, RaftError};

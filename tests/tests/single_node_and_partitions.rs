@@ -120,8 +120,8 @@ async fn a_partition_is_detected_on_both_sides_and_heals_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_with_one_node_id_are_reported_once() {
-    use coordinator::envelope::{Codec, Envelope, Kind};
     use coordinator::{DropReason, Event};
+    use coordinator_core::envelope::{Codec, Envelope, Kind};
     let mut harness = harness::memory().await;
     let node = harness.start(1).await;
     let mut events = node.events();

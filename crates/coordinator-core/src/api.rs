@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -100,7 +101,7 @@ pub enum DropReason {
 }
 
 /// Which stream of a sender a gap was found in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum StreamKind {
     Broadcast,
     Direct,
@@ -198,15 +199,117 @@ pub async fn wait_for_members(node: &dyn Coordinator, ids: &[NodeId]) -> bool {
     }
 }
 
+/// Something a queue to the application holds, counted in bytes.
+pub(crate) trait QueueItem {
+    fn bytes(&self) -> usize;
+}
+
+impl QueueItem for BroadcastMessage {
+    fn bytes(&self) -> usize {
+        self.payload.len() + 64
+    }
+}
+
+impl QueueItem for Incoming {
+    fn bytes(&self) -> usize {
+        self.payload.len() + 64
+    }
+}
+
+/// The engine's end of a queue to the application, bounded in messages and bytes.
+#[derive(Debug)]
+pub(crate) struct QueueSender<T> {
+    sender: mpsc::Sender<T>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// Why a queue to the application did not take a message.
+pub(crate) enum QueueRefused {
+    Full,
+    Closed,
+}
+
+/// A queue to the application: at most `capacity` messages and `max_bytes`
+/// bytes wait in it (one message may always wait, whatever its size).
+pub(crate) fn queue<T>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
+    let (sender, receiver) = mpsc::channel(capacity.max(1));
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        QueueSender {
+            sender,
+            bytes: bytes.clone(),
+            max_bytes,
+        },
+        QueueReceiver { receiver, bytes },
+    )
+}
+
+impl<T: QueueItem> QueueSender<T> {
+    pub fn try_send(&self, item: T) -> Result<(), QueueRefused> {
+        let size = item.bytes();
+        let held = self.bytes.fetch_add(size, Ordering::AcqRel);
+        if held > 0 && held + size > self.max_bytes {
+            self.bytes.fetch_sub(size, Ordering::AcqRel);
+            return Err(QueueRefused::Full);
+        }
+        match self.sender.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.bytes.fetch_sub(size, Ordering::AcqRel);
+                Err(match error {
+                    mpsc::error::TrySendError::Full(_) => QueueRefused::Full,
+                    mpsc::error::TrySendError::Closed(_) => QueueRefused::Closed,
+                })
+            }
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+/// The application's end of a queue.
+#[derive(Debug)]
+pub(crate) struct QueueReceiver<T> {
+    receiver: mpsc::Receiver<T>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl<T: QueueItem> QueueReceiver<T> {
+    fn took(&self, item: Option<T>) -> Option<T> {
+        if let Some(item) = &item {
+            self.bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
+        }
+        item
+    }
+
+    async fn recv(&mut self) -> Option<T> {
+        let item = self.receiver.recv().await;
+        self.took(item)
+    }
+
+    fn try_recv(&mut self) -> Option<T> {
+        let item = self.receiver.try_recv().ok();
+        self.took(item)
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let item = ready!(self.receiver.poll_recv(cx));
+        Poll::Ready(self.took(item))
+    }
+}
+
 /// The broadcasts of one topic. Also a [`futures_core::Stream`].
 #[derive(Debug)]
 pub struct Subscription {
     topic: Arc<str>,
-    receiver: mpsc::Receiver<BroadcastMessage>,
+    receiver: QueueReceiver<BroadcastMessage>,
 }
 
 impl Subscription {
-    pub(crate) fn new(topic: Arc<str>, receiver: mpsc::Receiver<BroadcastMessage>) -> Self {
+    pub(crate) fn new(topic: Arc<str>, receiver: QueueReceiver<BroadcastMessage>) -> Self {
         Self { topic, receiver }
     }
 
@@ -221,7 +324,7 @@ impl Subscription {
 
     /// The next message if one is waiting.
     pub fn try_recv(&mut self) -> Option<BroadcastMessage> {
-        self.receiver.try_recv().ok()
+        self.receiver.try_recv()
     }
 }
 
@@ -274,11 +377,11 @@ impl<T: Clone> EventStream<T> {
 /// Point-to-point messages and requests addressed to this node.
 #[derive(Debug)]
 pub struct Inbox {
-    receiver: mpsc::Receiver<Incoming>,
+    receiver: QueueReceiver<Incoming>,
 }
 
 impl Inbox {
-    pub(crate) fn new(receiver: mpsc::Receiver<Incoming>) -> Self {
+    pub(crate) fn new(receiver: QueueReceiver<Incoming>) -> Self {
         Self { receiver }
     }
 

@@ -20,6 +20,10 @@ pub enum TransportError {
     /// The carrier has been closed.
     #[error("{0} carrier closed")]
     Closed(&'static str),
+    /// The carrier did not finish with the frame in time (a stalled link):
+    /// it may still arrive.
+    #[error("the carrier did not take the frame within {0:?}")]
+    Stalled(Duration),
     /// Anything else the carrier reports, with its own words.
     #[error("{carrier}: {detail}")]
     Other {
@@ -51,6 +55,13 @@ pub enum Error {
     TooLarge { size: usize, max: usize },
     #[error("invalid topic {topic:?}: {reason}")]
     InvalidTopic { topic: String, reason: &'static str },
+    /// Too many bytes already wait for the carrier to take them to this node
+    /// (or, for broadcasts, to everyone): the link is slower than the sender.
+    #[error("{waiting_bytes} bytes already wait to be sent to {destination}; try again later")]
+    Backlog {
+        destination: String,
+        waiting_bytes: usize,
+    },
     #[error("the inbox has already been taken")]
     InboxTaken,
     #[error("this message is not a request: there is nobody to reply to")]

@@ -35,6 +35,8 @@ pub enum Heard {
     Stale,
     /// Another process claims this node's id.
     Conflict,
+    /// A node not known before, refused: as many nodes as allowed are known.
+    Full,
 }
 
 #[derive(Clone, Debug)]
@@ -58,7 +60,12 @@ pub struct Membership {
     /// The carrier's last report per node, members or not yet.
     carrier_view: BTreeMap<NodeId, (u64, MemberState)>,
     peers: BTreeMap<NodeId, Peer>,
+    /// Other nodes known at most (members, dead or departed ones remembered).
+    max_peers: usize,
 }
+
+/// Nodes a membership knows at most, unless told otherwise.
+pub const MAX_PEERS: usize = 4096;
 
 impl Membership {
     pub fn new(local: NodeId, local_incarnation: u64, detection: Detection) -> Self {
@@ -69,7 +76,21 @@ impl Membership {
             carrier_reports: false,
             carrier_view: BTreeMap::new(),
             peers: BTreeMap::new(),
+            max_peers: MAX_PEERS,
         }
+    }
+
+    /// Knows at most `max` other nodes: a node beyond that is refused
+    /// ([`Heard::Full`]) until one is forgotten, so that forged ids cannot
+    /// grow it without bound.
+    pub fn with_max_peers(mut self, max: usize) -> Self {
+        self.max_peers = max.max(1);
+        self
+    }
+
+    /// How many other nodes it knows (members, and the dead and departed it remembers).
+    pub fn known(&self) -> usize {
+        self.peers.len()
     }
 
     /// Membership whose states the carrier reports ([`Membership::reported`]).
@@ -92,6 +113,7 @@ impl Membership {
         }
         match self.carrier_view.get(&id) {
             Some(&(run, _)) if run > incarnation => return Heard::Stale,
+            None if self.carrier_view.len() >= self.max_peers => return Heard::Full,
             _ => {
                 self.carrier_view.insert(id, (incarnation, state));
             }
@@ -186,6 +208,7 @@ impl Membership {
             return Heard::Stale;
         }
         let change = match self.peers.get(&from) {
+            None if self.peers.len() >= self.max_peers => return Heard::Full,
             None => Some(MemberChange::Joined),
             Some(peer) if incarnation > peer.incarnation => Some(MemberChange::Restarted {
                 previous_incarnation: peer.incarnation,
@@ -235,6 +258,7 @@ impl Membership {
                 Heard::Conflict
             };
         }
+        let full = self.peers.len() >= self.max_peers;
         match self.peers.get_mut(&from) {
             Some(peer) if peer.incarnation > incarnation || peer.state == MemberState::Left => {
                 Heard::Stale
@@ -246,6 +270,7 @@ impl Membership {
                 events.push(event(from, peer, MemberChange::Left));
                 Heard::Known
             }
+            None if full => Heard::Full,
             None => {
                 // Never seen alive: remember the departure so late heartbeats do not revive it.
                 let peer = Peer {
@@ -592,5 +617,25 @@ mod tests {
             "our own echo"
         );
         assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn nodes_beyond_the_limit_are_refused_until_one_is_forgotten() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(1, 1, detection()).with_max_peers(2);
+        let mut ev = Vec::new();
+        assert_eq!(m.heard(t0, 2, 1, 1, &mut ev), Heard::New);
+        assert_eq!(m.heard(t0, 3, 1, 1, &mut ev), Heard::New);
+        assert_eq!(m.heard(t0, 4, 1, 1, &mut ev), Heard::Full);
+        assert_eq!(m.left(t0, 5, 1, &mut ev), Heard::Full);
+        assert_eq!(m.known(), 2);
+        assert!(m.get(4).is_none());
+        // Node 3 dies and is forgotten: room for node 4.
+        m.heard(t0 + 400 * MS, 2, 1, 2, &mut ev);
+        m.tick(t0 + 600 * MS, &mut ev);
+        m.heard(t0 + 700 * MS, 2, 1, 3, &mut ev);
+        m.tick(t0 + 10_600 * MS, &mut ev);
+        assert!(m.get(3).is_none());
+        assert_eq!(m.heard(t0 + 10_600 * MS, 4, 1, 1, &mut ev), Heard::New);
     }
 }

@@ -27,29 +27,56 @@ pub enum Outcome {
     Duplicate,
 }
 
+/// How much a stream may hold while it waits for a missing message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldLimits {
+    /// Messages held at most.
+    pub count: usize,
+    /// Bytes held at most (as the caller counts them).
+    pub bytes: usize,
+}
+
 /// One sender's stream.
+///
+/// Numbers are whatever the sender wrote, so nothing here may overflow on a
+/// hostile one: the stream stops at `u64::MAX` (a stream that long cannot be
+/// honest) and every step saturates.
 #[derive(Debug)]
 pub struct Stream<T> {
     next: u64,
-    held: BTreeMap<u64, T>,
+    held: BTreeMap<u64, (T, usize)>,
+    /// Bytes of the messages in `held`.
+    held_bytes: usize,
     /// Highest number the sender said it has sent.
     announced: u64,
     /// Since when the stream has been waiting for a missing message.
     waiting_since: Option<Instant>,
-    max_held: usize,
+    limits: HeldLimits,
 }
 
 impl<T> Stream<T> {
-    /// A stream whose next expected message is `next`. At most `max_held`
-    /// messages wait for a missing one; beyond that the gap is declared at once.
-    pub fn starting_at(next: u64, max_held: usize) -> Self {
+    /// A stream whose next expected message is `next`. Beyond `limits`, the
+    /// messages waiting for a missing one are released and the gap declared at once.
+    pub fn starting_at(next: u64, limits: HeldLimits) -> Self {
         Self {
             next: next.max(1),
             held: BTreeMap::new(),
+            held_bytes: 0,
             announced: 0,
             waiting_since: None,
-            max_held,
+            limits,
         }
+    }
+
+    /// Bytes of the messages held, waiting for a missing one.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// Gives up waiting at once: declares what is missing lost and delivers
+    /// what was held (to bring memory down).
+    pub fn release(&mut self, deliver: &mut Vec<T>, gaps: &mut Vec<Gap>) {
+        self.skip_missing(deliver, gaps);
     }
 
     /// The next number this stream expects.
@@ -59,27 +86,30 @@ impl<T> Stream<T> {
 
     /// Takes message `seq`. Messages ready for delivery are appended to
     /// `deliver` in order; gaps found on the way to `gaps`.
+    /// `size` is what holding it would cost, counted against the byte limit.
     pub fn receive(
         &mut self,
         seq: u64,
         item: T,
+        size: usize,
         now: Instant,
         deliver: &mut Vec<T>,
         gaps: &mut Vec<Gap>,
     ) -> Outcome {
-        if seq < self.next || self.held.contains_key(&seq) {
+        if seq < self.next || seq == u64::MAX || self.held.contains_key(&seq) {
             return Outcome::Duplicate;
         }
         if seq > self.next {
-            self.held.insert(seq, item);
+            self.held.insert(seq, (item, size));
+            self.held_bytes = self.held_bytes.saturating_add(size);
             self.waiting_since.get_or_insert(now);
-            if self.held.len() > self.max_held {
+            if self.held.len() > self.limits.count || self.held_bytes > self.limits.bytes {
                 self.skip_missing(deliver, gaps);
             }
             return Outcome::Held;
         }
         deliver.push(item);
-        self.next += 1;
+        self.next = self.next.saturating_add(1);
         self.drain_ready(deliver);
         self.waiting_since = self.is_incomplete().then_some(now);
         Outcome::Delivered
@@ -87,6 +117,8 @@ impl<T> Stream<T> {
 
     /// The sender says it has sent up to `high`.
     pub fn announce(&mut self, high: u64, now: Instant) {
+        // The last number can never be delivered (see `receive`).
+        let high = high.min(u64::MAX - 1);
         if high > self.announced {
             self.announced = high;
             if self.is_incomplete() {
@@ -131,15 +163,16 @@ impl<T> Stream<T> {
                 first: self.next,
                 count: self.announced - self.next + 1,
             });
-            self.next = self.announced + 1;
+            self.next = self.announced.saturating_add(1);
         }
         self.waiting_since = None;
     }
 
     fn drain_ready(&mut self, deliver: &mut Vec<T>) {
-        while let Some(item) = self.held.remove(&self.next) {
+        while let Some((item, size)) = self.held.remove(&self.next) {
+            self.held_bytes -= size;
             deliver.push(item);
-            self.next += 1;
+            self.next = self.next.saturating_add(1);
         }
     }
 
@@ -154,6 +187,13 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_millis(100);
 
+    fn limits(count: usize) -> HeldLimits {
+        HeldLimits {
+            count,
+            bytes: usize::MAX,
+        }
+    }
+
     fn feed(
         stream: &mut Stream<u64>,
         seqs: &[u64],
@@ -161,14 +201,14 @@ mod tests {
     ) -> (Vec<u64>, Vec<Gap>, Vec<Outcome>) {
         let (mut out, mut gaps, mut outcomes) = (Vec::new(), Vec::new(), Vec::new());
         for &seq in seqs {
-            outcomes.push(stream.receive(seq, seq, now, &mut out, &mut gaps));
+            outcomes.push(stream.receive(seq, seq, 8, now, &mut out, &mut gaps));
         }
         (out, gaps, outcomes)
     }
 
     #[test]
     fn in_order_is_delivered_at_once() {
-        let mut stream = Stream::starting_at(1, 100);
+        let mut stream = Stream::starting_at(1, limits(100));
         let (out, gaps, _) = feed(&mut stream, &[1, 2, 3], Instant::now());
         assert_eq!(out, vec![1, 2, 3]);
         assert!(gaps.is_empty());
@@ -177,7 +217,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_dropped() {
-        let mut stream = Stream::starting_at(1, 100);
+        let mut stream = Stream::starting_at(1, limits(100));
         let (out, _, outcomes) = feed(&mut stream, &[1, 1, 2, 1, 2, 3, 3], Instant::now());
         assert_eq!(out, vec![1, 2, 3]);
         assert_eq!(
@@ -191,7 +231,7 @@ mod tests {
 
     #[test]
     fn reordered_messages_come_out_in_order() {
-        let mut stream = Stream::starting_at(1, 100);
+        let mut stream = Stream::starting_at(1, limits(100));
         let (out, gaps, _) = feed(&mut stream, &[2, 4, 3, 1, 5, 4], Instant::now());
         assert_eq!(out, vec![1, 2, 3, 4, 5]);
         assert!(gaps.is_empty());
@@ -201,7 +241,7 @@ mod tests {
     #[test]
     fn a_hole_is_reported_after_the_timeout_and_delivery_goes_on() {
         let t0 = Instant::now();
-        let mut stream = Stream::starting_at(1, 100);
+        let mut stream = Stream::starting_at(1, limits(100));
         let (out, _, _) = feed(&mut stream, &[1, 2, 5, 6], t0);
         assert_eq!(out, vec![1, 2]);
         assert_eq!(stream.deadline(TIMEOUT), Some(t0 + TIMEOUT));
@@ -223,7 +263,7 @@ mod tests {
     #[test]
     fn a_lost_last_message_is_found_from_the_heartbeat() {
         let t0 = Instant::now();
-        let mut stream = Stream::starting_at(1, 100);
+        let mut stream = Stream::starting_at(1, limits(100));
         feed(&mut stream, &[1, 2], t0);
         stream.announce(4, t0);
         let (mut out, mut gaps) = (Vec::new(), Vec::new());
@@ -235,7 +275,7 @@ mod tests {
     #[test]
     fn an_announcement_of_what_already_arrived_starts_no_timer() {
         let t0 = Instant::now();
-        let mut stream = Stream::starting_at(1, 100);
+        let mut stream = Stream::starting_at(1, limits(100));
         feed(&mut stream, &[1, 2], t0);
         stream.announce(2, t0);
         assert_eq!(stream.deadline(TIMEOUT), None);
@@ -244,7 +284,7 @@ mod tests {
     #[test]
     fn a_message_in_flight_when_the_heartbeat_overtook_it_is_not_a_gap() {
         let t0 = Instant::now();
-        let mut stream = Stream::starting_at(1, 100);
+        let mut stream = Stream::starting_at(1, limits(100));
         stream.announce(2, t0);
         let (out, gaps, _) = feed(&mut stream, &[1, 2], t0 + TIMEOUT / 2);
         assert_eq!(out, vec![1, 2]);
@@ -255,7 +295,7 @@ mod tests {
     #[test]
     fn too_many_held_messages_declare_the_gap_at_once() {
         let t0 = Instant::now();
-        let mut stream = Stream::starting_at(1, 3);
+        let mut stream = Stream::starting_at(1, limits(3));
         let (out, gaps, _) = feed(&mut stream, &[3, 4, 5, 6], t0);
         assert_eq!(out, vec![3, 4, 5, 6]);
         assert_eq!(gaps, vec![Gap { first: 1, count: 2 }]);
@@ -264,7 +304,7 @@ mod tests {
     #[test]
     fn several_holes_are_each_reported() {
         let t0 = Instant::now();
-        let mut stream = Stream::starting_at(10, 100);
+        let mut stream = Stream::starting_at(10, limits(100));
         feed(&mut stream, &[12, 15], t0);
         let (mut out, mut gaps) = (Vec::new(), Vec::new());
         stream.expire(t0 + TIMEOUT, TIMEOUT, &mut out, &mut gaps);
@@ -282,5 +322,48 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn too_many_held_bytes_declare_the_gap_at_once() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(
+            1,
+            HeldLimits {
+                count: 100,
+                bytes: 20,
+            },
+        );
+        let (out, gaps, _) = feed(&mut stream, &[3, 4], t0);
+        assert!(out.is_empty() && gaps.is_empty());
+        assert_eq!(stream.held_bytes(), 16);
+        let (out, gaps, _) = feed(&mut stream, &[5], t0);
+        assert_eq!(out, vec![3, 4, 5]);
+        assert_eq!(gaps, vec![Gap { first: 1, count: 2 }]);
+        assert_eq!(stream.held_bytes(), 0);
+    }
+
+    #[test]
+    fn hostile_numbers_neither_overflow_nor_wrap() {
+        let t0 = Instant::now();
+        let mut stream = Stream::starting_at(u64::MAX - 1, limits(100));
+        let (out, _, outcomes) = feed(&mut stream, &[u64::MAX, u64::MAX - 1, u64::MAX], t0);
+        assert_eq!(out, vec![u64::MAX - 1]);
+        assert_eq!(
+            outcomes,
+            vec![Outcome::Duplicate, Outcome::Delivered, Outcome::Duplicate]
+        );
+        let mut stream = Stream::<u64>::starting_at(1, limits(100));
+        stream.announce(u64::MAX, t0);
+        let (mut out, mut gaps) = (Vec::new(), Vec::new());
+        stream.expire(t0 + TIMEOUT, TIMEOUT, &mut out, &mut gaps);
+        assert_eq!(
+            gaps,
+            vec![Gap {
+                first: 1,
+                count: u64::MAX - 1
+            }]
+        );
+        assert_eq!(stream.next_expected(), u64::MAX);
     }
 }

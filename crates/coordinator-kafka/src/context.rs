@@ -1,7 +1,7 @@
 //! What librdkafka tells the carrier: global errors (a broker gone), failed
 //! deliveries and log lines, turned into link state and `tracing` events.
 
-use coordinator_core::{Inbound, InboundSender};
+use coordinator_core::transport::{Inbound, InboundSender};
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;

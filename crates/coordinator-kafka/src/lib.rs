@@ -34,7 +34,8 @@ use bytes::Bytes;
 use context::{LinkContext, LinkState};
 use coordinator_core::config::KafkaConfig;
 use coordinator_core::routes::Routes;
-use coordinator_core::{Error, Inbound, Link, NodeId, Settings, Transport, TransportError};
+use coordinator_core::transport::{Inbound, Link, Transport};
+use coordinator_core::{Error, NodeId, Settings, TransportError};
 use parking_lot::Mutex;
 use rdkafka::Message;
 use rdkafka::admin::AdminClient;
@@ -66,7 +67,7 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
     topics::check_cluster_name(&settings.cluster)?;
     let routes = Routes::new(&settings.cluster);
     let own_topic = routes.node(settings.node_id);
-    let (inbound, receiver) = coordinator_core::inbound();
+    let (inbound, receiver) = coordinator_core::transport::inbound();
     let state = LinkState::new(inbound);
     let context = LinkContext {
         state: state.clone(),

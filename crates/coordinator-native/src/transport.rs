@@ -9,10 +9,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::config::NativeConfig;
 use coordinator_core::envelope::{Kind, peek_kind};
-use coordinator_core::{
-    DropReason, Error, Faults, Inbound, InboundSender, Link, MemberState, NodeId, Settings,
-    Transport, TransportError,
-};
+use coordinator_core::testing::Faults;
+use coordinator_core::transport::{Inbound, InboundSender, Link, Transport};
+use coordinator_core::{DropReason, Error, MemberState, NodeId, Settings, TransportError};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -72,7 +71,7 @@ pub async fn connect(
         Instant::now(),
         rand::random(),
     );
-    let (inbound_sender, inbound) = coordinator_core::inbound();
+    let (inbound_sender, inbound) = coordinator_core::transport::inbound();
     let (reports, report_queue) = mpsc::unbounded_channel();
     let shared = Arc::new_cyclic(|this| NativeTransport {
         this: this.clone(),

@@ -18,9 +18,8 @@ use bytes::Bytes;
 use coordinator_core::config::{NatsConfig, Secret};
 use coordinator_core::envelope::{Kind, peek_kind};
 use coordinator_core::routes::{Routes, backoff};
-use coordinator_core::{
-    Error, Inbound, InboundSender, Link, NodeId, Settings, Transport, TransportError,
-};
+use coordinator_core::transport::{Inbound, InboundSender, Link, Transport};
+use coordinator_core::{Error, NodeId, Settings, TransportError};
 use futures_util::StreamExt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,7 +40,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// `settings.node_id`'s subjects.
 pub async fn connect(config: &NatsConfig, settings: &Settings) -> Result<Link, Error> {
     let addresses = addresses(config)?;
-    let (inbound, receiver) = coordinator_core::inbound();
+    let (inbound, receiver) = coordinator_core::transport::inbound();
     let options = options(config, settings, inbound.clone()).await?;
     let client = tokio::time::timeout(
         config.timeout_connection + Duration::from_millis(100),

@@ -5,7 +5,8 @@ use crate::shard::{OpenError, ShardedSender, ShardedSubscriber};
 use crate::{CLUSTER_NAME, Publisher, RedisTransport, read, redacted, subscribe};
 use coordinator_core::config::{RedisClusterConfig, RedisProtocol};
 use coordinator_core::routes::Routes;
-use coordinator_core::{Error, Link, Settings};
+use coordinator_core::transport::Link;
+use coordinator_core::{Error, Settings};
 use redis::cluster::ClusterClientBuilder;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,7 +127,7 @@ pub async fn connect_cluster(
             last_error.unwrap_or_default()
         )));
     };
-    let (inbound, receiver) = coordinator_core::inbound();
+    let (inbound, receiver) = coordinator_core::transport::inbound();
     let span = tracing::info_span!("redis-cluster", node = settings.node_id);
     // `subscribers` was rotated: the first is the server subscribed on.
     let home: crate::Home = Arc::new(parking_lot::Mutex::new(

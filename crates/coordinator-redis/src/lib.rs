@@ -27,9 +27,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::config::RedisConfig;
 use coordinator_core::routes::{Routes, backoff};
-use coordinator_core::{
-    Error, Inbound, InboundSender, Link, NodeId, Settings, Transport, TransportError,
-};
+use coordinator_core::transport::{Inbound, InboundSender, Link, Transport};
+use coordinator_core::{Error, NodeId, Settings, TransportError};
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::StreamExt;
 use redis::IntoConnectionInfo;
@@ -77,7 +76,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
     .await
     .map_err(|_| unreachable(config, "timed out"))?
     .map_err(|error| unreachable(config, error))?;
-    let (inbound, receiver) = coordinator_core::inbound();
+    let (inbound, receiver) = coordinator_core::transport::inbound();
     let span = tracing::info_span!("redis", node = settings.node_id);
     let reader = tokio::spawn(tracing::Instrument::instrument(
         read(

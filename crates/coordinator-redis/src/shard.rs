@@ -27,8 +27,9 @@
 //! with sharded pub/sub (Redis 7 and later) speaks RESP3.
 
 use bytes::Bytes;
+use coordinator_core::NodeId;
 use coordinator_core::routes::backoff;
-use coordinator_core::{Inbound, InboundSender, NodeId};
+use coordinator_core::transport::{Inbound, InboundSender};
 use redis::aio::MultiplexedConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, PushInfo, PushKind, RedisError, Value};

@@ -25,9 +25,8 @@ use bytes::Bytes;
 use coordinator_core::config::ZenohConfig;
 use coordinator_core::envelope::{Kind, peek_kind, peek_request_id, peek_sender};
 use coordinator_core::routes::Routes;
-use coordinator_core::{
-    Error, Inbound, InboundSender, Link, NodeId, Settings, Transport, TransportError,
-};
+use coordinator_core::transport::{Inbound, InboundSender, Link, Transport};
+use coordinator_core::{Error, NodeId, Settings, TransportError};
 use liveness::{Action, Liveness, TokenChange};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -103,7 +102,7 @@ pub async fn connect_with_handle(
     let session = zenoh::open(zenoh_config)
         .await
         .map_err(|error| Error::Start(format!("zenoh.config: cannot open a session: {error}")))?;
-    let (inbound, receiver) = coordinator_core::inbound();
+    let (inbound, receiver) = coordinator_core::transport::inbound();
     let failed = |what: &str, error: zenoh::Error| Error::Start(format!("zenoh: {what}: {error}"));
 
     let deliver = {

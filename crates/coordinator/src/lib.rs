@@ -13,7 +13,17 @@
 
 #![forbid(unsafe_code)]
 
-pub use coordinator_core::*;
+// The application's side only: what a carrier implements stays in
+// `coordinator_core::transport`, the engine's parts in `coordinator_core`.
+pub use coordinator_core::api::*;
+pub use coordinator_core::config::{
+    self, CarrierConfig, ClusterConfig, ConfigErrors, CoordinatorConfig, FieldError, Secret,
+};
+pub use coordinator_core::stats::StatsSnapshot;
+/// Tools for an application's own tests: the `Memory` carrier with fault
+/// injection, and the deterministic simulator of the engine.
+pub use coordinator_core::testing;
+pub use coordinator_core::{Error, Node, NodeBuilder, Settings, TransportError, new_incarnation};
 
 /// Starts this node on the carrier the configuration selects.
 ///

@@ -1,40 +1,43 @@
 //! The cluster engine: turns a [`Transport`] into a [`Coordinator`].
 //!
-//! Two tasks per node: one reads what the carrier delivers (decode, verify,
-//! de-duplicate, order, dispatch), one keeps time (heartbeats, failure
-//! detection, gap time-outs). Decisions are made by the sans-IO pieces in
-//! [`crate::membership`] and [`crate::sequence`]; this module only wires them
-//! to the carrier and the application, and never holds a lock across an await.
+//! Everything that decides is in [`core::Core`], sans-IO. This module is the
+//! driver around it: it takes the core (one lock, never held across an
+//! await), feeds it what happens (a call, a frame, the outcome of a send, the
+//! time), hands its results to the application's queues while it still holds
+//! the core (so they come out in the order the core produced them), and
+//! carries out its frames once it has let go.
+//!
+//! Two tasks per node: one keeps time (heartbeats, failure detection, gap,
+//! request and send deadlines), one publishes queued broadcasts in batches.
+//! What arrives is handled in the carrier's own task. Every send has a
+//! deadline (`Settings::send_timeout`): a stalled carrier costs its frame,
+//! never the node.
 
-mod inbound;
-mod outbound;
+pub mod core;
+mod lanes;
 mod outbox;
 mod settings;
 
-pub use outbound::Replier;
 pub use settings::Settings;
 
+use self::core::{Broadcasting, Core, Opened, Output, Sending, Transmit};
 use crate::api::*;
-use crate::envelope::{Codec, Envelope, Kind, MAX_TOPIC_LEN};
-use crate::error::Error;
-use crate::faults::Faults;
-use crate::membership::{Detection, Membership};
-use crate::sequence::Stream;
+use crate::error::{Error, TransportError};
 use crate::stats::{Stats, StatsSnapshot};
-use crate::transport::{Link, Transport};
+use crate::testing::Faults;
+use crate::transport::{Inbound, InboundHandler, Link, Transport};
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-/// Out-of-order messages held per stream before the gap is declared at once.
-const MAX_HELD: usize = 8192;
 /// How long `leave` waits for queued broadcasts to go out.
 const LEAVE_DRAIN: Duration = Duration::from_secs(2);
 /// Membership and diagnostic events buffered per receiver.
@@ -72,55 +75,33 @@ impl NodeBuilder {
             faults,
         } = self;
         let Link { transport, inbound } = link;
-        let detection = Detection {
-            suspect_after: settings.suspect_timeout,
-            dead_after: settings.dead_timeout,
-            forget_after: settings.forget_after,
-        };
         let incarnation = settings.incarnation.unwrap_or_else(new_incarnation);
-        let mut membership = Membership::new(settings.node_id, incarnation, detection);
-        if transport.reports_membership() {
-            membership = membership.reported_by_carrier();
-        }
-        let key = settings
-            .cluster_key
-            .as_ref()
-            .map(|key| key.expose().as_bytes().to_vec());
-        let codec = Codec::new(
-            &settings.cluster,
-            key.as_deref(),
-            settings.encrypt,
-            settings.max_message_size,
-        );
-        let (inbox_sender, inbox_receiver) = mpsc::channel(settings.queue_capacity);
+        let core = Core::new(&settings, incarnation, transport.reports_membership());
+        let (inbox_sender, inbox_receiver) =
+            queue(settings.queue_capacity, settings.max_queue_bytes);
         let span = tracing::info_span!("coordinator", node = settings.node_id, carrier);
-        let outbox = outbox::Outbox::new(&codec, settings.node_id, incarnation);
         let inner = Arc::new(Inner {
             id: settings.node_id,
             incarnation,
             carrier,
-            codec,
+            codec: core.codec().clone(),
+            stats: core.stats().clone(),
             transport,
-            state: Mutex::new(State {
-                membership,
-                streams: HashMap::new(),
+            shared: Mutex::new(Shared {
+                core,
+                subscriptions: HashMap::new(),
+                inbox: inbox_sender,
+                waiters: HashMap::new(),
+                replies: HashMap::new(),
             }),
-            outbox,
-            direct_out: Mutex::new(HashMap::new()),
-            heartbeat_counter: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
-            subscriptions: RwLock::new(HashMap::new()),
-            inbox_sender,
-            inbox_receiver: Mutex::new(Some(inbox_receiver)),
+            inbox_receiver: Mutex::new(Some(Inbox::new(inbox_receiver))),
             member_events: broadcast::channel(EVENT_BUFFER).0,
             events: broadcast::channel(EVENT_BUFFER).0,
-            stats: Stats::default(),
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-            id_conflict: AtomicU64::new(0),
             wake_timer: Notify::new(),
-            dispatch_order: Mutex::new(()),
+            flush: Notify::new(),
+            room: Notify::new(),
             span: span.clone(),
             settings,
         });
@@ -133,8 +114,9 @@ impl NodeBuilder {
             }
             None => inbound,
         };
+        inner.with_core(|core, now| core.start(now));
         // What arrives is processed in the carrier's own task from now on.
-        let handler: Arc<dyn crate::transport::InboundHandler> = inner.clone();
+        let handler: Arc<dyn InboundHandler> = inner.clone();
         inbound.attach(Arc::downgrade(&handler));
         drop(handler);
         tasks.push(tokio::spawn(
@@ -222,73 +204,248 @@ pub(crate) struct Inner {
     incarnation: u64,
     carrier: &'static str,
     settings: Settings,
-    codec: Codec,
+    codec: Arc<crate::envelope::Codec>,
+    stats: Arc<Stats>,
     transport: Arc<dyn Transport>,
-    state: Mutex<State>,
-    /// Broadcasts numbered, waiting for the carrier or being published.
-    outbox: outbox::Outbox,
-    /// Per destination: the lock that keeps its direct stream in order.
-    direct_out: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<DirectOut>>>>,
-    heartbeat_counter: AtomicU64,
-    pending: Mutex<HashMap<u64, PendingRequest>>,
-    next_request: AtomicU64,
-    subscriptions: RwLock<HashMap<Arc<str>, Vec<Subscriber>>>,
-    inbox_sender: mpsc::Sender<Incoming>,
-    inbox_receiver: Mutex<Option<mpsc::Receiver<Incoming>>>,
+    /// The core and the application's queues, taken together.
+    shared: Mutex<Shared>,
+    inbox_receiver: Mutex<Option<Inbox>>,
     member_events: broadcast::Sender<MemberEvent>,
     events: broadcast::Sender<Event>,
-    stats: Stats,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
-    /// Incarnation of the last other process seen using this node id.
-    id_conflict: AtomicU64,
+    /// A deadline moved earlier: the timer looks again.
     wake_timer: Notify,
-    /// Taken while the state lock is still held and kept while the results
-    /// are handed out, so that they are handed out in the order the state
-    /// produced them: a frame and a re-ordering time-out that release
-    /// messages of one stream never overtake each other.
-    dispatch_order: Mutex<()>,
+    /// Queued broadcasts can go out.
+    flush: Notify,
+    /// A publish is over: room in the outbox, or the outbox drained.
+    room: Notify,
     span: tracing::Span,
 }
 
-struct State {
-    membership: Membership,
-    streams: HashMap<StreamKey, Stream<Envelope>>,
-}
-
-/// A sender's stream: (sender, its incarnation, which stream).
-type StreamKey = (NodeId, u64, StreamKind);
-
-/// The direct stream to one destination incarnation.
-#[derive(Default)]
-struct DirectOut {
-    incarnation: u64,
-    last_seq: u64,
-}
-
-struct PendingRequest {
-    node: NodeId,
-    reply: oneshot::Sender<Result<Bytes, Error>>,
+struct Shared {
+    core: Core,
+    subscriptions: HashMap<Arc<str>, Vec<Subscriber>>,
+    inbox: QueueSender<Incoming>,
+    /// Callers whose message waits its turn, by token.
+    waiters: HashMap<u64, oneshot::Sender<Result<(), Error>>>,
+    /// Callers waiting for a reply, by request id.
+    replies: HashMap<u64, oneshot::Sender<Result<Bytes, Error>>>,
 }
 
 struct Subscriber {
-    sender: mpsc::Sender<BroadcastMessage>,
+    sender: QueueSender<BroadcastMessage>,
     receive_own: bool,
 }
 
 impl Inner {
-    fn stop(&self) {
+    /// Runs `f` on the core at the current time, hands its results to the
+    /// application, and returns what it returned with the frames to send.
+    fn with_shared<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Shared, Instant) -> R,
+    ) -> (R, Vec<Transmit>) {
+        let mut shared = self.shared.lock();
+        // Read under the lock, so that the core never sees time go back.
+        let now = Instant::now();
+        let result = f(&mut shared, now);
+        let mut transmits = Vec::new();
+        while let Some(transmit) = shared.core.poll_transmit() {
+            transmits.push(transmit);
+        }
+        while let Some(output) = shared.core.poll_output() {
+            self.dispatch(&mut shared, output);
+        }
+        let wake = shared.core.take_wake();
+        let batch = shared.core.batch_ready();
+        drop(shared);
+        if wake {
+            self.wake_timer.notify_one();
+        }
+        if batch {
+            self.flush.notify_one();
+        }
+        (result, transmits)
+    }
+
+    /// [`Inner::with_shared`] for the core alone; the frames it yields are sent.
+    fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Core, Instant) -> R) -> R {
+        let (result, transmits) = self.with_shared(|shared, now| f(&mut shared.core, now));
+        self.send_all(transmits);
+        result
+    }
+
+    /// Sends frames in tasks of their own (their callers do not wait for them).
+    fn send_all(self: &Arc<Self>, transmits: Vec<Transmit>) {
+        for transmit in transmits {
+            let inner = self.clone();
+            tokio::spawn(
+                async move {
+                    let _ = inner.perform(transmit).await;
+                }
+                .instrument(self.span.clone()),
+            );
+        }
+    }
+
+    /// Hands the carrier one frame, within the send deadline, and tells the
+    /// core how it went (also when this future is dropped half-way).
+    async fn perform(self: &Arc<Self>, transmit: Transmit) -> Result<(), TransportError> {
+        let Transmit { token, to, frame } = transmit;
+        let mut report = Report {
+            inner: self,
+            token,
+            publish: to.is_none(),
+            done: false,
+        };
+        let timeout = self.settings.send_timeout;
+        let send = async {
+            match to {
+                None => self.transport.publish(frame).await,
+                Some(node) => self.transport.send_to(node, frame).await,
+            }
+        };
+        let result = match tokio::time::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Stalled(timeout)),
+        };
+        report.done = true;
+        self.settle(token, to.is_none(), result.clone());
+        result
+    }
+
+    fn settle(self: &Arc<Self>, token: u64, publish: bool, result: Result<(), TransportError>) {
+        self.with_core(|core, now| core.sent(now, token, result));
+        if publish {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Hands one result of the core to the application (under the core's lock).
+    fn dispatch(self: &Arc<Self>, shared: &mut Shared, output: Output) {
+        match output {
+            Output::Broadcast(envelope) => {
+                self.deliver_broadcast(
+                    shared,
+                    envelope.from,
+                    envelope.topic_str(),
+                    envelope.seq,
+                    envelope.payload.clone(),
+                    false,
+                );
+            }
+            Output::Incoming {
+                from,
+                payload,
+                request,
+            } => {
+                let reply = request.map(|request| Replier::new(self, from, request));
+                let incoming = Incoming {
+                    from,
+                    payload,
+                    reply,
+                };
+                match shared.inbox.try_send(incoming) {
+                    Ok(()) => {}
+                    Err(QueueRefused::Full) => self.overflow("inbox"),
+                    // Nobody reads the inbox any more: a request is answered with an error by its Replier.
+                    Err(QueueRefused::Closed) => {}
+                }
+            }
+            Output::Replied { request, result } => {
+                if let Some(waiter) = shared.replies.remove(&request) {
+                    let _ = waiter.send(result);
+                }
+            }
+            Output::Sent { token, result } => {
+                if let Some(waiter) = shared.waiters.remove(&token) {
+                    let _ = waiter.send(result);
+                }
+            }
+            Output::Gap {
+                from, stream, gap, ..
+            } => {
+                let _ = self.events.send(Event::Gap {
+                    from,
+                    stream,
+                    first: gap.first,
+                    count: gap.count,
+                });
+            }
+            Output::Member(event) => {
+                let _ = self.member_events.send(event);
+            }
+            Output::Event(event) => {
+                let _ = self.events.send(event);
+            }
+        }
+    }
+
+    fn overflow(&self, queue: &str) {
+        Stats::inc(&self.stats.dropped_overflow);
+        tracing::warn!(queue, "queue full, message dropped");
+        let _ = self.events.send(Event::Overflow {
+            queue: queue.to_string(),
+            dropped: 1,
+        });
+    }
+
+    /// Delivers a broadcast to the subscribers of its topic (only those that
+    /// asked for their own messages, when `own`).
+    fn deliver_broadcast(
+        &self,
+        shared: &mut Shared,
+        from: NodeId,
+        topic: &str,
+        seq: u64,
+        payload: Bytes,
+        own: bool,
+    ) {
+        let Some((topic, subscribers)) = shared.subscriptions.get_key_value(topic) else {
+            return;
+        };
+        let message = BroadcastMessage {
+            from,
+            topic: topic.clone(),
+            seq,
+            payload,
+        };
+        let mut any_closed = false;
+        for Subscriber {
+            sender,
+            receive_own,
+        } in subscribers
+        {
+            if own && !receive_own {
+                continue;
+            }
+            match sender.try_send(message.clone()) {
+                Ok(()) => {}
+                Err(QueueRefused::Full) => self.overflow(&format!("subscription {topic}")),
+                Err(QueueRefused::Closed) => any_closed = true,
+            }
+        }
+        if any_closed {
+            shared.subscriptions.retain(|_, subscribers| {
+                subscribers.retain(|subscriber| !subscriber.sender.is_closed());
+                !subscribers.is_empty()
+            });
+        }
+    }
+
+    fn stop(self: &Arc<Self>) {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
-        self.outbox.close();
-        for (_, pending) in self.pending.lock().drain() {
-            let _ = pending.reply.send(Err(Error::Closed));
-        }
-        self.subscriptions.write().clear();
+        let (_, transmits) = self.with_shared(|shared, _| {
+            shared.core.close();
+            shared.subscriptions.clear();
+        });
+        drop(transmits);
+        self.room.notify_waiters();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let transport = self.transport.clone();
             runtime.spawn(async move { transport.close().await });
@@ -304,63 +461,204 @@ impl Inner {
         }
     }
 
-    fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
-    }
-
-    /// Heartbeats, failure detection and gap time-outs.
+    /// Heartbeats, failure detection, gap, request and send deadlines.
     async fn timer_loop(self: Arc<Self>) {
-        if let Err(error) = self.send_heartbeat(Kind::Join, None).await {
-            tracing::warn!(%error, "could not announce this node; heartbeats will retry");
-        }
-        let interval = self.settings.heartbeat_interval;
-        let mut next_heartbeat = Instant::now() + interval;
         loop {
-            let now = Instant::now();
-            if now >= next_heartbeat {
-                if let Err(error) = self.send_heartbeat(Kind::Heartbeat, None).await {
-                    tracing::debug!(%error, "heartbeat not sent");
+            let deadline = self.with_core(|core, now| {
+                core.handle_timeout(now);
+                core.poll_timeout()
+            });
+            let wake = pin!(self.wake_timer.notified());
+            match deadline {
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline.into()) => {}
+                        _ = wake => {}
+                    }
                 }
-                next_heartbeat = now + interval;
-            }
-            let deadline = self
-                .on_time(Instant::now())
-                .map_or(next_heartbeat, |d| d.min(next_heartbeat));
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => {}
-                _ = self.wake_timer.notified() => {}
+                None => wake.await,
             }
         }
     }
 
-    /// Runs what is due at `now`; returns when something is next due.
-    fn on_time(self: &Arc<Self>, now: Instant) -> Option<Instant> {
-        let mut work = inbound::Work::default();
-        let reorder_timeout = self.settings.reorder_timeout;
-        let (next, order) = {
-            let mut state = self.state.lock();
-            let state = &mut *state;
-            state.membership.tick(now, &mut work.member_events);
-            let mut next = state.membership.next_deadline();
-            let mut found = Vec::new();
-            for (&(from, _, kind), stream) in state.streams.iter_mut() {
-                stream.expire(now, reorder_timeout, &mut work.deliveries, &mut found);
-                work.gaps
-                    .extend(found.drain(..).map(|gap| (from, kind, gap)));
-                next = match (next, stream.deadline(reorder_timeout)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+    /// Publishes what waits in the outbox, batch after batch.
+    async fn flush_loop(self: Arc<Self>) {
+        loop {
+            self.flush.notified().await;
+            loop {
+                let (batch, _) = self.with_shared(|shared, _| shared.core.poll_batch());
+                let Some(batch) = batch else { break };
+                let _ = self.perform(batch).await;
             }
-            Self::forget_streams(state, &work.member_events);
-            // Published under the lock: whoever sees the new state can no longer
-            // receive the event that announced it (nor miss one that follows).
-            self.announce(&work.member_events);
-            (next, self.dispatch_order.lock())
+        }
+    }
+
+    async fn broadcast(self: &Arc<Self>, topic: &str, payload: Bytes) -> Result<(), Error> {
+        loop {
+            self.check_open()?;
+            let mut room = pin!(self.room.notified());
+            room.as_mut().enable();
+            let outcome = self.with_core(|core, now| core.broadcast(now, topic, &payload))?;
+            let seq = match outcome {
+                Broadcasting::Alone { seq, transmit } => {
+                    self.perform(transmit).await.map_err(Error::Transport)?;
+                    seq
+                }
+                Broadcasting::Queued { seq } => seq,
+                Broadcasting::Full => {
+                    room.await;
+                    continue;
+                }
+            };
+            let mut shared = self.shared.lock();
+            self.deliver_broadcast(&mut shared, self.id, topic, seq, payload, true);
+            return Ok(());
+        }
+    }
+
+    /// Waits for a message that waited its turn to be sent.
+    async fn carry_out(self: &Arc<Self>, sending: Sending) -> Result<(), Error> {
+        match sending {
+            Sending::Now { transmit, .. } => self.perform(transmit).await.map_err(Error::Transport),
+            Sending::Queued { .. } | Sending::Local => Ok(()),
+        }
+    }
+
+    /// A message through the core, with a waiter registered for its outcome
+    /// if it has to wait its turn.
+    async fn send_with(
+        self: &Arc<Self>,
+        call: impl FnOnce(&mut Core, Instant) -> Result<Sending, Error>,
+    ) -> Result<(), Error> {
+        self.check_open()?;
+        let (receiver, sending) = {
+            let (result, transmits) = self.with_shared(|shared, now| {
+                let sending = call(&mut shared.core, now)?;
+                let receiver = match &sending {
+                    Sending::Queued { token, .. } => {
+                        let (sender, receiver) = oneshot::channel();
+                        shared.waiters.insert(*token, sender);
+                        Some(receiver)
+                    }
+                    _ => None,
+                };
+                Ok::<_, Error>((receiver, sending))
+            });
+            self.send_all(transmits);
+            result?
         };
-        self.dispatch(work);
-        drop(order);
-        next
+        match receiver {
+            Some(receiver) => receiver.await.unwrap_or(Err(Error::Closed)),
+            None => self.carry_out(sending).await,
+        }
+    }
+
+    async fn request(
+        self: &Arc<Self>,
+        to: NodeId,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, Error> {
+        self.check_open()?;
+        let (sender, mut receiver) = oneshot::channel();
+        let (result, transmits) = self.with_shared(|shared, now| {
+            let (id, sending) = shared.core.request(now, to, payload, timeout)?;
+            shared.replies.insert(id, sender);
+            Ok::<_, Error>((id, sending))
+        });
+        self.send_all(transmits);
+        let (id, sending) = result?;
+        let _forget = ForgetRequest { inner: self, id };
+        if let Sending::Now { transmit, .. } = sending {
+            let send = pin!(self.perform(transmit));
+            tokio::select! {
+                biased;
+                // A failed send settles the request with its error.
+                _ = send => {}
+                result = &mut receiver => return result.unwrap_or(Err(Error::Closed)),
+            }
+        }
+        receiver.await.unwrap_or(Err(Error::Closed))
+    }
+
+    async fn leave(self: &Arc<Self>) -> Result<(), Error> {
+        self.check_open()?;
+        // What is queued goes out before the departure, if the carrier takes it.
+        let drained = async {
+            loop {
+                let mut room = pin!(self.room.notified());
+                room.as_mut().enable();
+                if self.shared.lock().core.outbox_drained() {
+                    return;
+                }
+                room.await;
+            }
+        };
+        let _ = tokio::time::timeout(LEAVE_DRAIN, drained).await;
+        let transmit = self.with_core(|core, _| core.leave())?;
+        let result = self.perform(transmit).await.map_err(Error::Transport);
+        self.stop();
+        result
+    }
+}
+
+/// Reports a send whose future was dropped before the carrier answered: its
+/// outcome is unknown, so the core counts it as failed (numbers stay spent).
+struct Report<'a> {
+    inner: &'a Arc<Inner>,
+    token: u64,
+    publish: bool,
+    done: bool,
+}
+
+impl Drop for Report<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let cancelled = TransportError::Other {
+                carrier: self.inner.carrier,
+                detail: "the send was cancelled before the carrier answered".into(),
+            };
+            self.inner.settle(self.token, self.publish, Err(cancelled));
+        }
+    }
+}
+
+/// Forgets a pending request when its caller stops waiting, for whatever reason.
+struct ForgetRequest<'a> {
+    inner: &'a Arc<Inner>,
+    id: u64,
+}
+
+impl Drop for ForgetRequest<'_> {
+    fn drop(&mut self) {
+        let mut shared = self.inner.shared.lock();
+        shared.core.cancel_request(self.id);
+        shared.replies.remove(&self.id);
+    }
+}
+
+/// The carrier hands each item over in its own task.
+impl InboundHandler for Inner {
+    fn handle(self: Arc<Self>, item: Inbound) {
+        let _span = self.span.enter();
+        match item {
+            Inbound::Frame(frame) => {
+                // Decoding and checking the seal need no state: done before
+                // taking the core.
+                let opened = Opened::open(&self.codec, frame);
+                self.with_core(|core, now| core.handle_opened(now, opened));
+            }
+            Inbound::LinkDown(detail) => self.with_core(|core, _| core.handle_link(Some(detail))),
+            Inbound::LinkUp => self.with_core(|core, _| core.handle_link(None)),
+            Inbound::Member {
+                id,
+                incarnation,
+                state,
+            } => self.with_core(|core, now| core.handle_member_report(now, id, incarnation, state)),
+            Inbound::Refused { reason, detail } => {
+                self.with_core(|core, _| core.handle_refused(reason, detail))
+            }
+        }
     }
 }
 
@@ -384,14 +682,18 @@ impl Coordinator for Node {
         options: SubscribeOptions,
     ) -> Result<Subscription, Error> {
         self.inner.check_open()?;
-        check_topic(topic)?;
-        let (sender, receiver) = mpsc::channel(self.inner.settings.queue_capacity);
-        let mut subscriptions = self.inner.subscriptions.write();
-        let topic: Arc<str> = match subscriptions.get_key_value(topic) {
+        self::core::check_topic(topic)?;
+        let (sender, receiver) = queue(
+            self.inner.settings.queue_capacity,
+            self.inner.settings.max_queue_bytes,
+        );
+        let mut shared = self.inner.shared.lock();
+        let topic: Arc<str> = match shared.subscriptions.get_key_value(topic) {
             Some((key, _)) => key.clone(),
             None => Arc::from(topic),
         };
-        subscriptions
+        shared
+            .subscriptions
             .entry(topic.clone())
             .or_default()
             .push(Subscriber {
@@ -402,7 +704,7 @@ impl Coordinator for Node {
     }
 
     fn members(&self) -> Vec<Member> {
-        self.inner.state.lock().membership.members()
+        self.inner.shared.lock().core.members()
     }
 
     fn member_events(&self) -> EventStream<MemberEvent> {
@@ -414,7 +716,9 @@ impl Coordinator for Node {
     }
 
     async fn send(&self, to: NodeId, payload: Bytes) -> Result<(), Error> {
-        self.inner.send(to, payload).await
+        self.inner
+            .send_with(|core, now| core.send(now, to, payload))
+            .await
     }
 
     async fn request(&self, to: NodeId, payload: Bytes, timeout: Duration) -> Result<Bytes, Error> {
@@ -426,7 +730,6 @@ impl Coordinator for Node {
             .inbox_receiver
             .lock()
             .take()
-            .map(Inbox::new)
             .ok_or(Error::InboxTaken)
     }
 
@@ -435,30 +738,63 @@ impl Coordinator for Node {
     }
 
     async fn leave(&self) -> Result<(), Error> {
-        self.inner.check_open()?;
-        // What is queued goes out before the departure, if the carrier takes it.
-        let _ = tokio::time::timeout(LEAVE_DRAIN, self.inner.outbox.drained()).await;
-        let result = self.inner.send_heartbeat(Kind::Leave, None).await;
-        self.inner.stop();
-        result
+        self.inner.leave().await
     }
 }
 
-fn check_topic(topic: &str) -> Result<(), Error> {
-    let invalid = |reason| {
-        Err(Error::InvalidTopic {
-            topic: topic.into(),
-            reason,
-        })
-    };
-    if topic.is_empty() {
-        return invalid("must not be empty");
+/// Answers one request. Dropping it unanswered sends an error reply, so the
+/// requester fails at once instead of waiting for its time-out.
+pub struct Replier {
+    inner: Weak<Inner>,
+    node: NodeId,
+    to: NodeId,
+    request: u64,
+    answered: bool,
+}
+
+impl std::fmt::Debug for Replier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Replier(to node {}, request {})", self.to, self.request)
     }
-    if topic.len() > MAX_TOPIC_LEN {
-        return invalid("longer than 255 bytes");
+}
+
+impl Replier {
+    fn new(inner: &Arc<Inner>, to: NodeId, request: u64) -> Self {
+        Self {
+            inner: Arc::downgrade(inner),
+            node: inner.id,
+            to,
+            request,
+            answered: false,
+        }
     }
-    if topic.chars().any(char::is_control) {
-        return invalid("contains control characters");
+
+    pub(crate) async fn reply(mut self, result: Result<Bytes, String>) -> Result<(), Error> {
+        self.answered = true;
+        let inner = self.inner.upgrade().ok_or(Error::Closed)?;
+        let (to, request) = (self.to, self.request);
+        inner
+            .send_with(|core, now| core.reply(now, to, request, result))
+            .await
     }
-    Ok(())
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let message = format!("node {} dropped the request without replying", self.node);
+        let (to, request) = (self.to, self.request);
+        let sending = inner.with_core(|core, now| core.reply(now, to, request, Err(message)));
+        if let Ok(Sending::Now { transmit, .. }) = sending {
+            inner.send_all(vec![transmit]);
+        }
+    }
 }

@@ -1,236 +1,251 @@
-//! This node's broadcasts on their way to the carrier.
+//! This node's broadcasts on their way to the carrier, sans-IO.
 //!
-//! A broadcast is numbered and queued under one lock, so the carrier sees them
-//! in order. When the carrier is idle the caller publishes its own message at
-//! once: a lone broadcast costs no hop between tasks and goes out exactly as
-//! before batching existed. When broadcasts come faster than the carrier takes
-//! them (a publish is still under way, or the last one ended moments ago),
-//! they wait here and the node's flushing task publishes everything waiting as
-//! one `Batch` frame: a burst costs the broker one message per batch, and the
-//! receivers one tag check and one wake-up per batch.
+//! Broadcasts are numbered here, in the order the carrier will see them. When
+//! the carrier is idle a broadcast goes out alone at once (its caller
+//! publishes it: no hop between tasks). When broadcasts come faster than the
+//! carrier takes them (a publish is still under way, or the last one ended
+//! moments ago), they wait here and go out together as one `Batch` frame once
+//! the publish before them is over: a burst costs the broker one message per
+//! batch, and the receivers one tag check and one wake-up per batch.
+//!
+//! A number is never given back. A publish that failed, or whose outcome is
+//! unknown (a time-out, a carrier that wrote to some peers and then failed),
+//! may have reached some receivers: the next broadcast carries the next
+//! number, and the receivers that missed it report a gap.
 
-use crate::envelope::{Batch, Codec};
-use parking_lot::Mutex;
+use crate::envelope::Batch;
 use std::collections::VecDeque;
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 /// A broadcast that comes this soon after the previous publish ended joins
-/// the queue instead of being published by its caller: the sender is in a
-/// burst, and the next ones will follow it into the same batch.
-const BURST: Duration = Duration::from_micros(10);
+/// the queue instead of going out alone: the sender is in a burst, and the
+/// next ones will follow it into the same batch.
+pub(super) const BURST: Duration = Duration::from_micros(10);
 /// Largest batch, in bytes, unsealed (and never more than `maxMessageSize`).
-const BATCH_BYTES: usize = 60 * 1024;
-/// Batches that can wait before `broadcast` waits for room.
-const BATCHES_QUEUED: usize = 16;
+pub(super) const BATCH_BYTES: usize = 60 * 1024;
 
 pub(super) struct Outbox {
-    queue: Mutex<Queue>,
-    /// Wakes the flushing task.
-    work: Notify,
-    /// Wakes callers waiting for room, or for the queue to empty.
-    room: Notify,
+    last_seq: u64,
+    /// Batches waiting, each with the number of its last broadcast and the
+    /// bytes it counts for in `queued_bytes`.
+    batches: VecDeque<(Batch, u64, usize)>,
+    /// Bytes of the batches waiting.
+    queued_bytes: usize,
+    /// A publish is under way; nothing else goes out until it is over, so
+    /// the carrier sees one order.
+    publishing: bool,
+    idle_since: Option<Instant>,
     /// The highest number whose publish is over, sent or failed: what
     /// heartbeats announce, so that they never announce a message still
     /// waiting here (its receivers would count it lost if it waited longer
     /// than their `reorderTimeout`).
-    settled: AtomicU64,
+    settled: u64,
     batch_bytes: usize,
+    max_queued_bytes: usize,
     from: (u64, u64),
-    /// The node stopped: nothing is queued any more, nobody waits for room.
-    closed: AtomicBool,
 }
 
-struct Queue {
-    last_seq: u64,
-    /// Batches waiting, each with the number of its last broadcast.
-    batches: VecDeque<(Batch, u64)>,
-    /// Who publishes now; nobody else may, so the carrier sees one order.
-    publisher: Publisher,
-    idle_since: Instant,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Publisher {
-    Nobody,
-    /// A caller, its own broadcast.
-    Caller,
-    /// The flushing task, whatever waits.
-    Task,
-}
-
-/// What a caller does with the broadcast it queued.
-pub(super) enum Queued {
-    /// Publish it now, numbered `seq`, then call [`Outbox::published`].
-    Publish { seq: u64 },
-    /// Nothing: the flushing task publishes it with the others.
-    Behind { seq: u64 },
+/// What became of a broadcast handed to [`Outbox::push`].
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pushed {
+    /// The carrier is idle: publish it now, alone, numbered `seq`.
+    Alone { seq: u64 },
+    /// Queued behind a publish under way, numbered `seq`.
+    Queued { seq: u64 },
+    /// The queue is full (in bytes): not numbered; try again once a publish is over.
+    Full,
 }
 
 impl Outbox {
-    pub fn new(codec: &Codec, from: u64, from_incarnation: u64) -> Self {
+    /// `batch_bytes`: the largest batch, unsealed; `max_queued_bytes`: what
+    /// may wait at most.
+    pub fn new(from: (u64, u64), batch_bytes: usize, max_queued_bytes: usize) -> Self {
         Self {
-            queue: Mutex::new(Queue {
-                last_seq: 0,
-                batches: VecDeque::new(),
-                publisher: Publisher::Nobody,
-                idle_since: Instant::now() - BURST,
-            }),
-            work: Notify::new(),
-            room: Notify::new(),
-            settled: AtomicU64::new(0),
-            batch_bytes: codec.batch_limit().min(BATCH_BYTES),
-            from: (from, from_incarnation),
-            closed: AtomicBool::new(false),
+            last_seq: 0,
+            batches: VecDeque::new(),
+            queued_bytes: 0,
+            publishing: false,
+            idle_since: None,
+            settled: 0,
+            batch_bytes: batch_bytes.min(BATCH_BYTES),
+            max_queued_bytes,
+            from,
         }
     }
 
-    /// Numbers a broadcast and queues it, or hands it back to be published
-    /// by the caller. `plain` is its size unsealed (from [`Codec::check`]).
-    /// Waits while the queue is full; `None` once the node has stopped.
-    pub async fn push(&self, plain: usize, topic: &[u8], payload: &[u8]) -> Option<Queued> {
-        loop {
-            let mut room = pin!(self.room.notified());
-            room.as_mut().enable();
-            if self.closed.load(Ordering::Acquire) {
-                return None;
-            }
-            if let Some(queued) = self.try_push(plain, topic, payload) {
-                return Some(queued);
-            }
-            room.await;
+    /// Numbers a broadcast and queues it, or hands it back to go out alone.
+    /// `plain` is its size unsealed (from [`crate::envelope::Codec::check`]).
+    pub fn push(&mut self, now: Instant, plain: usize, topic: &[u8], payload: &[u8]) -> Pushed {
+        let in_burst = self
+            .idle_since
+            .is_some_and(|since| now.saturating_duration_since(since) < BURST);
+        if !self.publishing && self.batches.is_empty() && !in_burst {
+            self.last_seq += 1;
+            self.publishing = true;
+            return Pushed::Alone { seq: self.last_seq };
         }
-    }
-
-    /// The node stopped: callers waiting for room give up.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-        self.room.notify_waiters();
-    }
-
-    fn try_push(&self, plain: usize, topic: &[u8], payload: &[u8]) -> Option<Queued> {
-        let mut queue = self.queue.lock();
-        let seq = queue.last_seq + 1;
-        let idle = queue.publisher == Publisher::Nobody;
-        if idle && queue.idle_since.elapsed() >= BURST {
-            queue.publisher = Publisher::Caller;
-            queue.last_seq = seq;
-            return Some(Queued::Publish { seq });
-        }
-        let fits = queue.batches.back().is_some_and(|(batch, _)| {
+        let fits = self.batches.back().is_some_and(|(batch, ..)| {
             batch.size() + batch.record_size(topic, payload.len()) <= self.batch_bytes
         });
-        if !fits {
-            if queue.batches.len() >= BATCHES_QUEUED {
-                return None;
-            }
-            let batch = Batch::new(self.from.0, self.from.1, self.batch_bytes.max(plain));
-            queue.batches.push_back((batch, seq));
+        // One broadcast may always wait, whatever its size, or nothing could.
+        if !self.batches.is_empty() && self.queued_bytes + plain > self.max_queued_bytes {
+            return Pushed::Full;
         }
-        let (batch, last) = queue.batches.back_mut().expect("a batch is queued");
+        if !fits {
+            let batch = Batch::new(self.from.0, self.from.1, self.batch_bytes.max(plain));
+            self.batches.push_back((batch, 0, 0));
+        }
+        self.queued_bytes += plain;
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        let (batch, last, bytes) = self.batches.back_mut().expect("a batch is queued");
         batch.push(seq, topic, payload);
         *last = seq;
-        queue.last_seq = seq;
-        if idle {
-            queue.publisher = Publisher::Task;
-            drop(queue);
-            self.work.notify_one();
-        }
-        Some(Queued::Behind { seq })
+        *bytes += plain;
+        Pushed::Queued { seq }
     }
 
-    /// The caller's own publish of `seq` is over. A failed one is taken back
-    /// when nothing was queued behind it, so that it leaves no gap.
-    pub fn published(&self, seq: u64, sent: bool) {
-        let mut queue = self.queue.lock();
-        if !sent && queue.last_seq == seq && queue.batches.is_empty() {
-            queue.last_seq = seq - 1;
-            self.settled.store(seq - 1, Ordering::Release);
-        } else {
-            self.settled.store(seq, Ordering::Release);
-        }
-        self.hand_over(queue);
-    }
-
-    /// The next batch for the flushing task, or `None` once nothing waits.
-    pub fn take(&self) -> Option<(Batch, u64)> {
-        let mut queue = self.queue.lock();
-        if queue.publisher != Publisher::Task {
+    /// The next batch to publish, if the carrier is free and one waits.
+    pub fn take(&mut self) -> Option<(Batch, u64)> {
+        if self.publishing {
             return None;
         }
-        match queue.batches.pop_front() {
-            Some(next) => {
-                drop(queue);
-                self.room.notify_waiters();
-                Some(next)
-            }
-            None => {
-                self.hand_over(queue);
-                None
-            }
+        let (batch, last, bytes) = self.batches.pop_front()?;
+        self.queued_bytes -= bytes;
+        self.publishing = true;
+        Some((batch, last))
+    }
+
+    /// The publish under way, up to number `last`, is over (sent, failed or
+    /// of unknown outcome: the numbers stay used either way).
+    pub fn published(&mut self, now: Instant, last: u64) {
+        self.publishing = false;
+        self.settled = self.settled.max(last);
+        if self.batches.is_empty() {
+            self.idle_since = Some(now);
         }
     }
 
-    /// The flushing task's publish up to `seq` is over.
-    pub fn settle(&self, seq: u64) {
-        self.settled.store(seq, Ordering::Release);
-    }
-
-    /// Whoever published is done: the flushing task takes what waits, or the
-    /// carrier is idle.
-    fn hand_over(&self, mut queue: parking_lot::MutexGuard<'_, Queue>) {
-        if queue.batches.is_empty() {
-            queue.publisher = Publisher::Nobody;
-            queue.idle_since = Instant::now();
-            drop(queue);
-            self.room.notify_waiters();
-        } else {
-            queue.publisher = Publisher::Task;
-            drop(queue);
-            self.work.notify_one();
+    /// The defect the simulator must find (tests only): a failed lone
+    /// broadcast's number is given back when nothing was queued behind it.
+    #[cfg(test)]
+    pub fn give_back(&mut self, seq: u64) {
+        if self.last_seq == seq && self.batches.is_empty() {
+            self.last_seq -= 1;
+            self.settled = self.settled.min(seq - 1);
         }
-    }
-
-    /// Waits until the flushing task has work.
-    pub async fn work(&self) {
-        self.work.notified().await
     }
 
     /// The highest broadcast number whose publish is over.
     pub fn settled(&self) -> u64 {
-        self.settled.load(Ordering::Acquire)
+        self.settled
     }
 
-    /// Waits until every queued broadcast has been published (or failed).
-    pub async fn drained(&self) {
-        loop {
-            let mut room = pin!(self.room.notified());
-            room.as_mut().enable();
-            {
-                let queue = self.queue.lock();
-                let idle = queue.publisher == Publisher::Nobody && queue.batches.is_empty();
-                if idle || self.closed.load(Ordering::Acquire) {
-                    return;
-                }
-            }
-            room.await;
-        }
+    /// The highest broadcast number given out.
+    #[cfg(test)]
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Nothing waits and nothing is being published.
+    pub fn is_drained(&self) -> bool {
+        !self.publishing && self.batches.is_empty()
+    }
+
+    /// Whether a batch waits and the carrier is free for it.
+    pub fn ready(&self) -> bool {
+        !self.publishing && !self.batches.is_empty()
+    }
+
+    /// Bytes waiting (each broadcast counted at its size as an envelope of its own).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Broadcasts waiting (numbered, not yet handed to the carrier).
+    pub fn queued_messages(&self) -> u64 {
+        self.batches
+            .iter()
+            .map(|(batch, ..)| batch.len() as u64)
+            .sum()
+    }
+
+    /// The node stops: what waits is dropped; returns how many broadcasts.
+    pub fn clear(&mut self) -> u64 {
+        let dropped = self.queued_messages();
+        self.batches.clear();
+        self.queued_bytes = 0;
+        dropped
     }
 }
 
-/// Ends a caller's own publish even if its future is dropped half-way, so the
-/// queue never stays busy for nobody.
-pub(super) struct Publishing<'a> {
-    pub outbox: &'a Outbox,
-    pub seq: u64,
-    pub sent: Option<bool>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Drop for Publishing<'_> {
-    fn drop(&mut self) {
-        // Cancelled: whether it went out is unknown, so it is not taken back.
-        self.outbox.published(self.seq, self.sent.unwrap_or(true));
+    fn outbox() -> Outbox {
+        Outbox::new((1, 1), 1024, 4096)
+    }
+
+    #[test]
+    fn an_idle_carrier_takes_a_lone_broadcast_and_a_busy_one_queues_them() {
+        let t0 = Instant::now();
+        let mut outbox = outbox();
+        assert_eq!(outbox.push(t0, 70, b"t", b"a"), Pushed::Alone { seq: 1 });
+        assert_eq!(outbox.push(t0, 70, b"t", b"b"), Pushed::Queued { seq: 2 });
+        assert_eq!(outbox.push(t0, 70, b"t", b"c"), Pushed::Queued { seq: 3 });
+        assert!(outbox.take().is_none(), "one publish at a time");
+        outbox.published(t0, 1);
+        assert_eq!(outbox.settled(), 1);
+        let (batch, last) = outbox.take().expect("the queued ones");
+        assert_eq!((batch.len(), last), (2, 3));
+        outbox.published(t0, 3);
+        assert!(outbox.is_drained());
+        // Within the burst window the next one still queues.
+        assert_eq!(outbox.push(t0, 70, b"t", b"d"), Pushed::Queued { seq: 4 });
+        outbox.take();
+        outbox.published(t0, 4);
+        assert_eq!(
+            outbox.push(t0 + BURST, 70, b"t", b"e"),
+            Pushed::Alone { seq: 5 }
+        );
+    }
+
+    #[test]
+    fn a_failed_publish_keeps_its_number() {
+        let t0 = Instant::now();
+        let mut outbox = outbox();
+        assert_eq!(outbox.push(t0, 70, b"t", b"a"), Pushed::Alone { seq: 1 });
+        // Failed, or unknown: either way the number is spent.
+        outbox.published(t0, 1);
+        assert_eq!(outbox.settled(), 1);
+        assert_eq!(
+            outbox.push(t0 + BURST, 70, b"t", b"b"),
+            Pushed::Alone { seq: 2 }
+        );
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let t0 = Instant::now();
+        let mut outbox = Outbox::new((1, 1), 1024, 2048);
+        outbox.push(t0, 70, b"t", b"a");
+        let payload = [0u8; 900];
+        assert!(matches!(
+            outbox.push(t0, 960, b"t", &payload),
+            Pushed::Queued { .. }
+        ));
+        assert!(matches!(
+            outbox.push(t0, 960, b"t", &payload),
+            Pushed::Queued { .. }
+        ));
+        assert_eq!(outbox.push(t0, 960, b"t", &payload), Pushed::Full);
+        assert_eq!(outbox.last_seq(), 3, "a refused broadcast takes no number");
+        outbox.published(t0, 1);
+        outbox.take().expect("a batch");
+        assert!(matches!(
+            outbox.push(t0, 960, b"t", &payload),
+            Pushed::Queued { seq: 4 }
+        ));
     }
 }

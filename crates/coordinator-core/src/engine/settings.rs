@@ -23,6 +23,25 @@ pub struct Settings {
     pub queue_capacity: usize,
     /// How long a dead or departed member is remembered.
     pub forget_after: Duration,
+    /// How long the carrier may take to send one frame, and how long a frame
+    /// may wait behind others for the same destination, before the send
+    /// fails (a stalled link). A frame that timed out may still arrive.
+    pub send_timeout: Duration,
+    /// Bytes of out-of-order messages held, over all senders, while missing
+    /// ones are awaited; beyond it the largest holder gives up waiting (a gap).
+    pub max_held_bytes: usize,
+    /// Bytes that may wait for the carrier per destination, and for
+    /// broadcasts: beyond it `send` and `request` fail with
+    /// [`Error::Backlog`] and `broadcast` waits for room.
+    pub max_outgoing_bytes: usize,
+    /// Bytes of messages waiting for the application per subscription and in
+    /// the inbox; beyond it (or `queue_capacity` messages) new ones are
+    /// dropped and reported as [`crate::Event::Overflow`].
+    pub max_queue_bytes: usize,
+    /// Other nodes known at most (members, and the dead and departed
+    /// remembered for `forget_after`): a node beyond it is ignored, and
+    /// reported as [`crate::Event::Overflow`], until one is forgotten.
+    pub max_members: usize,
     /// This run's incarnation; a fresh one (see [`super::new_incarnation`]) when `None`.
     /// A carrier that needs it before the node starts sets it.
     pub incarnation: Option<u64>,
@@ -61,6 +80,11 @@ impl Settings {
             max_message_size: config.max_message_size as usize,
             queue_capacity: 65_536,
             forget_after: Duration::from_secs(600),
+            send_timeout: Duration::from_secs(5),
+            max_held_bytes: 64 << 20,
+            max_outgoing_bytes: 4 << 20,
+            max_queue_bytes: 256 << 20,
+            max_members: crate::membership::MAX_PEERS,
             incarnation: None,
         }
     }
@@ -100,6 +124,28 @@ impl Settings {
     /// Fixes this run's incarnation (it must be higher than any earlier run's).
     pub fn incarnation(mut self, incarnation: u64) -> Self {
         self.incarnation = Some(incarnation);
+        self
+    }
+
+    /// Sets how long a send may take, or wait its turn, before it fails.
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
+    }
+
+    /// Sets the memory bounds, in bytes: messages held out of order (all
+    /// senders), messages waiting for the carrier (per destination), and
+    /// messages waiting for the application (per queue).
+    pub fn memory(mut self, held: usize, outgoing: usize, queue: usize) -> Self {
+        self.max_held_bytes = held;
+        self.max_outgoing_bytes = outgoing;
+        self.max_queue_bytes = queue;
+        self
+    }
+
+    /// Sets how many other nodes are known at most.
+    pub fn max_members(mut self, max: usize) -> Self {
+        self.max_members = max.max(1);
         self
     }
 

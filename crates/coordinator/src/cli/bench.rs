@@ -5,9 +5,8 @@
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use coordinator::config::CarrierConfig;
-use coordinator::{
-    Coordinator, CoordinatorConfig, Inbox, MemoryNetwork, Settings, SubscribeOptions,
-};
+use coordinator::testing::MemoryNetwork;
+use coordinator::{Coordinator, CoordinatorConfig, Inbox, Settings, SubscribeOptions};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::path::PathBuf;

@@ -29,12 +29,12 @@ impl Launcher {
 }
 
 #[cfg(not(feature = "native"))]
-struct Launcher(Arc<coordinator::MemoryNetwork>);
+struct Launcher(Arc<coordinator::testing::MemoryNetwork>);
 
 #[cfg(not(feature = "native"))]
 impl Launcher {
     fn new() -> Self {
-        Self(coordinator::MemoryNetwork::new())
+        Self(coordinator::testing::MemoryNetwork::new())
     }
 
     async fn start(&mut self, id: NodeId) -> anyhow::Result<Node> {

@@ -4,7 +4,7 @@
 use crate::api::NodeId;
 use crate::engine::{Node, Settings};
 use crate::error::{Error, TransportError};
-use crate::faults::Faults;
+use crate::testing::Faults;
 use crate::transport::{Inbound, InboundSender, Link, Transport, inbound};
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1,0 +1,308 @@
+//! Per destination, sans-IO: the direct stream's numbering and the frames
+//! waiting their turn.
+//!
+//! One frame per destination is with the carrier at a time, so the carrier
+//! sees each pair's frames in order; the others wait here, bounded in bytes
+//! and in time. A number is never given back: a send that failed, or whose
+//! outcome is unknown, may have arrived, so the next message carries the next
+//! number and the receiver reports a gap if it did not.
+
+use crate::api::NodeId;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// A numbered frame waiting for the one before it to leave the carrier.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    pub token: u64,
+    pub frame: Bytes,
+    pub since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    incarnation: u64,
+    last_seq: u64,
+    /// The frame with the carrier now.
+    busy: Option<u64>,
+    waiting: VecDeque<Waiting>,
+    waiting_bytes: usize,
+}
+
+/// Why a message could not be numbered.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// As many bytes as allowed already wait for this destination.
+    Full { waiting_bytes: usize },
+    /// The stream to this destination is at its last number.
+    Exhausted,
+}
+
+pub(super) struct Lanes {
+    lanes: HashMap<NodeId, Lane>,
+    /// Where the streams to departed destinations stopped, so that a
+    /// destination that comes back with the same run (after it was forgotten
+    /// in a long partition) is not sent numbers it already has.
+    retired: HashMap<(NodeId, u64), u64>,
+    retired_order: VecDeque<(NodeId, u64)>,
+    max_retired: usize,
+    max_waiting_bytes: usize,
+}
+
+impl Lanes {
+    pub fn new(max_waiting_bytes: usize, max_retired: usize) -> Self {
+        Self {
+            lanes: HashMap::new(),
+            retired: HashMap::new(),
+            retired_order: VecDeque::new(),
+            max_retired: max_retired.max(1),
+            max_waiting_bytes,
+        }
+    }
+
+    /// Numbers the next message to `to` (run `incarnation`), of `bytes`
+    /// bytes. Returns its number and whether the carrier is free for it.
+    /// Frames still waiting for an earlier run of `to` are returned in
+    /// `stale`: they can no longer be delivered.
+    pub fn number(
+        &mut self,
+        to: NodeId,
+        incarnation: u64,
+        bytes: usize,
+        stale: &mut Vec<Waiting>,
+    ) -> Result<(u64, bool), Refused> {
+        let max = self.max_waiting_bytes;
+        let lane = self.lane(to, incarnation, stale);
+        let free = lane.busy.is_none();
+        if !free && lane.waiting_bytes + bytes > max {
+            return Err(Refused::Full {
+                waiting_bytes: lane.waiting_bytes,
+            });
+        }
+        let seq = lane.last_seq.checked_add(1).ok_or(Refused::Exhausted)?;
+        lane.last_seq = seq;
+        Ok((seq, free))
+    }
+
+    fn lane(&mut self, to: NodeId, incarnation: u64, stale: &mut Vec<Waiting>) -> &mut Lane {
+        if self
+            .lanes
+            .get(&to)
+            .is_some_and(|lane| lane.incarnation != incarnation)
+        {
+            self.retire(to, stale);
+        }
+        let retired = &mut self.retired;
+        self.lanes.entry(to).or_insert_with(|| Lane {
+            incarnation,
+            last_seq: retired.remove(&(to, incarnation)).unwrap_or(0),
+            ..Lane::default()
+        })
+    }
+
+    /// The carrier has the frame `token` for `to` now.
+    pub fn start(&mut self, to: NodeId, token: u64) {
+        if let Some(lane) = self.lanes.get_mut(&to) {
+            lane.busy = Some(token);
+        }
+    }
+
+    /// Queues a numbered frame behind the one with the carrier.
+    pub fn wait(&mut self, to: NodeId, waiting: Waiting) {
+        if let Some(lane) = self.lanes.get_mut(&to) {
+            lane.waiting_bytes += waiting.frame.len();
+            lane.waiting.push_back(waiting);
+        }
+    }
+
+    /// The carrier is done with frame `token` for `to`: the next waiting
+    /// frame, which the carrier has from now on.
+    pub fn finished(&mut self, to: NodeId, token: u64) -> Option<Waiting> {
+        let lane = self.lanes.get_mut(&to)?;
+        if lane.busy != Some(token) {
+            return None;
+        }
+        lane.busy = None;
+        let next = lane.waiting.pop_front()?;
+        lane.waiting_bytes -= next.frame.len();
+        lane.busy = Some(next.token);
+        Some(next)
+    }
+
+    /// The defect the simulator must find (tests only): the number of a
+    /// failed send is given back when nothing was numbered after it.
+    #[cfg(test)]
+    pub fn give_back(&mut self, to: NodeId, seq: u64) {
+        if let Some(lane) = self.lanes.get_mut(&to)
+            && lane.last_seq == seq
+        {
+            lane.last_seq -= 1;
+        }
+    }
+
+    /// Takes out the frames that waited `timeout` or longer.
+    /// They come out in the order they were numbered, destination by destination.
+    pub fn expire(&mut self, now: Instant, timeout: Duration, expired: &mut Vec<Waiting>) {
+        let mut destinations: Vec<NodeId> = self.lanes.keys().copied().collect();
+        destinations.sort_unstable();
+        for to in destinations {
+            let lane = self.lanes.get_mut(&to).expect("listed");
+            while lane
+                .waiting
+                .front()
+                .is_some_and(|w| now.saturating_duration_since(w.since) >= timeout)
+            {
+                let waiting = lane.waiting.pop_front().expect("checked non-empty");
+                lane.waiting_bytes -= waiting.frame.len();
+                expired.push(waiting);
+            }
+        }
+    }
+
+    /// When [`Lanes::expire`] next has something to do.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.lanes
+            .values()
+            .filter_map(|lane| lane.waiting.front().map(|w| w.since + timeout))
+            .min()
+    }
+
+    /// `to`'s run `incarnation` is gone: its lane is retired, and what waited
+    /// for it is returned in `stale`.
+    pub fn forget(&mut self, to: NodeId, incarnation: u64, stale: &mut Vec<Waiting>) {
+        if self
+            .lanes
+            .get(&to)
+            .is_some_and(|lane| lane.incarnation == incarnation && lane.busy.is_none())
+        {
+            self.retire(to, stale);
+        }
+    }
+
+    fn retire(&mut self, to: NodeId, stale: &mut Vec<Waiting>) {
+        let Some(lane) = self.lanes.remove(&to) else {
+            return;
+        };
+        stale.extend(lane.waiting);
+        if lane.last_seq == 0 {
+            return;
+        }
+        let key = (to, lane.incarnation);
+        if self.retired.insert(key, lane.last_seq).is_none() {
+            self.retired_order.push_back(key);
+        }
+        while self.retired.len() > self.max_retired {
+            match self.retired_order.pop_front() {
+                Some(oldest) => {
+                    self.retired.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+        // Keys re-used by a lane that came back are stale in the order list.
+        if self.retired_order.len() > 2 * self.max_retired {
+            let retired = &self.retired;
+            self.retired_order.retain(|key| retired.contains_key(key));
+        }
+    }
+
+    /// Destinations with a lane (for memory checks).
+    pub fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The largest number of bytes waiting for one destination.
+    pub fn max_waiting_bytes(&self) -> usize {
+        self.lanes
+            .values()
+            .map(|lane| lane.waiting_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every waiting frame (the node stops), in the order they were numbered.
+    pub fn drain(&mut self) -> Vec<Waiting> {
+        let mut all: Vec<Waiting> = self
+            .lanes
+            .values_mut()
+            .flat_map(|lane| {
+                lane.waiting_bytes = 0;
+                lane.waiting.drain(..)
+            })
+            .collect();
+        all.sort_by_key(|waiting| waiting.token);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(token: u64, since: Instant) -> Waiting {
+        Waiting {
+            token,
+            frame: Bytes::from_static(&[0; 10]),
+            since,
+        }
+    }
+
+    #[test]
+    fn one_frame_at_a_time_and_numbers_never_given_back() {
+        let t0 = Instant::now();
+        let mut lanes = Lanes::new(25, 8);
+        let mut stale = Vec::new();
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((1, true)));
+        lanes.start(2, 100);
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((2, false)));
+        lanes.wait(2, waiting(101, t0));
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((3, false)));
+        lanes.wait(2, waiting(102, t0));
+        assert_eq!(
+            lanes.number(2, 7, 10, &mut stale),
+            Err(Refused::Full { waiting_bytes: 20 })
+        );
+        // Message 1 failed: its number stays spent, 2 goes next.
+        assert_eq!(lanes.finished(2, 100).map(|w| w.token), Some(101));
+        assert_eq!(lanes.finished(2, 101).map(|w| w.token), Some(102));
+        assert!(lanes.finished(2, 102).is_none());
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((4, true)));
+    }
+
+    #[test]
+    fn waiting_frames_expire_and_a_new_run_starts_at_one() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(1);
+        let mut lanes = Lanes::new(100, 8);
+        let mut stale = Vec::new();
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.start(2, 1);
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.wait(2, waiting(2, t0));
+        assert_eq!(lanes.deadline(timeout), Some(t0 + timeout));
+        let mut expired = Vec::new();
+        lanes.expire(t0 + timeout, timeout, &mut expired);
+        assert_eq!(expired.len(), 1);
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.wait(2, waiting(3, t0));
+        assert_eq!(lanes.number(2, 8, 10, &mut stale), Ok((1, true)));
+        assert_eq!(stale.len(), 1, "what waited for the old run");
+    }
+
+    #[test]
+    fn a_forgotten_destination_that_comes_back_resumes_its_numbers() {
+        let mut lanes = Lanes::new(100, 1);
+        let mut stale = Vec::new();
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.forget(2, 7, &mut stale);
+        assert_eq!(lanes.len(), 0);
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((3, true)));
+        lanes.forget(2, 7, &mut stale);
+        lanes.number(3, 1, 10, &mut stale).unwrap();
+        lanes.forget(3, 1, &mut stale);
+        // Only one retired stream is remembered: node 2's is gone.
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((1, true)));
+    }
+}
