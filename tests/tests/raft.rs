@@ -133,14 +133,68 @@ mod network {
         // Node 2 is alive but nobody serves Raft there: nothing answers.
         let _inbox = nodes[1].inbox().unwrap();
         let mut client = client(&nodes[0], 2, Options::default()).await;
+        let started = std::time::Instant::now();
         let result = client.vote(vote(), option(200)).await;
+        // openraft asks to give up at the soft TTL, before it drops the call
+        // at the hard one.
+        let soft = option(200).soft_ttl();
+        assert!(soft < Duration::from_millis(200));
         match result {
             Err(RPCError::Timeout(timeout)) => {
                 assert_eq!((timeout.id, timeout.target), (1, 2));
-                assert_eq!(timeout.timeout, Duration::from_millis(200));
+                assert_eq!(timeout.timeout, soft);
             }
             other => panic!("expected a timeout, got {other:?}"),
         }
+        assert!(started.elapsed() < Duration::from_millis(200));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pieces_of_a_snapshot_chunk_share_its_deadline() {
+        let (_network, nodes) = nodes(&[1, 2], 1 << 20).await;
+        // Node 2 answers each piece after 100 ms.
+        let mut inbox = nodes[1].inbox().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = inbox.recv().await {
+                let Ok(Request::InstallSnapshot(piece)) =
+                    wire::decode_request::<KvConfig>(&incoming.payload)
+                else {
+                    continue;
+                };
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let reply: Result<InstallSnapshotResponse<u64>, RaftError<u64>> =
+                    Ok(InstallSnapshotResponse { vote: piece.vote });
+                let _ = incoming.reply(wire::encode_reply(&reply).unwrap()).await;
+            }
+        });
+        let options = Options {
+            snapshot_piece: 1024,
+            ..Options::default()
+        };
+        let mut client = client(&nodes[0], 2, options).await;
+        let chunk = InstallSnapshotRequest {
+            vote: Vote::new_committed(1, 1),
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: Default::default(),
+                snapshot_id: "s-1".into(),
+            },
+            offset: 0,
+            data: vec![7; 10 * 1024],
+            done: true,
+        };
+        // Ten pieces of 100 ms each do not fit in one chunk's 400 ms.
+        let started = std::time::Instant::now();
+        let result = client.install_snapshot(chunk, option(400)).await;
+        assert!(
+            matches!(result, Err(RPCError::Timeout(_))),
+            "got {result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

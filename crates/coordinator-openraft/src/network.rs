@@ -193,7 +193,9 @@ where
         option: RPCOption,
     ) -> RpcResult<C, AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         let entries = rpc.entries.len() as u64;
-        match self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await {
+        // openraft 0.9 asks an RPC to give up at `soft_ttl`; at `hard_ttl`
+        // it drops the future itself.
+        match self.call(Rpc::AppendEntries, &rpc, option.soft_ttl()).await {
             Err(Failure::TooLarge { size, max }) if entries > 1 => {
                 // As many entries as fit, on average, with room to spare.
                 let hint =
@@ -231,7 +233,21 @@ where
         } = rpc;
         let mut piece = self.shared.options.snapshot_piece.max(1);
         let mut sent = 0usize;
+        // The pieces of one chunk share the chunk's time, not each its own.
+        let ttl = option.soft_ttl();
+        let deadline = tokio::time::Instant::now() + ttl;
         loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return self.settle(Err(self.failure(
+                    Error::Timeout {
+                        node: self.target,
+                        timeout: ttl,
+                    },
+                    Rpc::InstallSnapshot,
+                    ttl,
+                )));
+            }
             let end = (sent + piece).min(data.len());
             let last = end == data.len();
             let request = InstallSnapshotRequest::<C> {
@@ -242,11 +258,7 @@ where
                 done: done && last,
             };
             let outcome = self
-                .call::<InstallSnapshotResponse<NodeId>, _>(
-                    Rpc::InstallSnapshot,
-                    &request,
-                    option.hard_ttl(),
-                )
+                .call::<InstallSnapshotResponse<NodeId>, _>(Rpc::InstallSnapshot, &request, left)
                 .await;
             match outcome {
                 // The last piece, or a target that has moved on to a newer vote.
@@ -268,23 +280,25 @@ where
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<C, VoteResponse<NodeId>, RaftError<NodeId>> {
-        let outcome = self.call(Rpc::Vote, &rpc, option.hard_ttl()).await;
+        let outcome = self.call(Rpc::Vote, &rpc, option.soft_ttl()).await;
         self.settle(outcome)
     }
 
     fn backoff(&self) -> Backoff {
         let options = &self.shared.options;
         Backoff::new(Jittered {
-            next: options.backoff_min,
+            attempt: 0,
+            base: options.backoff_min,
             max: options.backoff_max,
         })
     }
 }
 
-/// Truncated exponential backoff with jitter (each wait between half and
-/// all of the current step).
+/// The carriers' truncated exponential backoff with jitter
+/// ([`coordinator_core::routes::backoff`]), as the iterator openraft takes.
 struct Jittered {
-    next: Duration,
+    attempt: u32,
+    base: Duration,
     max: Duration,
 }
 
@@ -292,10 +306,9 @@ impl Iterator for Jittered {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let step = self.next;
-        self.next = (step * 2).min(self.max);
-        let half = step / 2;
-        Some(half + half.mul_f64(rand::random::<f64>()))
+        let wait = coordinator_core::routes::backoff(self.attempt, self.base, self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        Some(wait)
     }
 }
 
@@ -306,7 +319,8 @@ mod tests {
     #[test]
     fn backoff_grows_to_its_cap_with_jitter() {
         let waits: Vec<_> = Jittered {
-            next: Duration::from_millis(50),
+            attempt: 0,
+            base: Duration::from_millis(50),
             max: Duration::from_secs(1),
         }
         .take(10)

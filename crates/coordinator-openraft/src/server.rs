@@ -4,15 +4,22 @@
 use crate::wire::{self, DecodeError, Request};
 use coordinator_core::{Inbox, Incoming, NodeId};
 use openraft::{Raft, RaftTypeConfig};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Raft requests handled at once, at most, by default: beyond it the server
+/// stops reading its inbox until one is done (the inbox then fills and its
+/// overflow is reported), instead of starting tasks without bound.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// Serves the Raft requests that reach this node until dropped (or until the
 /// coordinator stops).
 ///
 /// Each request is handled in a task of its own, so that a vote or a
 /// heartbeat never waits behind a large append or a snapshot piece that the
-/// local Raft is still writing.
+/// local Raft is still writing; at most [`MAX_CONCURRENT_REQUESTS`] at once.
+/// Dropping the server ends them all.
 pub struct RaftServer {
     task: JoinHandle<()>,
 }
@@ -34,7 +41,7 @@ impl RaftServer {
     /// direct messages.
     pub fn start_sharing<C>(
         raft: Raft<C>,
-        mut inbox: Inbox,
+        inbox: Inbox,
         others: Option<mpsc::Sender<Incoming>>,
     ) -> RaftServer
     where
@@ -42,11 +49,38 @@ impl RaftServer {
         C::SnapshotData:
             tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
     {
+        Self::serve(raft, inbox, others, MAX_CONCURRENT_REQUESTS)
+    }
+
+    /// As [`RaftServer::start_sharing`], with at most `concurrency` requests
+    /// handled at once.
+    pub fn serve<C>(
+        raft: Raft<C>,
+        mut inbox: Inbox,
+        others: Option<mpsc::Sender<Incoming>>,
+        concurrency: usize,
+    ) -> RaftServer
+    where
+        C: RaftTypeConfig<NodeId = NodeId>,
+        C::SnapshotData:
+            tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
+    {
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let task = tokio::spawn(async move {
+            // Owned here: dropping the server (aborting this task) ends them.
+            let mut handling = JoinSet::new();
             while let Some(incoming) = inbox.recv().await {
+                while handling.try_join_next().is_some() {}
                 match (wire::decode_request::<C>(&incoming.payload), &others) {
                     (Ok(request), _) => {
-                        tokio::spawn(handle(raft.clone(), incoming, request));
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let raft = raft.clone();
+                        handling.spawn(async move {
+                            handle(raft, incoming, request).await;
+                            drop(permit);
+                        });
                     }
                     (Err(DecodeError::NotRaft), Some(others)) => {
                         if others.send(incoming).await.is_err() {

@@ -51,6 +51,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run the engine's deterministic simulator: one seed (to replay a failure exactly) or a search over many.
+    Simulate(cli::simulate::SimulateArgs),
     /// Run one node from a configuration file; lines typed on standard input are broadcast.
     Node {
         #[arg(long)]
@@ -65,6 +67,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if let Command::CheckConfig { file } = &args.command {
         return cli::check_config::run(file);
+    }
+    if let Command::Simulate(simulate) = &args.command {
+        return cli::simulate::run(simulate);
     }
     #[cfg(feature = "native")]
     if let Command::GenCert {
@@ -82,7 +87,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match args.command {
-            Command::CheckConfig { .. } => unreachable!("handled above"),
+            Command::CheckConfig { .. } | Command::Simulate(_) => unreachable!("handled above"),
             #[cfg(feature = "native")]
             Command::GenCert { .. } => unreachable!("handled above"),
             Command::Demo { nodes } => cli::demo::run(nodes).await,

@@ -328,3 +328,23 @@ fn bench_measures_native_beside_a_raw_tls_echo() {
     assert!(echo["p50_us"].as_f64().unwrap() > 0.0);
     assert!(native["p99_us"].as_f64().unwrap() >= native["p50_us"].as_f64().unwrap());
 }
+
+#[test]
+fn simulate_replays_one_seed_and_searches_many() {
+    let one = coordinator(&["simulate", "--seed", "11", "--nodes", "4"]);
+    assert_eq!(one.status.code(), Some(0), "{}", stdout(&one));
+    let again = coordinator(&["simulate", "--seed", "11", "--nodes", "4"]);
+    assert!(
+        stdout(&one).starts_with("seed 11: 4 nodes"),
+        "{}",
+        stdout(&one)
+    );
+    assert_eq!(stdout(&one), stdout(&again), "a seed replays exactly");
+    let search = coordinator(&["simulate", "--seeds", "20", "--first", "100"]);
+    assert_eq!(search.status.code(), Some(0), "{}", stdout(&search));
+    assert!(
+        stdout(&search).starts_with("20 seeds of 5 nodes passed"),
+        "{}",
+        stdout(&search)
+    );
+}

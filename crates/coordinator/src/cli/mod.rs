@@ -15,6 +15,7 @@ pub mod raw_redis;
 pub mod raw_tls;
 #[cfg(feature = "zenoh")]
 pub mod raw_zenoh;
+pub mod simulate;
 #[cfg(feature = "native")]
 pub mod soak;
 

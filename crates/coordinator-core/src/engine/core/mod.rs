@@ -1372,3 +1372,6 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
