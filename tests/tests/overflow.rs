@@ -46,3 +46,42 @@ async fn a_full_subscription_drops_and_reports_what_it_dropped() {
         "the first messages are kept, in order"
     );
 }
+
+/// A request the full inbox cannot take is answered at once with an error
+/// (not left to time out), and the node goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_full_inbox_refuses_fails_at_once() {
+    let network = MemoryNetwork::new();
+    let sender = std::sync::Arc::new(network.start(Settings::new(1)).unwrap());
+    let receiver = std::sync::Arc::new(network.start(Settings::new(2).queue_capacity(1)).unwrap());
+    let nodes: Vec<std::sync::Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
+    converge(&nodes, Duration::from_secs(10)).await;
+    let mut inbox = receiver.inbox().unwrap();
+    sender
+        .send(2, Bytes::from_static(b"fills it"))
+        .await
+        .unwrap();
+    let refused = within(
+        Duration::from_secs(5),
+        "the refused request",
+        sender.request(2, Bytes::from_static(b"?"), Duration::from_secs(30)),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(coordinator::Error::Remote { node: 2, message }) if message.contains("without replying")),
+        "{refused:?}"
+    );
+    let first = inbox.recv().await.unwrap();
+    assert_eq!(first.payload, Bytes::from_static(b"fills it"));
+    // The node still answers.
+    let answering = tokio::spawn(async move {
+        let request = inbox.recv().await.unwrap();
+        request.reply(Bytes::from_static(b"!")).await.unwrap();
+    });
+    let reply = sender
+        .request(2, Bytes::from_static(b"?"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply, Bytes::from_static(b"!"));
+    answering.await.unwrap();
+}

@@ -224,10 +224,11 @@ pub(crate) struct QueueSender<T> {
     max_bytes: usize,
 }
 
-/// Why a queue to the application did not take a message.
-pub(crate) enum QueueRefused {
-    Full,
-    Closed,
+/// Why a queue to the application did not take a message (handed back, so
+/// that the caller chooses where it is dropped).
+pub(crate) enum QueueRefused<T> {
+    Full(T),
+    Closed(T),
 }
 
 /// A queue to the application: at most `capacity` messages and `max_bytes`
@@ -246,20 +247,20 @@ pub(crate) fn queue<T>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, Qu
 }
 
 impl<T: QueueItem> QueueSender<T> {
-    pub fn try_send(&self, item: T) -> Result<(), QueueRefused> {
+    pub fn try_send(&self, item: T) -> Result<(), QueueRefused<T>> {
         let size = item.bytes();
         let held = self.bytes.fetch_add(size, Ordering::AcqRel);
         if held > 0 && held + size > self.max_bytes {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
-            return Err(QueueRefused::Full);
+            return Err(QueueRefused::Full(item));
         }
         match self.sender.try_send(item) {
             Ok(()) => Ok(()),
             Err(error) => {
                 self.bytes.fetch_sub(size, Ordering::AcqRel);
                 Err(match error {
-                    mpsc::error::TrySendError::Full(_) => QueueRefused::Full,
-                    mpsc::error::TrySendError::Closed(_) => QueueRefused::Closed,
+                    mpsc::error::TrySendError::Full(item) => QueueRefused::Full(item),
+                    mpsc::error::TrySendError::Closed(item) => QueueRefused::Closed(item),
                 })
             }
         }

@@ -93,6 +93,7 @@ impl NodeBuilder {
                 inbox: inbox_sender,
                 waiters: HashMap::new(),
                 replies: HashMap::new(),
+                refused: Vec::new(),
             }),
             inbox_receiver: Mutex::new(Some(Inbox::new(inbox_receiver))),
             member_events: broadcast::channel(EVENT_BUFFER).0,
@@ -231,6 +232,9 @@ struct Shared {
     waiters: HashMap<u64, oneshot::Sender<Result<(), Error>>>,
     /// Callers waiting for a reply, by request id.
     replies: HashMap<u64, oneshot::Sender<Result<Bytes, Error>>>,
+    /// Requests the inbox refused: dropped once the core is let go, since
+    /// dropping one answers it through the core.
+    refused: Vec<Incoming>,
 }
 
 struct Subscriber {
@@ -258,7 +262,10 @@ impl Inner {
         }
         let wake = shared.core.take_wake();
         let batch = shared.core.batch_ready();
+        let refused = std::mem::take(&mut shared.refused);
         drop(shared);
+        // Each unanswered request answers with an error as it is dropped.
+        drop(refused);
         if wake {
             self.wake_timer.notify_one();
         }
@@ -347,9 +354,12 @@ impl Inner {
                 };
                 match shared.inbox.try_send(incoming) {
                     Ok(()) => {}
-                    Err(QueueRefused::Full) => self.overflow("inbox"),
+                    Err(QueueRefused::Full(incoming)) => {
+                        self.overflow("inbox");
+                        shared.refused.push(incoming);
+                    }
                     // Nobody reads the inbox any more: a request is answered with an error by its Replier.
-                    Err(QueueRefused::Closed) => {}
+                    Err(QueueRefused::Closed(incoming)) => shared.refused.push(incoming),
                 }
             }
             Output::Replied { request, result } => {
@@ -421,8 +431,8 @@ impl Inner {
             }
             match sender.try_send(message.clone()) {
                 Ok(()) => {}
-                Err(QueueRefused::Full) => self.overflow(&format!("subscription {topic}")),
-                Err(QueueRefused::Closed) => any_closed = true,
+                Err(QueueRefused::Full(_)) => self.overflow(&format!("subscription {topic}")),
+                Err(QueueRefused::Closed(_)) => any_closed = true,
             }
         }
         if any_closed {
@@ -486,8 +496,9 @@ impl Inner {
         loop {
             self.flush.notified().await;
             loop {
-                let (batch, _) = self.with_shared(|shared, _| shared.core.poll_batch());
-                let Some(batch) = batch else { break };
+                let Some(batch) = self.with_core(|core, _| core.poll_batch()) else {
+                    break;
+                };
                 let _ = self.perform(batch).await;
             }
         }
