@@ -75,6 +75,21 @@ mod network {
         VoteRequest::new(Vote::new(1, 1), None)
     }
 
+    /// The last chunk of snapshot "s-1", at `offset`, under a committed vote of node 1.
+    fn last_chunk(offset: u64, data: Vec<u8>) -> InstallSnapshotRequest<KvConfig> {
+        InstallSnapshotRequest {
+            vote: Vote::new_committed(1, 1),
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: Default::default(),
+                snapshot_id: "s-1".into(),
+            },
+            offset,
+            data,
+            done: true,
+        }
+    }
+
     fn option(ms: u64) -> RPCOption {
         RPCOption::new(Duration::from_millis(ms))
     }
@@ -172,17 +187,7 @@ mod network {
             ..Options::default()
         };
         let mut client = client(&nodes[0], 2, options).await;
-        let chunk = InstallSnapshotRequest {
-            vote: Vote::new_committed(1, 1),
-            meta: SnapshotMeta {
-                last_log_id: None,
-                last_membership: Default::default(),
-                snapshot_id: "s-1".into(),
-            },
-            offset: 0,
-            data: vec![7; 10 * 1024],
-            done: true,
-        };
+        let chunk = last_chunk(0, vec![7; 10 * 1024]);
         // Ten pieces of 100 ms each do not fit in one chunk's 400 ms.
         let started = std::time::Instant::now();
         let result = client.install_snapshot(chunk, option(400)).await;
@@ -285,17 +290,7 @@ mod network {
         };
         let mut client = client(&nodes[0], 2, options).await;
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let chunk = InstallSnapshotRequest {
-            vote: Vote::new_committed(1, 1),
-            meta: SnapshotMeta {
-                last_log_id: None,
-                last_membership: Default::default(),
-                snapshot_id: "s-1".into(),
-            },
-            offset: 1000,
-            data: data.clone(),
-            done: true,
-        };
+        let chunk = last_chunk(1000, data.clone());
         let response = client.install_snapshot(chunk, option(1000)).await.unwrap();
         assert_eq!(response.vote, Vote::new_committed(1, 1));
         let pieces = within(LIMIT, "the pieces", receiver).await.unwrap();

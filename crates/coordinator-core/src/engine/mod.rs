@@ -284,9 +284,26 @@ impl Inner {
 
     /// Sends frames in tasks of their own (their callers do not wait for them).
     fn send_all(self: &Arc<Self>, transmits: Vec<Transmit>) {
+        if transmits.is_empty() {
+            return;
+        }
+        // Outside a runtime (a future dropped on another thread) nothing can
+        // be sent: the core counts them failed, so no lane stays busy.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let mut shared = self.shared.lock();
+            let now = Instant::now();
+            for transmit in transmits {
+                shared.core.sent(
+                    now,
+                    transmit.token,
+                    Err(TransportError::Closed(self.carrier)),
+                );
+            }
+            return;
+        };
         for transmit in transmits {
             let inner = self.clone();
-            tokio::spawn(
+            runtime.spawn(
                 async move {
                     let _ = inner.perform(transmit).await;
                 }
