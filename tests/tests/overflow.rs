@@ -85,3 +85,51 @@ async fn a_request_the_full_inbox_refuses_fails_at_once() {
     assert_eq!(reply, Bytes::from_static(b"!"));
     answering.await.unwrap();
 }
+
+/// A subscription holds at most `max_queue_bytes` for a reader that does not
+/// keep up, whatever the count allows: large messages beyond it are dropped
+/// and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_bounded_in_bytes_too() {
+    let network = MemoryNetwork::new();
+    let sender = std::sync::Arc::new(network.start(Settings::new(1)).unwrap());
+    let receiver = std::sync::Arc::new(
+        network
+            .start(Settings::new(2).memory(64 << 20, 4 << 20, 100_000))
+            .unwrap(),
+    );
+    let nodes: Vec<std::sync::Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
+    converge(&nodes, Duration::from_secs(10)).await;
+    let mut slow = receiver
+        .subscribe("big", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut events = receiver.events();
+    for _ in 0..5 {
+        sender
+            .broadcast("big", Bytes::from(vec![1u8; 40_000]))
+            .await
+            .unwrap();
+    }
+    within(
+        Duration::from_secs(10),
+        "an overflow report",
+        event(&mut events, |e| matches!(e, Event::Overflow { .. })),
+    )
+    .await;
+    tests::wait::until(Duration::from_secs(10), "three dropped", || {
+        receiver.stats().dropped_overflow == 3
+    })
+    .await;
+    // Two of 40 kB fit under 100 kB; once read, there is room again.
+    let kept = std::iter::from_fn(|| slow.try_recv()).count();
+    assert_eq!(kept, 2);
+    sender
+        .broadcast("big", Bytes::from(vec![2u8; 40_000]))
+        .await
+        .unwrap();
+    let next = within(Duration::from_secs(10), "the next message", slow.recv())
+        .await
+        .unwrap();
+    assert_eq!(next.payload[0], 2);
+}
