@@ -129,11 +129,12 @@ pub struct Memory {
 /// state, so a driver can do it before it takes the core.
 #[derive(Debug)]
 pub enum Opened {
-    /// A frame of one envelope, or the envelopes of a batch, all from `from`.
-    Envelopes {
+    /// A frame of one envelope.
+    One(Envelope),
+    /// The envelopes of a batch, all from `from` (run `incarnation`).
+    Batch {
         from: NodeId,
         incarnation: u64,
-        batch: bool,
         envelopes: Vec<Envelope>,
     },
     /// Not a valid frame; `from` when the batch's sender is known.
@@ -152,18 +153,12 @@ impl Opened {
         };
         let (from, incarnation) = (envelope.from, envelope.from_incarnation);
         if envelope.kind != Kind::Batch {
-            return Opened::Envelopes {
-                from,
-                incarnation,
-                batch: false,
-                envelopes: vec![envelope],
-            };
+            return Opened::One(envelope);
         }
         match codec.unbatch(&envelope) {
-            Ok(envelopes) => Opened::Envelopes {
+            Ok(envelopes) => Opened::Batch {
                 from,
                 incarnation,
-                batch: true,
                 envelopes,
             },
             Err(error) => Opened::Bad {
@@ -912,33 +907,43 @@ impl Core {
                 error,
                 from: Some(from),
             } => self.count_drop(error.reason(), || format!("from node {from}: {error}")),
-            Opened::Envelopes {
-                from,
-                incarnation,
-                batch,
-                envelopes,
-            } => {
-                if from == self.id {
-                    // Reported once per conflicting process, not for each of its frames.
-                    if incarnation != self.incarnation && self.id_conflict != incarnation {
-                        self.id_conflict = incarnation;
-                        tracing::error!(
-                            other_incarnation = incarnation,
-                            "another process uses this node id"
-                        );
-                        self.outputs
-                            .push_back(Output::Event(Event::DuplicateNodeId { incarnation }));
-                    }
-                    return;
-                }
-                if batch {
-                    Stats::inc(&self.stats.batches_received);
-                }
-                for envelope in envelopes {
+            Opened::One(envelope) => {
+                let (from, incarnation) = (envelope.from, envelope.from_incarnation);
+                if !self.own(from, incarnation) {
                     self.on_envelope(now, from, envelope);
                 }
             }
+            Opened::Batch {
+                from,
+                incarnation,
+                envelopes,
+            } => {
+                if !self.own(from, incarnation) {
+                    Stats::inc(&self.stats.batches_received);
+                    for envelope in envelopes {
+                        self.on_envelope(now, from, envelope);
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether a frame claims to come from this node: its own echo, or
+    /// another process using this node's id (reported once per process).
+    fn own(&mut self, from: NodeId, incarnation: u64) -> bool {
+        if from != self.id {
+            return false;
+        }
+        if incarnation != self.incarnation && self.id_conflict != incarnation {
+            self.id_conflict = incarnation;
+            tracing::error!(
+                other_incarnation = incarnation,
+                "another process uses this node id"
+            );
+            self.outputs
+                .push_back(Output::Event(Event::DuplicateNodeId { incarnation }));
+        }
+        true
     }
 
     fn on_envelope(&mut self, now: Instant, from: NodeId, envelope: Envelope) {
