@@ -29,10 +29,12 @@ use crate::transport::{Inbound, InboundHandler, Link, Transport};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -87,13 +89,17 @@ impl NodeBuilder {
             codec: core.codec().clone(),
             stats: core.stats().clone(),
             transport,
-            shared: Mutex::new(Shared {
+            engine: Mutex::new(Engine {
                 core,
+                timer_at: None,
+            }),
+            delivery: Mutex::new(Delivery {
                 subscriptions: HashMap::new(),
                 inbox: inbox_sender,
                 waiters: HashMap::new(),
                 replies: HashMap::new(),
                 refused: Vec::new(),
+                outputs: VecDeque::new(),
             }),
             inbox_receiver: Mutex::new(Some(Inbox::new(inbox_receiver))),
             member_events: broadcast::channel(EVENT_BUFFER).0,
@@ -208,8 +214,13 @@ pub(crate) struct Inner {
     codec: Arc<crate::envelope::Codec>,
     stats: Arc<Stats>,
     transport: Arc<dyn Transport>,
-    /// The core and the application's queues, taken together.
-    shared: Mutex<Shared>,
+    /// The core. Taken first when both are taken.
+    engine: Mutex<Engine>,
+    /// The application's queues, and who waits for what. Taken while the
+    /// core is, and kept while the core's results are handed out after the
+    /// core is let go: results come out in the order the core produced
+    /// them, and a task they wake finds the core free.
+    delivery: Mutex<Delivery>,
     inbox_receiver: Mutex<Option<Inbox>>,
     member_events: broadcast::Sender<MemberEvent>,
     events: broadcast::Sender<Event>,
@@ -224,8 +235,13 @@ pub(crate) struct Inner {
     span: tracing::Span,
 }
 
-struct Shared {
+struct Engine {
     core: Core,
+    /// When the timer task will next look at the core (`None`: not until woken).
+    timer_at: Option<Instant>,
+}
+
+struct Delivery {
     subscriptions: HashMap<Arc<str>, Vec<Subscriber>>,
     inbox: QueueSender<Incoming>,
     /// Callers whose message waits its turn, by token.
@@ -235,6 +251,8 @@ struct Shared {
     /// Requests the inbox refused: dropped once the core is let go, since
     /// dropping one answers it through the core.
     refused: Vec<Incoming>,
+    /// The core's results being handed out (kept for its allocation).
+    outputs: VecDeque<Output>,
 }
 
 struct Subscriber {
@@ -247,23 +265,32 @@ impl Inner {
     /// application, and returns what it returned with the frames to send.
     fn with_shared<R>(
         self: &Arc<Self>,
-        f: impl FnOnce(&mut Shared, Instant) -> R,
+        f: impl FnOnce(&mut Engine, &mut Delivery, Instant) -> R,
     ) -> (R, Vec<Transmit>) {
-        let mut shared = self.shared.lock();
+        let mut engine = self.engine.lock();
         // Read under the lock, so that the core never sees time go back.
         let now = Instant::now();
-        let result = f(&mut shared, now);
+        let mut delivery = self.delivery.lock();
+        let result = f(&mut engine, &mut delivery, now);
         let mut transmits = Vec::new();
-        while let Some(transmit) = shared.core.poll_transmit() {
+        while let Some(transmit) = engine.core.poll_transmit() {
             transmits.push(transmit);
         }
-        while let Some(output) = shared.core.poll_output() {
-            self.dispatch(&mut shared, output);
+        let mut outputs = std::mem::take(&mut delivery.outputs);
+        engine.core.take_outputs(&mut outputs);
+        // The timer is woken only for a deadline earlier than its own.
+        let wake = engine
+            .core
+            .take_wake()
+            .is_some_and(|at| engine.timer_at.is_none_or(|timer| at < timer));
+        let batch = engine.core.batch_ready();
+        drop(engine);
+        for output in outputs.drain(..) {
+            self.dispatch(&mut delivery, output);
         }
-        let wake = shared.core.take_wake();
-        let batch = shared.core.batch_ready();
-        let refused = std::mem::take(&mut shared.refused);
-        drop(shared);
+        delivery.outputs = outputs;
+        let refused = std::mem::take(&mut delivery.refused);
+        drop(delivery);
         // Each unanswered request answers with an error as it is dropped.
         drop(refused);
         if wake {
@@ -277,7 +304,7 @@ impl Inner {
 
     /// [`Inner::with_shared`] for the core alone; the frames it yields are sent.
     fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Core, Instant) -> R) -> R {
-        let (result, transmits) = self.with_shared(|shared, now| f(&mut shared.core, now));
+        let (result, transmits) = self.with_shared(|engine, _, now| f(&mut engine.core, now));
         self.send_all(transmits);
         result
     }
@@ -290,10 +317,10 @@ impl Inner {
         // Outside a runtime (a future dropped on another thread) nothing can
         // be sent: the core counts them failed, so no lane stays busy.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            let mut shared = self.shared.lock();
+            let mut engine = self.engine.lock();
             let now = Instant::now();
             for transmit in transmits {
-                shared.core.sent(
+                engine.core.sent(
                     now,
                     transmit.token,
                     Err(TransportError::Closed(self.carrier)),
@@ -329,9 +356,15 @@ impl Inner {
                 Some(node) => self.transport.send_to(node, frame).await,
             }
         };
-        let result = match tokio::time::timeout(timeout, send).await {
-            Ok(result) => result,
-            Err(_) => Err(TransportError::Stalled(timeout)),
+        // Most sends finish on their first poll: only one that does not
+        // costs a timer.
+        let mut send = pin!(send);
+        let result = match std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await {
+            Poll::Ready(result) => result,
+            Poll::Pending => match tokio::time::timeout(timeout, send).await {
+                Ok(result) => result,
+                Err(_) => Err(TransportError::Stalled(timeout)),
+            },
         };
         report.done = true;
         self.settle(token, to.is_none(), result.clone());
@@ -346,7 +379,7 @@ impl Inner {
     }
 
     /// Hands one result of the core to the application (under the core's lock).
-    fn dispatch(self: &Arc<Self>, shared: &mut Shared, output: Output) {
+    fn dispatch(self: &Arc<Self>, shared: &mut Delivery, output: Output) {
         match output {
             Output::Broadcast(envelope) => {
                 self.deliver_broadcast(
@@ -421,7 +454,7 @@ impl Inner {
     /// asked for their own messages, when `own`).
     fn deliver_broadcast(
         &self,
-        shared: &mut Shared,
+        shared: &mut Delivery,
         from: NodeId,
         topic: &str,
         seq: u64,
@@ -467,9 +500,9 @@ impl Inner {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
-        let (_, transmits) = self.with_shared(|shared, _| {
-            shared.core.close();
-            shared.subscriptions.clear();
+        let (_, transmits) = self.with_shared(|engine, delivery, _| {
+            engine.core.close();
+            delivery.subscriptions.clear();
         });
         drop(transmits);
         self.room.notify_waiters();
@@ -491,10 +524,13 @@ impl Inner {
     /// Heartbeats, failure detection, gap, request and send deadlines.
     async fn timer_loop(self: Arc<Self>) {
         loop {
-            let deadline = self.with_core(|core, now| {
-                core.handle_timeout(now);
-                core.poll_timeout()
+            let (deadline, transmits) = self.with_shared(|engine, _, now| {
+                engine.core.handle_timeout(now);
+                let next = engine.core.poll_timeout();
+                engine.timer_at = next;
+                next
             });
+            self.send_all(transmits);
             let wake = pin!(self.wake_timer.notified());
             match deadline {
                 Some(deadline) => {
@@ -538,8 +574,8 @@ impl Inner {
                     continue;
                 }
             };
-            let mut shared = self.shared.lock();
-            self.deliver_broadcast(&mut shared, self.id, topic, seq, payload, true);
+            let mut delivery = self.delivery.lock();
+            self.deliver_broadcast(&mut delivery, self.id, topic, seq, payload, true);
             return Ok(());
         }
     }
@@ -560,12 +596,12 @@ impl Inner {
     ) -> Result<(), Error> {
         self.check_open()?;
         let (receiver, sending) = {
-            let (result, transmits) = self.with_shared(|shared, now| {
-                let sending = call(&mut shared.core, now)?;
+            let (result, transmits) = self.with_shared(|engine, delivery, now| {
+                let sending = call(&mut engine.core, now)?;
                 let receiver = match &sending {
                     Sending::Queued { token, .. } => {
                         let (sender, receiver) = oneshot::channel();
-                        shared.waiters.insert(*token, sender);
+                        delivery.waiters.insert(*token, sender);
                         Some(receiver)
                     }
                     _ => None,
@@ -589,24 +625,33 @@ impl Inner {
     ) -> Result<Bytes, Error> {
         self.check_open()?;
         let (sender, mut receiver) = oneshot::channel();
-        let (result, transmits) = self.with_shared(|shared, now| {
-            let (id, sending) = shared.core.request(now, to, payload, timeout)?;
-            shared.replies.insert(id, sender);
+        let (result, transmits) = self.with_shared(|engine, delivery, now| {
+            let (id, sending) = engine.core.request(now, to, payload, timeout)?;
+            delivery.replies.insert(id, sender);
             Ok::<_, Error>((id, sending))
         });
         self.send_all(transmits);
         let (id, sending) = result?;
-        let _forget = ForgetRequest { inner: self, id };
+        let mut forget = ForgetRequest {
+            inner: self,
+            id,
+            settled: false,
+        };
         if let Sending::Now { transmit, .. } = sending {
             let send = pin!(self.perform(transmit));
             tokio::select! {
                 biased;
                 // A failed send settles the request with its error.
                 _ = send => {}
-                result = &mut receiver => return result.unwrap_or(Err(Error::Closed)),
+                result = &mut receiver => {
+                    forget.settled = result.is_ok();
+                    return result.unwrap_or(Err(Error::Closed));
+                }
             }
         }
-        receiver.await.unwrap_or(Err(Error::Closed))
+        let result = receiver.await;
+        forget.settled = result.is_ok();
+        result.unwrap_or(Err(Error::Closed))
     }
 
     async fn leave(self: &Arc<Self>) -> Result<(), Error> {
@@ -616,7 +661,7 @@ impl Inner {
             loop {
                 let mut room = pin!(self.room.notified());
                 room.as_mut().enable();
-                if self.shared.lock().core.outbox_drained() {
+                if self.engine.lock().core.outbox_drained() {
                     return;
                 }
                 room.await;
@@ -655,13 +700,17 @@ impl Drop for Report<'_> {
 struct ForgetRequest<'a> {
     inner: &'a Arc<Inner>,
     id: u64,
+    settled: bool,
 }
 
 impl Drop for ForgetRequest<'_> {
     fn drop(&mut self) {
-        let mut shared = self.inner.shared.lock();
-        shared.core.cancel_request(self.id);
-        shared.replies.remove(&self.id);
+        if self.settled {
+            // The core settled it and handed the result out: nothing to forget.
+            return;
+        }
+        self.inner.engine.lock().core.cancel_request(self.id);
+        self.inner.delivery.lock().replies.remove(&self.id);
     }
 }
 
@@ -715,7 +764,7 @@ impl Coordinator for Node {
             self.inner.settings.queue_capacity,
             self.inner.settings.max_queue_bytes,
         );
-        let mut shared = self.inner.shared.lock();
+        let mut shared = self.inner.delivery.lock();
         let topic: Arc<str> = match shared.subscriptions.get_key_value(topic) {
             Some((key, _)) => key.clone(),
             None => Arc::from(topic),
@@ -732,7 +781,7 @@ impl Coordinator for Node {
     }
 
     fn members(&self) -> Vec<Member> {
-        self.inner.shared.lock().core.members()
+        self.inner.engine.lock().core.members()
     }
 
     fn member_events(&self) -> EventStream<MemberEvent> {

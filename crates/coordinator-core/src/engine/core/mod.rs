@@ -229,8 +229,8 @@ pub struct Core {
     transmits: VecDeque<Transmit>,
     /// Incarnation of the last other process seen using this node id.
     id_conflict: u64,
-    /// A deadline may have moved earlier since [`Core::take_wake`].
-    wake: bool,
+    /// The earliest deadline set since [`Core::take_wake`].
+    wake_at: Option<Instant>,
     stats: Arc<Stats>,
     closed: bool,
     #[cfg(test)]
@@ -303,7 +303,7 @@ impl Core {
             outputs: VecDeque::new(),
             transmits: VecDeque::new(),
             id_conflict: 0,
-            wake: false,
+            wake_at: None,
             stats: Arc::new(Stats::default()),
             closed: false,
             #[cfg(test)]
@@ -372,7 +372,7 @@ impl Core {
     pub fn start(&mut self, now: Instant) {
         self.next_heartbeat = Some(now + self.heartbeat_interval);
         self.control(Kind::Join, None);
-        self.wake = true;
+        self.wake_by(now);
     }
 
     // ----- outputs -----
@@ -413,6 +413,17 @@ impl Core {
         self.outputs.pop_front()
     }
 
+    /// Every result for the application, appended to `into` (when `into`
+    /// is empty the two queues are swapped: no copy, and the allocation of
+    /// `into` is kept for the next results).
+    pub fn take_outputs(&mut self, into: &mut VecDeque<Output>) {
+        if into.is_empty() {
+            std::mem::swap(&mut self.outputs, into);
+        } else {
+            into.append(&mut self.outputs);
+        }
+    }
+
     /// When [`Core::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let reorder = self.reorder_timeout;
@@ -428,10 +439,15 @@ impl Core {
         .min()
     }
 
-    /// Whether a deadline may have moved earlier since the last call (the
-    /// driver's timer should look at [`Core::poll_timeout`] again).
-    pub fn take_wake(&mut self) -> bool {
-        std::mem::take(&mut self.wake)
+    /// The earliest deadline set since the last call, if any: a driver whose
+    /// timer sleeps until later wakes it to look at [`Core::poll_timeout`]
+    /// again. (Cheaper than [`Core::poll_timeout`], which looks at every stream.)
+    pub fn take_wake(&mut self) -> Option<Instant> {
+        self.wake_at.take()
+    }
+
+    fn wake_by(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |earlier| earlier.min(at)));
     }
 
     // ----- the application's calls -----
@@ -548,7 +564,7 @@ impl Core {
             },
         );
         self.deadlines.insert((deadline, id));
-        self.wake = true;
+        self.wake_by(deadline);
         if to == self.id {
             self.outputs.push_back(Output::Incoming {
                 from: self.id,
@@ -704,7 +720,9 @@ impl Core {
                 since: now,
             },
         );
-        self.wake |= was_empty;
+        if was_empty {
+            self.wake_by(now + self.send_timeout);
+        }
         Ok(Sending::Queued { seq, token })
     }
 
@@ -887,7 +905,7 @@ impl Core {
             self.overflow("members");
         }
         self.member_events(events);
-        self.wake = true;
+        self.wake_by(now);
     }
 
     /// A frame from the carrier.
@@ -971,8 +989,12 @@ impl Core {
                             .entry((from, incarnation, StreamKind::Broadcast))
                             .or_insert_with(|| Stream::starting_at(envelope.seq + 1, limits));
                         stream.announce(envelope.seq, now);
-                        self.wake |=
-                            heard == Heard::New || stream.deadline(self.reorder_timeout).is_some();
+                        let waiting = stream.deadline(self.reorder_timeout);
+                        if heard == Heard::New {
+                            self.wake_by(now);
+                        } else if let Some(at) = waiting {
+                            self.wake_by(at);
+                        }
                         if envelope.kind == Kind::Join {
                             self.control(Kind::Announce, Some((from, incarnation)));
                         }
@@ -1033,7 +1055,7 @@ impl Core {
                 self.overflow("members");
                 return None;
             }
-            Heard::New => self.wake = true,
+            Heard::New => self.wake_by(now),
             Heard::Known | Heard::Conflict => {}
         }
         // Streams of incarnations gone by now go before this one is looked up.
@@ -1053,8 +1075,8 @@ impl Core {
         let (mut deliveries, mut gaps) = (Vec::new(), Vec::new());
         let outcome = stream.receive(seq, envelope, size, now, &mut deliveries, &mut gaps);
         let after = stream.held_bytes();
-        if outcome == Outcome::Held {
-            self.wake |= before == 0;
+        if outcome == Outcome::Held && before == 0 {
+            self.wake_by(now + self.reorder_timeout);
         }
         self.held_bytes = self.held_bytes + after - before;
         self.results(key, gaps, deliveries);
