@@ -3,16 +3,23 @@
 use bytes::Bytes;
 use coordinator::testing::MemoryNetwork;
 use coordinator::{Coordinator, Event, Settings, SubscribeOptions};
+use std::sync::Arc;
 use std::time::Duration;
 use tests::wait::{converge, event, within};
 
+/// Node 1 with default settings and node 2 with `receiver`, seeing each other.
+async fn pair(receiver: Settings) -> (Arc<coordinator::Node>, Arc<coordinator::Node>) {
+    let network = MemoryNetwork::new();
+    let sender = Arc::new(network.start(Settings::new(1)).unwrap());
+    let receiver = Arc::new(network.start(receiver).unwrap());
+    let nodes: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
+    converge(&nodes, Duration::from_secs(10)).await;
+    (sender, receiver)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_subscription_drops_and_reports_what_it_dropped() {
-    let network = MemoryNetwork::new();
-    let sender = std::sync::Arc::new(network.start(Settings::new(1)).unwrap());
-    let receiver = std::sync::Arc::new(network.start(Settings::new(2).queue_capacity(4)).unwrap());
-    let nodes: Vec<std::sync::Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
-    converge(&nodes, Duration::from_secs(10)).await;
+    let (sender, receiver) = pair(Settings::new(2).queue_capacity(4)).await;
     let mut slow = receiver
         .subscribe("busy", SubscribeOptions::default())
         .await
@@ -51,11 +58,7 @@ async fn a_full_subscription_drops_and_reports_what_it_dropped() {
 /// (not left to time out), and the node goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_full_inbox_refuses_fails_at_once() {
-    let network = MemoryNetwork::new();
-    let sender = std::sync::Arc::new(network.start(Settings::new(1)).unwrap());
-    let receiver = std::sync::Arc::new(network.start(Settings::new(2).queue_capacity(1)).unwrap());
-    let nodes: Vec<std::sync::Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
-    converge(&nodes, Duration::from_secs(10)).await;
+    let (sender, receiver) = pair(Settings::new(2).queue_capacity(1)).await;
     let mut inbox = receiver.inbox().unwrap();
     sender
         .send(2, Bytes::from_static(b"fills it"))
@@ -91,15 +94,7 @@ async fn a_request_the_full_inbox_refuses_fails_at_once() {
 /// and reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_is_bounded_in_bytes_too() {
-    let network = MemoryNetwork::new();
-    let sender = std::sync::Arc::new(network.start(Settings::new(1)).unwrap());
-    let receiver = std::sync::Arc::new(
-        network
-            .start(Settings::new(2).memory(64 << 20, 4 << 20, 100_000))
-            .unwrap(),
-    );
-    let nodes: Vec<std::sync::Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
-    converge(&nodes, Duration::from_secs(10)).await;
+    let (sender, receiver) = pair(Settings::new(2).memory(64 << 20, 4 << 20, 100_000)).await;
     let mut slow = receiver
         .subscribe("big", SubscribeOptions::default())
         .await

@@ -7,7 +7,7 @@ use coordinator_core::testing::MemoryNetwork;
 use coordinator_core::transport::{Link, Transport};
 use coordinator_core::{Coordinator, Error, Node, NodeId, Settings, TransportError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tests::wait::{converge, within};
 
@@ -19,6 +19,8 @@ struct Stalling {
     inner: Arc<dyn Transport>,
     node: NodeId,
     stalled: AtomicBool,
+    /// Sends stuck in the carrier so far.
+    stuck: AtomicU64,
 }
 
 #[async_trait]
@@ -29,6 +31,7 @@ impl Transport for Stalling {
 
     async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
         if node == self.node && self.stalled.load(Ordering::SeqCst) {
+            self.stuck.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<()>().await;
         }
         self.inner.send_to(node, frame).await
@@ -47,6 +50,7 @@ async fn a_stalled_destination_fails_by_the_deadline_and_blocks_nobody_else() {
         inner: transport,
         node: 2,
         stalled: AtomicBool::new(false),
+        stuck: AtomicU64::new(0),
     });
     let link = Link {
         transport: stalling.clone(),
@@ -67,12 +71,14 @@ async fn a_stalled_destination_fails_by_the_deadline_and_blocks_nobody_else() {
         let sender = sender.clone();
         async move { sender.send(2, Bytes::from_static(b"stuck")).await }
     });
+    // The second one waits behind the first, once that one is with the carrier.
+    tests::wait::until(LIMIT, "the first send to stall", || {
+        stalling.stuck.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let behind = tokio::spawn({
         let sender = sender.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            sender.send(2, Bytes::from_static(b"behind")).await
-        }
+        async move { sender.send(2, Bytes::from_static(b"behind")).await }
     });
     // Another destination is not held up meanwhile.
     within(

@@ -1207,6 +1207,7 @@ impl Core {
                     None
                 }
             };
+            let event_change = event.change.clone();
             self.outputs.push_back(Output::Member(event));
             if let Some(gone) = gone {
                 // What that run sent and this node missed is reported, and
@@ -1222,7 +1223,17 @@ impl Core {
                 }
                 let mut stale = Vec::new();
                 self.lanes.forget(id, gone, &mut stale);
-                self.fail_waiting(stale, || Error::NodeLeft(id));
+                let restarted = matches!(event_change, MemberChange::Restarted { .. });
+                self.fail_waiting(stale, || {
+                    if restarted {
+                        Error::Remote {
+                            node: id,
+                            message: "the node restarted before the message could be sent".into(),
+                        }
+                    } else {
+                        Error::NodeLeft(id)
+                    }
+                });
             }
         }
     }
