@@ -9,7 +9,8 @@
 
 use crate::api::NodeId;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A numbered frame waiting for the one before it to leave the carrier.
@@ -53,8 +54,8 @@ pub(super) struct Lanes {
 impl Lanes {
     pub fn new(max_waiting_bytes: usize, max_retired: usize) -> Self {
         Self {
-            lanes: HashMap::new(),
-            retired: HashMap::new(),
+            lanes: HashMap::default(),
+            retired: HashMap::default(),
             retired_order: VecDeque::new(),
             max_retired: max_retired.max(1),
             max_waiting_bytes,

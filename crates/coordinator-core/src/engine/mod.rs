@@ -28,8 +28,9 @@ use crate::testing::Faults;
 use crate::transport::{Inbound, InboundHandler, Link, Transport};
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
-use std::collections::{HashMap, VecDeque};
+use foldhash::HashMap;
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -94,10 +95,10 @@ impl NodeBuilder {
                 timer_at: None,
             }),
             delivery: Mutex::new(Delivery {
-                subscriptions: HashMap::new(),
+                subscriptions: HashMap::default(),
                 inbox: inbox_sender,
-                waiters: HashMap::new(),
-                replies: HashMap::new(),
+                waiters: HashMap::default(),
+                replies: HashMap::default(),
                 refused: Vec::new(),
                 outputs: VecDeque::new(),
             }),
@@ -255,14 +256,34 @@ struct Delivery {
     outputs: VecDeque<Output>,
 }
 
+/// A caller's wait that is over: a reply, or the outcome of a send that waited its turn.
+enum Settled {
+    Reply(oneshot::Sender<Result<Bytes, Error>>, Result<Bytes, Error>),
+    Sent(oneshot::Sender<Result<(), Error>>, Result<(), Error>),
+}
+
+impl Settled {
+    fn wake(self) {
+        match self {
+            Settled::Reply(waiter, result) => {
+                let _ = waiter.send(result);
+            }
+            Settled::Sent(waiter, result) => {
+                let _ = waiter.send(result);
+            }
+        }
+    }
+}
+
 struct Subscriber {
     sender: QueueSender<BroadcastMessage>,
     receive_own: bool,
 }
 
 impl Inner {
-    /// Runs `f` on the core at the current time, hands its results to the
-    /// application, and returns what it returned with the frames to send.
+    /// Runs `f` on the core (and the application's queues) at the current
+    /// time, hands the core's results to the application, and returns what
+    /// `f` returned with the frames to send.
     fn with_shared<R>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut Engine, &mut Delivery, Instant) -> R,
@@ -272,41 +293,72 @@ impl Inner {
         let now = Instant::now();
         let mut delivery = self.delivery.lock();
         let result = f(&mut engine, &mut delivery, now);
+        (result, self.hand_out(engine, Some(delivery)))
+    }
+
+    /// [`Inner::with_shared`] for the core alone; the frames it yields are
+    /// sent. The queues are taken only if the core has results for them.
+    fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Core, Instant) -> R) -> R {
+        let mut engine = self.engine.lock();
+        let now = Instant::now();
+        let result = f(&mut engine.core, now);
+        let delivery = engine.core.has_outputs().then(|| self.delivery.lock());
+        let transmits = self.hand_out(engine, delivery);
+        self.send_all(transmits);
+        result
+    }
+
+    /// After a call on the core: takes its frames, hands its results to the
+    /// application (the queues are held from before the core is let go until
+    /// all are handed out, so they come out in the order the core produced
+    /// them, and a task they wake finds the core free), wakes the timer or
+    /// the flush task if needed.
+    fn hand_out(
+        self: &Arc<Self>,
+        mut engine: MutexGuard<'_, Engine>,
+        delivery: Option<MutexGuard<'_, Delivery>>,
+    ) -> Vec<Transmit> {
         let mut transmits = Vec::new();
         while let Some(transmit) = engine.core.poll_transmit() {
             transmits.push(transmit);
         }
-        let mut outputs = std::mem::take(&mut delivery.outputs);
-        engine.core.take_outputs(&mut outputs);
         // The timer is woken only for a deadline earlier than its own.
         let wake = engine
             .core
             .take_wake()
             .is_some_and(|at| engine.timer_at.is_none_or(|timer| at < timer));
         let batch = engine.core.batch_ready();
-        drop(engine);
-        for output in outputs.drain(..) {
-            self.dispatch(&mut delivery, output);
+        if let Some(mut delivery) = delivery {
+            let mut outputs = std::mem::take(&mut delivery.outputs);
+            engine.core.take_outputs(&mut outputs);
+            drop(engine);
+            // Callers waiting for a reply or a send are woken once the queues
+            // are let go too, so that a woken caller's next call finds both
+            // locks free.
+            let mut settled = Vec::new();
+            for output in outputs.drain(..) {
+                if let Some(waiter) = self.dispatch(&mut delivery, output) {
+                    settled.push(waiter);
+                }
+            }
+            delivery.outputs = outputs;
+            let refused = std::mem::take(&mut delivery.refused);
+            drop(delivery);
+            for waiter in settled {
+                waiter.wake();
+            }
+            // Each unanswered request answers with an error as it is dropped.
+            drop(refused);
+        } else {
+            drop(engine);
         }
-        delivery.outputs = outputs;
-        let refused = std::mem::take(&mut delivery.refused);
-        drop(delivery);
-        // Each unanswered request answers with an error as it is dropped.
-        drop(refused);
         if wake {
             self.wake_timer.notify_one();
         }
         if batch {
             self.flush.notify_one();
         }
-        (result, transmits)
-    }
-
-    /// [`Inner::with_shared`] for the core alone; the frames it yields are sent.
-    fn with_core<R>(self: &Arc<Self>, f: impl FnOnce(&mut Core, Instant) -> R) -> R {
-        let (result, transmits) = self.with_shared(|engine, _, now| f(&mut engine.core, now));
-        self.send_all(transmits);
-        result
+        transmits
     }
 
     /// Sends frames in tasks of their own (their callers do not wait for them).
@@ -378,8 +430,10 @@ impl Inner {
         }
     }
 
-    /// Hands one result of the core to the application (under the core's lock).
-    fn dispatch(self: &Arc<Self>, shared: &mut Delivery, output: Output) {
+    /// Hands one result of the core to the application (under the queues'
+    /// lock); a caller waiting for it is returned, to be woken once that
+    /// lock is let go.
+    fn dispatch(self: &Arc<Self>, shared: &mut Delivery, output: Output) -> Option<Settled> {
         match output {
             Output::Broadcast(envelope) => {
                 self.deliver_broadcast(
@@ -413,14 +467,16 @@ impl Inner {
                 }
             }
             Output::Replied { request, result } => {
-                if let Some(waiter) = shared.replies.remove(&request) {
-                    let _ = waiter.send(result);
-                }
+                return shared
+                    .replies
+                    .remove(&request)
+                    .map(|waiter| Settled::Reply(waiter, result));
             }
             Output::Sent { token, result } => {
-                if let Some(waiter) = shared.waiters.remove(&token) {
-                    let _ = waiter.send(result);
-                }
+                return shared
+                    .waiters
+                    .remove(&token)
+                    .map(|waiter| Settled::Sent(waiter, result));
             }
             Output::Gap {
                 from, stream, gap, ..
@@ -439,6 +495,7 @@ impl Inner {
                 let _ = self.events.send(event);
             }
         }
+        None
     }
 
     fn overflow(&self, queue: &str) {
@@ -558,6 +615,8 @@ impl Inner {
     }
 
     async fn broadcast(self: &Arc<Self>, topic: &str, payload: Bytes) -> Result<(), Error> {
+        // No `cooperate` here: a broadcast that waits its turn only queues,
+        // and a full outbox makes the caller wait.
         loop {
             self.check_open()?;
             let mut room = pin!(self.room.notified());
@@ -594,6 +653,7 @@ impl Inner {
         self: &Arc<Self>,
         call: impl FnOnce(&mut Core, Instant) -> Result<Sending, Error>,
     ) -> Result<(), Error> {
+        cooperate().await;
         self.check_open()?;
         let (receiver, sending) = {
             let (result, transmits) = self.with_shared(|engine, delivery, now| {
@@ -623,6 +683,7 @@ impl Inner {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, Error> {
+        cooperate().await;
         self.check_open()?;
         let (sender, mut receiver) = oneshot::channel();
         let (result, transmits) = self.with_shared(|engine, delivery, now| {
@@ -673,6 +734,15 @@ impl Inner {
         self.stop();
         result
     }
+}
+
+/// A call that the carrier finishes at once never waits, so a task sending
+/// in a loop would never let the runtime run anything else on its thread
+/// (among them the receiving side of an in-process carrier): each call takes
+/// a unit of the task's budget, as tokio's own channels and sockets do, and
+/// yields once it is spent.
+async fn cooperate() {
+    tokio::task::coop::consume_budget().await;
 }
 
 /// Reports a send whose future was dropped before the carrier answered: its

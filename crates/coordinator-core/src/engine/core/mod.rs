@@ -29,7 +29,8 @@ use crate::membership::{Detection, Heard, Membership};
 use crate::sequence::{Gap, HeldLimits, Outcome, Stream};
 use crate::stats::Stats;
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use foldhash::HashMap;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -227,6 +228,8 @@ pub struct Core {
     next_heartbeat: Option<Instant>,
     outputs: VecDeque<Output>,
     transmits: VecDeque<Transmit>,
+    /// Kept empty between calls, for its allocation: what one message releases.
+    delivering: Vec<Envelope>,
     /// Incarnation of the last other process seen using this node id.
     id_conflict: u64,
     /// The earliest deadline set since [`Core::take_wake`].
@@ -289,19 +292,20 @@ impl Core {
             send_timeout: settings.send_timeout,
             max_held_bytes: settings.max_held_bytes,
             membership,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             held_bytes: 0,
             outbox,
             lanes: Lanes::new(settings.max_outgoing_bytes, settings.max_members),
-            inflight: HashMap::new(),
+            inflight: HashMap::default(),
             next_token: 1,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             deadlines: BTreeSet::new(),
             next_request: 1,
             heartbeat_counter: 0,
             next_heartbeat: None,
             outputs: VecDeque::new(),
             transmits: VecDeque::new(),
+            delivering: Vec::new(),
             id_conflict: 0,
             wake_at: None,
             stats: Arc::new(Stats::default()),
@@ -309,7 +313,7 @@ impl Core {
             #[cfg(test)]
             give_back: GIVE_BACK_FAILED_NUMBERS.with(|on| on.get()),
             #[cfg(test)]
-            numbers: HashMap::new(),
+            numbers: HashMap::default(),
         }
     }
 
@@ -416,6 +420,11 @@ impl Core {
     /// Every result for the application, appended to `into` (when `into`
     /// is empty the two queues are swapped: no copy, and the allocation of
     /// `into` is kept for the next results).
+    /// Whether results wait to be taken ([`Core::poll_output`]).
+    pub fn has_outputs(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
     pub fn take_outputs(&mut self, into: &mut VecDeque<Output>) {
         if into.is_empty() {
             std::mem::swap(&mut self.outputs, into);
@@ -1072,14 +1081,16 @@ impl Core {
             .entry(key)
             .or_insert_with(|| Stream::starting_at(first, limits));
         let before = stream.held_bytes();
-        let (mut deliveries, mut gaps) = (Vec::new(), Vec::new());
+        // The deliveries' vector is kept from one message to the next.
+        let (mut deliveries, mut gaps) = (std::mem::take(&mut self.delivering), Vec::new());
         let outcome = stream.receive(seq, envelope, size, now, &mut deliveries, &mut gaps);
         let after = stream.held_bytes();
         if outcome == Outcome::Held && before == 0 {
             self.wake_by(now + self.reorder_timeout);
         }
         self.held_bytes = self.held_bytes + after - before;
-        self.results(key, gaps, deliveries);
+        self.results(key, gaps, &mut deliveries);
+        self.delivering = deliveries;
         self.bound_held();
         match outcome {
             Outcome::Delivered | Outcome::Held => None,
@@ -1108,12 +1119,12 @@ impl Core {
                 held = before,
                 "out-of-order messages over their memory bound: missing ones declared lost"
             );
-            self.results(key, gaps, deliveries);
+            self.results(key, gaps, &mut deliveries);
         }
     }
 
     /// Gaps, then deliveries, of one stream, for the application.
-    fn results(&mut self, key: StreamKey, gaps: Vec<Gap>, deliveries: Vec<Envelope>) {
+    fn results(&mut self, key: StreamKey, gaps: Vec<Gap>, deliveries: &mut Vec<Envelope>) {
         let (from, incarnation, stream) = key;
         for gap in gaps {
             Stats::inc(&self.stats.gaps);
@@ -1132,7 +1143,7 @@ impl Core {
                 gap,
             });
         }
-        for envelope in deliveries {
+        for envelope in deliveries.drain(..) {
             match envelope.kind {
                 Kind::Broadcast => {
                     Stats::inc(&self.stats.broadcasts_delivered);
@@ -1218,7 +1229,7 @@ impl Core {
                         self.held_bytes -= stream.held_bytes();
                         let (mut deliveries, mut gaps) = (Vec::new(), Vec::new());
                         stream.release(&mut deliveries, &mut gaps);
-                        self.results(key, gaps, deliveries);
+                        self.results(key, gaps, &mut deliveries);
                     }
                 }
                 let mut stale = Vec::new();
@@ -1283,8 +1294,8 @@ impl Core {
         }
         // In a stable order, whatever the map's.
         expired.sort_by_key(|(key, ..)| *key);
-        for (key, gaps, deliveries) in expired {
-            self.results(key, gaps, deliveries);
+        for (key, gaps, mut deliveries) in expired {
+            self.results(key, gaps, &mut deliveries);
         }
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now {
