@@ -42,6 +42,7 @@ mod network {
     use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
     use openraft::raft::{
         AppendEntriesRequest, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+        VoteResponse,
     };
     use openraft::{CommittedLeaderId, EmptyNode, Entry, EntryPayload, LogId, SnapshotMeta, Vote};
     use raft_kv::{Command, KvConfig, Storage};
@@ -332,5 +333,155 @@ mod network {
         let response = client.vote(vote(), option(1000)).await.unwrap();
         // A fresh node grants its first vote to a candidate as up to date as it is.
         assert!(response.vote_granted, "{response:?}");
+    }
+
+    /// A log store whose votes wait until the test opens its gate: a Raft
+    /// whose requests are slow to handle.
+    #[derive(Clone)]
+    struct GatedLog {
+        log: raft_kv::log_store::LogStore,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl openraft::storage::RaftLogReader<KvConfig> for GatedLog {
+        async fn try_get_log_entries<
+            RB: std::ops::RangeBounds<u64> + Clone + std::fmt::Debug + Send,
+        >(
+            &mut self,
+            range: RB,
+        ) -> Result<Vec<Entry<KvConfig>>, openraft::StorageError<u64>> {
+            self.log.try_get_log_entries(range).await
+        }
+    }
+
+    impl openraft::storage::RaftLogStorage<KvConfig> for GatedLog {
+        type LogReader = Self;
+
+        async fn get_log_state(
+            &mut self,
+        ) -> Result<openraft::storage::LogState<KvConfig>, openraft::StorageError<u64>> {
+            self.log.get_log_state().await
+        }
+
+        async fn get_log_reader(&mut self) -> Self::LogReader {
+            self.clone()
+        }
+
+        async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), openraft::StorageError<u64>> {
+            // Waits for the gate, and leaves it as it found it.
+            drop(self.gate.acquire().await);
+            self.log.save_vote(vote).await
+        }
+
+        async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, openraft::StorageError<u64>> {
+            self.log.read_vote().await
+        }
+
+        async fn append<I>(
+            &mut self,
+            entries: I,
+            callback: openraft::storage::LogFlushed<KvConfig>,
+        ) -> Result<(), openraft::StorageError<u64>>
+        where
+            I: IntoIterator<Item = Entry<KvConfig>> + Send,
+            I::IntoIter: Send,
+        {
+            self.log.append(entries, callback).await
+        }
+
+        async fn truncate(
+            &mut self,
+            log_id: LogId<u64>,
+        ) -> Result<(), openraft::StorageError<u64>> {
+            self.log.truncate(log_id).await
+        }
+
+        async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), openraft::StorageError<u64>> {
+            self.log.purge(log_id).await
+        }
+    }
+
+    /// A server handles at most its bound of requests at once; beyond it, it
+    /// leaves them in the inbox, whose overflow refuses them at once, instead
+    /// of starting a task for every request that arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_handles_at_most_its_bound_of_requests_at_once() {
+        const BOUND: usize = 2;
+        const INBOX: usize = 3;
+        const REQUESTS: usize = 12;
+        let network = MemoryNetwork::new();
+        let timing = |settings: Settings| {
+            settings.cluster_key("raft-network-test").timing(
+                Duration::from_millis(50),
+                Duration::from_millis(250),
+                Duration::from_millis(500),
+            )
+        };
+        let nodes: Vec<Arc<dyn Coordinator>> = vec![
+            Arc::new(network.start(timing(Settings::new(1))).unwrap()),
+            Arc::new(
+                network
+                    .start(timing(Settings::new(2)).queue_capacity(INBOX))
+                    .unwrap(),
+            ),
+        ];
+        converge(&nodes, LIMIT).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let storage = Storage::default();
+        let log = GatedLog {
+            log: storage.log,
+            gate: gate.clone(),
+        };
+        let raft = openraft::Raft::new(
+            2,
+            raft_kv::raft_config(),
+            Network::new(nodes[1].clone()),
+            log,
+            storage.state,
+        )
+        .await
+        .unwrap();
+        let _server = RaftServer::serve(raft, nodes[1].inbox().unwrap(), None, BOUND);
+        let vote = wire::encode_request(Rpc::Vote, &vote()).unwrap();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..REQUESTS {
+            let (node, vote) = (nodes[0].clone(), vote.clone());
+            calls.spawn(async move { node.request(2, vote, Duration::from_secs(20)).await });
+            // Time for the server to take what it takes from the inbox.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // With the first vote stuck in the store: BOUND requests handled, one
+        // taken by the server waiting for room, INBOX waiting in the inbox;
+        // the others are refused at once.
+        let taken = BOUND + 1 + INBOX;
+        let mut refused = 0;
+        within(
+            LIMIT,
+            "the requests beyond the bound to be refused",
+            async {
+                while refused < REQUESTS - taken {
+                    match calls.join_next().await.expect("calls left").unwrap() {
+                        Err(Error::Remote { node: 2, .. }) => refused += 1,
+                        other => panic!("a request was answered with the store shut: {other:?}"),
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), calls.join_next())
+                .await
+                .is_err(),
+            "more than {taken} requests were taken while the store was shut"
+        );
+        gate.add_permits(1);
+        within(LIMIT, "the requests taken to be answered", async {
+            while let Some(call) = calls.join_next().await {
+                let reply = call.unwrap().expect("a vote answered");
+                let vote = wire::decode_reply::<Result<VoteResponse<u64>, RaftError<u64>>>(&reply);
+                assert!(matches!(vote, Ok(Ok(_))), "{vote:?}");
+            }
+        })
+        .await;
     }
 }
