@@ -140,8 +140,11 @@ async fn options(
     if config.no_echo {
         options = options.no_echo();
     }
-    if let Some(user) = &config.auth_username {
-        let password = secret(&config.auth_secret, "nats.authSecret")?.unwrap_or_default();
+    // A user name without a password is ignored (see `CoordinatorConfig::warnings`).
+    if let (Some(user), Some(password)) = (
+        &config.auth_username,
+        secret(&config.auth_secret, "nats.authSecret")?,
+    ) {
         options = options.user_and_password(user.clone(), password);
     }
     if let Some(token) = secret(&config.auth_token, "nats.authToken")? {

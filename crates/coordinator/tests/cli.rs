@@ -48,6 +48,26 @@ fn check_config_prints_the_normalized_config_with_secrets_redacted() {
 }
 
 #[test]
+fn check_config_takes_stalwarts_sets_and_warns_of_a_user_name_without_a_secret() {
+    let path = file(
+        "stalwart-nats.json",
+        r#"{"@type":"Nats","addresses":{"nats1:4222":true,"nats2:4222":true},"authUsername":"stalwart"}"#,
+    );
+    let output = coordinator(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    assert_eq!(
+        printed["addresses"],
+        serde_json::json!(["nats1:4222", "nats2:4222"])
+    );
+    assert!(
+        stderr(&output).contains("warning: nats.authUsername: ignored"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn check_config_exits_2_with_every_error_and_its_path() {
     let path = file(
         "bad.json",

@@ -246,9 +246,8 @@ impl NatsConfig {
                 auth_token: v.secret("authToken"),
                 credentials: v.secret("credentials"),
             };
-            if config.auth_username.is_some() && config.auth_secret.is_none() {
-                v.error("authSecret", "is required when authUsername is set");
-            }
+            // A user name without a password is ignored, as Stalwart does
+            // (its defaults carry one): `CoordinatorConfig::warnings` says so.
             config
         })
     }

@@ -162,6 +162,23 @@ impl CoordinatorConfig {
         }
     }
 
+    /// What is accepted but will not do what it may seem to: a NATS
+    /// `authUsername` without an `authSecret` is ignored (as Stalwart ignores
+    /// the user name of its defaults). `check-config` prints these.
+    pub fn warnings(&self) -> Vec<FieldError> {
+        let mut warnings = Vec::new();
+        if let CarrierConfig::Nats(nats) = &self.carrier
+            && nats.auth_username.is_some()
+            && nats.auth_secret.is_none()
+        {
+            warnings.push(FieldError {
+                path: "nats.authUsername".into(),
+                message: "ignored: there is no authSecret to go with it".into(),
+            });
+        }
+        warnings
+    }
+
     /// Every secret of the configuration with the path of its field.
     pub fn secrets(&self) -> Vec<(String, &Secret)> {
         let mut secrets = vec![("clusterKey".to_string(), &self.cluster.cluster_key)];

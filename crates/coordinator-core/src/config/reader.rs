@@ -245,11 +245,31 @@ impl<'e> ObjectReader<'e> {
         self.optional_duration(key, min, max).unwrap_or(default)
     }
 
-    /// A list of strings; a single string is accepted as a list of one.
+    /// A list of strings; a single string is accepted as a list of one, and
+    /// Stalwart's set form, `{"a": true, "b": true}`, as the list of the
+    /// entries that are `true` (sorted: a set has no order).
     pub fn strings(&mut self, key: &str) -> Option<Vec<String>> {
         let value = self.take(key)?;
         match value {
             Value::String(text) => Some(vec![text]),
+            Value::Object(entries) => {
+                let mut out = Vec::with_capacity(entries.len());
+                for (item, member) in entries {
+                    match member {
+                        Value::Bool(true) if !item.trim().is_empty() => out.push(item),
+                        Value::Bool(true) => self.error(key, "must not list an empty entry"),
+                        Value::Bool(false) => {}
+                        other => self.error(
+                            &format!("{key}.{item}"),
+                            format!(
+                                "expected true or false (a set lists its entries as keys), found {}",
+                                type_name(&other)
+                            ),
+                        ),
+                    }
+                }
+                Some(out)
+            }
             Value::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (index, item) in items.into_iter().enumerate() {
@@ -269,7 +289,10 @@ impl<'e> ObjectReader<'e> {
             other => {
                 self.error(
                     key,
-                    format!("expected a list of strings, found {}", type_name(&other)),
+                    format!(
+                        "expected a list of strings (or a set of them), found {}",
+                        type_name(&other)
+                    ),
                 );
                 None
             }

@@ -527,3 +527,55 @@ fn a_tls_authority_needs_a_tls_url() {
     };
     assert_eq!(r.tls_ca_path.as_deref(), Some("ca.pem"));
 }
+
+#[test]
+fn lists_also_take_stalwarts_set_form() {
+    // As Stalwart writes its NATS, Kafka and Redis Cluster examples.
+    let c = CoordinatorConfig::from_value(json!({
+        "@type": "Nats",
+        "addresses": {"nats2:4222": true, "nats1:4222": true, "old:4222": false}
+    }))
+    .unwrap();
+    let CarrierConfig::Nats(n) = c.carrier else {
+        panic!()
+    };
+    assert_eq!(n.addresses, vec!["nats1:4222", "nats2:4222"]);
+    let c = CoordinatorConfig::from_value(
+        json!({"@type": "Kafka", "brokers": {"k1:9092": true}, "groupId": "g"}),
+    )
+    .unwrap();
+    let CarrierConfig::Kafka(k) = c.carrier else {
+        panic!()
+    };
+    assert_eq!(k.brokers, vec!["k1:9092"]);
+    // A set entry that is not true or false is named, with the list's path.
+    let found = errors(json!({"@type": "Nats", "addresses": {"nats1:4222": "yes"}}));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("addresses.nats1:4222") && e.contains("expected true or false")),
+        "{found:?}"
+    );
+    // A set with nothing in it is a list of none.
+    let found = errors(json!({"@type": "Kafka", "brokers": {"k1:9092": false}, "groupId": "g"}));
+    assert!(found.iter().any(|e| e.contains("brokers")), "{found:?}");
+}
+
+#[test]
+fn a_nats_user_name_without_a_secret_is_ignored_with_a_warning() {
+    // Stalwart's NATS defaults carry a user name and no secret.
+    let config =
+        CoordinatorConfig::from_value(json!({"@type": "Nats", "authUsername": "stalwart"}))
+            .unwrap();
+    let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec!["nats.authUsername: ignored: there is no authSecret to go with it"]
+    );
+    let config = CoordinatorConfig::from_value(json!({
+        "@type": "Nats", "authUsername": "stalwart",
+        "authSecret": {"@type": "Value", "secret": "pw"}
+    }))
+    .unwrap();
+    assert!(config.warnings().is_empty());
+}

@@ -13,6 +13,9 @@ pub fn run(file: &Path) -> ExitCode {
     if let Err(errors) = config.check_secrets() {
         return fail(file, &errors);
     }
+    for warning in config.warnings() {
+        eprintln!("{}: warning: {warning}", file.display());
+    }
     println!("{}", config.to_json_pretty());
     ExitCode::SUCCESS
 }
