@@ -140,20 +140,24 @@ async fn options(
     if config.no_echo {
         options = options.no_echo();
     }
-    // A user name without a password is ignored (see `CoordinatorConfig::warnings`).
-    if let (Some(user), Some(password)) = (
-        &config.auth_username,
-        secret(&config.auth_secret, "nats.authSecret")?,
-    ) {
+    // As Stalwart: a user name with its secret, else a token (`credentials`,
+    // or `authToken`); a user name without a secret is ignored (see
+    // `CoordinatorConfig::warnings`).
+    let password = match &config.auth_username {
+        Some(_) => secret(&config.auth_secret, "nats.authSecret")?,
+        None => None,
+    };
+    if let (Some(user), Some(password)) = (&config.auth_username, password) {
         options = options.user_and_password(user.clone(), password);
-    }
-    if let Some(token) = secret(&config.auth_token, "nats.authToken")? {
+    } else if let Some(token) = secret(&config.credentials, "nats.credentials")? {
+        options = options.token(token);
+    } else if let Some(token) = secret(&config.auth_token, "nats.authToken")? {
         options = options.token(token);
     }
-    if let Some(credentials) = secret(&config.credentials, "nats.credentials")? {
-        options = options.credentials(&credentials).map_err(|error| {
+    if let Some(document) = secret(&config.user_credentials, "nats.userCredentials")? {
+        options = options.credentials(&document).map_err(|error| {
             Error::Start(format!(
-                "nats.credentials: not a NATS credentials (.creds) document: {error}"
+                "nats.userCredentials: not a NATS user credentials (.creds) document: {error}"
             ))
         })?;
     }

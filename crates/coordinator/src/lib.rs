@@ -194,8 +194,8 @@ mod tests {
                 "nats.addresses[1]: \"nats://bad host:4222\" is not a NATS address",
             ),
             (
-                r#""credentials":{"@type":"Value","secret":"not a creds file"}"#,
-                "nats.credentials: not a NATS credentials (.creds) document",
+                r#""userCredentials":{"@type":"Value","secret":"not a creds file"}"#,
+                "nats.userCredentials: not a NATS user credentials (.creds) document",
             ),
         ] {
             let config =

@@ -220,11 +220,14 @@ pub struct NatsConfig {
     pub use_tls: bool,
     pub auth_username: Option<String>,
     pub auth_secret: Secret,
-    /// A NATS authentication token.
+    /// A NATS authentication token (this library's name for it).
     pub auth_token: Secret,
-    /// The text of a NATS credentials (`.creds`) file: a user JWT and its
-    /// NKey seed (use `{"@type":"File"}` to name the file).
+    /// A NATS authentication token, as Stalwart hands its `credentials` to
+    /// the client; used when there is no user name with a secret.
     pub credentials: Secret,
+    /// The text of a NATS user credentials (`.creds`) document: a user JWT
+    /// and its NKey seed (`{"@type":"File","filePath":"user.creds"}` names a file).
+    pub user_credentials: Secret,
 }
 
 impl NatsConfig {
@@ -245,7 +248,14 @@ impl NatsConfig {
                 auth_secret: v.secret("authSecret"),
                 auth_token: v.secret("authToken"),
                 credentials: v.secret("credentials"),
+                user_credentials: v.secret("userCredentials"),
             };
+            if !config.auth_token.is_none() && !config.credentials.is_none() {
+                v.error(
+                    "credentials",
+                    "is a token, as authToken is: set one of them, not both",
+                );
+            }
             // A user name without a password is ignored, as Stalwart does
             // (its defaults carry one): `CoordinatorConfig::warnings` says so.
             config

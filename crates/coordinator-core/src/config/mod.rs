@@ -164,17 +164,31 @@ impl CoordinatorConfig {
 
     /// What is accepted but will not do what it may seem to: a NATS
     /// `authUsername` without an `authSecret` is ignored (as Stalwart ignores
-    /// the user name of its defaults). `check-config` prints these.
+    /// the user name of its defaults), and so is a token beside a user name
+    /// and secret (Stalwart's order). `check-config` prints these.
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut warnings = Vec::new();
-        if let CarrierConfig::Nats(nats) = &self.carrier
-            && nats.auth_username.is_some()
-            && nats.auth_secret.is_none()
-        {
-            warnings.push(FieldError {
-                path: "nats.authUsername".into(),
-                message: "ignored: there is no authSecret to go with it".into(),
-            });
+        if let CarrierConfig::Nats(nats) = &self.carrier {
+            let password = nats.auth_username.is_some() && !nats.auth_secret.is_none();
+            if nats.auth_username.is_some() && nats.auth_secret.is_none() {
+                warnings.push(FieldError {
+                    path: "nats.authUsername".into(),
+                    message: "ignored: there is no authSecret to go with it".into(),
+                });
+            }
+            for (field, token) in [
+                ("authToken", &nats.auth_token),
+                ("credentials", &nats.credentials),
+            ] {
+                if password && !token.is_none() {
+                    warnings.push(FieldError {
+                        path: format!("nats.{field}"),
+                        message:
+                            "ignored: authUsername and authSecret are used instead (as in Stalwart)"
+                                .into(),
+                    });
+                }
+            }
         }
         warnings
     }
@@ -187,6 +201,7 @@ impl CoordinatorConfig {
                 secrets.push(("nats.authSecret".into(), &nats.auth_secret));
                 secrets.push(("nats.authToken".into(), &nats.auth_token));
                 secrets.push(("nats.credentials".into(), &nats.credentials));
+                secrets.push(("nats.userCredentials".into(), &nats.user_credentials));
             }
             CarrierConfig::RedisCluster(cluster) => {
                 secrets.push(("redisCluster.authSecret".into(), &cluster.auth_secret));

@@ -17,16 +17,22 @@ async fn client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
     if config.no_echo {
         options = options.no_echo();
     }
-    if let Some(user) = &config.auth_username {
-        let password = config.auth_secret.resolve("nats.authSecret")?;
-        let password = password.map(|p| p.expose().to_string()).unwrap_or_default();
-        options = options.user_and_password(user.clone(), password);
-    }
-    if let Some(token) = config.auth_token.resolve("nats.authToken")? {
+    // The carrier's order: a user name with its secret, else a token.
+    let password = match &config.auth_username {
+        Some(_) => config.auth_secret.resolve("nats.authSecret")?,
+        None => None,
+    };
+    let token = match config.credentials.resolve("nats.credentials")? {
+        Some(token) => Some(token),
+        None => config.auth_token.resolve("nats.authToken")?,
+    };
+    if let (Some(user), Some(password)) = (&config.auth_username, password) {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    } else if let Some(token) = token {
         options = options.token(token.expose().to_string());
     }
-    if let Some(credentials) = config.credentials.resolve("nats.credentials")? {
-        options = options.credentials(credentials.expose())?;
+    if let Some(document) = config.user_credentials.resolve("nats.userCredentials")? {
+        options = options.credentials(document.expose())?;
     }
     let addresses: Vec<async_nats::ServerAddr> = config
         .addresses
