@@ -2,9 +2,85 @@
 //! against a real broker.
 
 use coordinator::{Coordinator, CoordinatorConfig};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tests::brokers::free_port;
+use tests::brokers::{Broker, Kind, RedisCluster, free_port};
+
+/// Stalwart's own serializations of its coordinator objects (see the README there).
+fn stalwart_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/stalwart");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/data/stalwart")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "Stalwart's files: {files:?}");
+    files
+}
+
+fn stalwart(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("data/stalwart/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_stalwart_coordinator_object_passes_check_config() {
+    for file in stalwart_files() {
+        let config = CoordinatorConfig::from_file(&file)
+            .unwrap_or_else(|errors| panic!("{}: {errors}", file.display()));
+        config
+            .check_secrets()
+            .unwrap_or_else(|errors| panic!("{}: {errors}", file.display()));
+    }
+}
+
+/// Starts a node from Stalwart's object with only the broker's address
+/// replaced, and lets it leave.
+async fn starts(object: Value, broker: (&str, Value)) {
+    let mut object = object;
+    let carrier = object["@type"].as_str().unwrap().to_string();
+    object[broker.0] = broker.1;
+    let config = CoordinatorConfig::from_value(object).unwrap();
+    let node = tokio::time::timeout(Duration::from_secs(60), coordinator::start(&config))
+        .await
+        .unwrap_or_else(|_| panic!("{carrier}: no start within a minute"))
+        .unwrap_or_else(|error| panic!("{carrier}: {error}"));
+    assert_eq!(node.carrier(), carrier);
+    node.leave().await.expect("leaves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalwarts_objects_start_against_real_brokers() {
+    let nats = Broker::start(Kind::Nats);
+    starts(
+        stalwart("nats"),
+        ("addresses", json!({ nats.addr().to_string(): true })),
+    )
+    .await;
+    let redis = Broker::start(Kind::Redis);
+    starts(
+        stalwart("redis"),
+        ("url", json!(format!("redis://{}", redis.addr()))),
+    )
+    .await;
+    let cluster = RedisCluster::start();
+    let urls: serde_json::Map<String, Value> = cluster
+        .urls()
+        .into_iter()
+        .map(|url| (url, Value::Bool(true)))
+        .collect();
+    starts(stalwart("redis-cluster"), ("urls", Value::Object(urls))).await;
+    let kafka = Broker::start(Kind::Kafka);
+    starts(
+        stalwart("kafka"),
+        ("brokers", json!({ kafka.addr().to_string(): true })),
+    )
+    .await;
+    starts(stalwart("disabled"), ("@type", json!("Disabled"))).await;
+}
 
 /// A `nats-server` that accepts only clients with `token`.
 struct TokenNats {

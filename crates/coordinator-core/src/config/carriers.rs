@@ -79,6 +79,14 @@ impl CarrierConfig {
                 );
                 return None;
             }
+            "RedisSentinel" => {
+                reader.error(
+                    "@type",
+                    "\"RedisSentinel\" is not supported yet: point \"Redis\" at the master's url, \
+                     or use \"RedisCluster\"",
+                );
+                return None;
+            }
             other => {
                 reader.error(
                     "@type",

@@ -579,3 +579,14 @@ fn a_nats_user_name_without_a_secret_is_ignored_with_a_warning() {
     .unwrap();
     assert!(config.warnings().is_empty());
 }
+
+#[test]
+fn stalwarts_carriers_this_library_lacks_are_refused_by_name() {
+    let found = errors(json!({"@type": "RedisSentinel", "serviceName": "mymaster"}));
+    assert!(
+        found[0].starts_with("@type: \"RedisSentinel\" is not supported yet"),
+        "{found:?}"
+    );
+    let found = errors(json!({"@type": "Default"}));
+    assert!(found[0].contains("Stalwart's in-memory store"), "{found:?}");
+}
