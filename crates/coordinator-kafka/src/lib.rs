@@ -61,6 +61,32 @@ const WATCH_DOWN: Duration = Duration::from_millis(200);
 
 type NodeConsumer = StreamConsumer<LinkContext>;
 
+/// What [`connect`] would refuse before reaching a broker: the cluster name
+/// as a topic name, the secrets, and the librdkafka properties of each client
+/// (the carrier's own with `properties` over them), which librdkafka checks
+/// when a client is made.
+pub fn check(config: &KafkaConfig, settings: &Settings) -> Result<(), Error> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+    topics::check_cluster_name(&settings.cluster)?;
+    let refused = |client: &str, error: rdkafka::error::KafkaError| {
+        Error::Start(format!(
+            "kafka.properties: the {client} refuses them: {}",
+            topics::describe(error)
+        ))
+    };
+    options::producer(config, settings)?
+        .create::<BaseProducer>()
+        .map_err(|error| refused("producer", error))?;
+    options::consumer(config, settings)?
+        .create::<BaseConsumer>()
+        .map_err(|error| refused("consumer", error))?;
+    options::admin(config, settings)?
+        .create::<AdminClient<DefaultClientContext>>()
+        .map_err(|error| refused("admin client", error))?;
+    Ok(())
+}
+
 /// Connects node `settings.node_id` to the brokers of `config`: creates the
 /// topics it needs, and starts reading at their current end.
 pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, Error> {

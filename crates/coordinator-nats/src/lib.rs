@@ -92,6 +92,29 @@ fn connect_error(config: &NatsConfig, error: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// What [`connect`] would refuse before reaching a server: the addresses,
+/// the secrets, and a `userCredentials` document that is not one.
+pub fn check(config: &NatsConfig) -> Result<(), Error> {
+    addresses(config)?;
+    for (field, value) in [
+        ("nats.authSecret", &config.auth_secret),
+        ("nats.authToken", &config.auth_token),
+        ("nats.credentials", &config.credentials),
+    ] {
+        secret(value, field)?;
+    }
+    if let Some(document) = secret(&config.user_credentials, "nats.userCredentials")? {
+        ConnectOptions::new()
+            .credentials(&document)
+            .map_err(|error| {
+                Error::Start(format!(
+                    "nats.userCredentials: not a NATS user credentials (.creds) document: {error}"
+                ))
+            })?;
+    }
+    Ok(())
+}
+
 fn addresses(config: &NatsConfig) -> Result<Vec<ServerAddr>, Error> {
     config
         .addresses

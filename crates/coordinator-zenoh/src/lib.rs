@@ -65,6 +65,14 @@ pub async fn connect(config: &ZenohConfig, settings: &Settings) -> Result<Link, 
         .map(|(link, _)| link)
 }
 
+/// What [`connect`] would refuse before opening a session: a `config` that
+/// is not a Zenoh configuration.
+pub fn check(config: &ZenohConfig) -> Result<(), Error> {
+    zenoh::Config::from_json5(&config.config)
+        .map(drop)
+        .map_err(|error| Error::Start(format!("zenoh.config: {error}")))
+}
+
 /// [`connect`], also returning the transport (to see which members it knows).
 pub async fn connect_with_handle(
     config: &ZenohConfig,

@@ -71,6 +71,39 @@ pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
     }
 }
 
+/// What [`start`] would refuse without reaching a broker: unreadable secrets
+/// and embedded texts that do not parse (a Zenoh `config`, Kafka
+/// `properties`, a NATS `userCredentials` document), each named by its field.
+/// `check-config` runs it.
+pub fn check(config: &CoordinatorConfig) -> Result<(), ConfigErrors> {
+    config.check_secrets()?;
+    Settings::from_config(&config.cluster).map_err(refused)?;
+    let checked: Result<(), Error> = match &config.carrier {
+        #[cfg(feature = "nats")]
+        CarrierConfig::Nats(nats) => coordinator_nats::check(nats),
+        #[cfg(feature = "kafka")]
+        CarrierConfig::Kafka(kafka) => Settings::from_config(&config.cluster)
+            .and_then(|settings| coordinator_kafka::check(kafka, &settings)),
+        #[cfg(feature = "zenoh")]
+        CarrierConfig::Zenoh(zenoh) => coordinator_zenoh::check(zenoh),
+        _ => Ok(()),
+    };
+    checked.map_err(refused)
+}
+
+/// A start error as the configuration problem it is (its message begins with the field).
+fn refused(error: Error) -> ConfigErrors {
+    let text = match error {
+        Error::Start(text) => text,
+        other => other.to_string(),
+    };
+    let (path, message) = match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') => (path.to_string(), message.to_string()),
+        _ => (String::new(), text),
+    };
+    ConfigErrors(vec![FieldError { path, message }])
+}
+
 /// Why a carrier cannot start in this build.
 fn unavailable(name: &'static str) -> Error {
     let (built, implemented) = match name {

@@ -90,6 +90,43 @@ fn check_config_exits_2_with_every_error_and_its_path() {
 }
 
 #[test]
+fn check_config_catches_embedded_texts_that_would_fail_at_start() {
+    for (name, text, expected) in [
+        (
+            "zenoh.json",
+            r#"{"@type":"Zenoh","config":"{ mode: 'peer', listen: { endpoints: [ "}"#,
+            "zenoh.config:",
+        ),
+        (
+            "kafka.json",
+            r#"{"@type":"Kafka","brokers":["127.0.0.1:9092"],"groupId":"g","properties":{"no.such.property":"1"}}"#,
+            "kafka.properties: the producer refuses them",
+        ),
+        (
+            "nats.json",
+            r#"{"@type":"Nats","userCredentials":{"@type":"Value","secret":"not a creds document"}}"#,
+            "nats.userCredentials: not a NATS user credentials (.creds) document",
+        ),
+    ] {
+        let path = file(name, text);
+        let output = coordinator(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{name}: {}", stdout(&output));
+        assert!(
+            stderr(&output).contains(expected),
+            "{name}: {}",
+            stderr(&output)
+        );
+    }
+    // The same carriers with texts that parse pass.
+    let path = file(
+        "zenoh-ok.json",
+        r#"{"@type":"Zenoh","config":"{ mode: 'peer' }"}"#,
+    );
+    let output = coordinator(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[test]
 fn check_config_reads_toml_and_resolves_secrets_without_printing_them() {
     let path = file(
         "missing-secret.toml",

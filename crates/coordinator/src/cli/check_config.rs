@@ -10,7 +10,9 @@ pub fn run(file: &Path) -> ExitCode {
         Ok(config) => config,
         Err(errors) => return fail(file, &errors),
     };
-    if let Err(errors) = config.check_secrets() {
+    // Secrets, and the texts inside the configuration (a Zenoh `config`,
+    // Kafka `properties`, a NATS credentials document), as `start` reads them.
+    if let Err(errors) = coordinator::check(&config) {
         return fail(file, &errors);
     }
     for warning in config.warnings() {
