@@ -31,8 +31,7 @@ fn every_stalwart_coordinator_object_passes_check_config() {
     for file in stalwart_files() {
         let config = CoordinatorConfig::from_file(&file)
             .unwrap_or_else(|errors| panic!("{}: {errors}", file.display()));
-        coordinator::check(&config)
-            .unwrap_or_else(|errors| panic!("{}: {errors}", file.display()));
+        coordinator::check(&config).unwrap_or_else(|errors| panic!("{}: {errors}", file.display()));
     }
 }
 
