@@ -60,6 +60,11 @@ enum Command {
         /// Topic to broadcast on and listen to.
         #[arg(long, default_value = "chat")]
         topic: String,
+        /// Broadcast each line read from standard input, and leave at its
+        /// end. Without it the node never reads standard input (as under a
+        /// service manager) and runs until SIGTERM or SIGINT.
+        #[arg(long)]
+        stdin: bool,
     },
 }
 
@@ -94,7 +99,11 @@ fn main() -> ExitCode {
             Command::Bench(bench) => cli::bench::run(bench).await,
             #[cfg(feature = "native")]
             Command::Soak(soak) => cli::soak::run(soak).await,
-            Command::Node { config, topic } => cli::node::run(&config, &topic).await,
+            Command::Node {
+                config,
+                topic,
+                stdin,
+            } => cli::node::run(&config, &topic, stdin).await,
         }
     });
     match result {

@@ -295,6 +295,49 @@ fn gen_cert_writes_a_certificate_and_key_that_a_native_node_starts_with() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `coordinator node` as a service manager runs it: standard input closed,
+/// stopped with SIGTERM.
+#[test]
+fn node_runs_with_stdin_closed_and_leaves_on_sigterm() {
+    let path = file("alone.json", r#"{"@type":"Disabled","nodeId":7}"#);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["node", "--config", path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the node stopped when standard input was closed"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("left the cluster"),
+        "{}",
+        stdout(&output)
+    );
+    // Asked to read standard input, it leaves at its end.
+    let output = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["node", "--stdin", "--config", path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("left the cluster"),
+        "{}",
+        stdout(&output)
+    );
+}
+
 #[test]
 fn node_with_unreachable_kafka_brokers_fails_with_an_error_naming_them() {
     let path = file(

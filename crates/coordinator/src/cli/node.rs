@@ -1,4 +1,4 @@
-//! `coordinator node --config FILE`: one node, by hand.
+//! `coordinator node --config FILE`: one node, by hand or as a service.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -6,26 +6,39 @@ use coordinator::{Coordinator, CoordinatorConfig, Received, SubscribeOptions};
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-pub async fn run(file: &Path, topic: &str) -> anyhow::Result<()> {
+/// Runs one node until SIGTERM or SIGINT (or, with `stdin`, the end of
+/// standard input), then leaves the cluster gracefully.
+pub async fn run(file: &Path, topic: &str, stdin: bool) -> anyhow::Result<()> {
     super::init_logging("info");
     let config = CoordinatorConfig::from_file(file)
         .map_err(|errors| anyhow::anyhow!("{}:\n{errors}", file.display()))?;
     let node = coordinator::start(&config)
         .await
         .context("starting the node")?;
-    println!(
-        "node {} up on {}; type a line to broadcast it on {topic:?}, Ctrl-D or Ctrl-C to leave",
-        node.node_id(),
-        node.carrier()
-    );
+    if stdin {
+        println!(
+            "node {} up on {}; type a line to broadcast it on {topic:?}, Ctrl-D or Ctrl-C to leave",
+            node.node_id(),
+            node.carrier()
+        );
+    } else {
+        println!(
+            "node {} up on {}; listening on {topic:?}; SIGTERM or Ctrl-C to leave",
+            node.node_id(),
+            node.carrier()
+        );
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     let mut subscription = node.subscribe(topic, SubscribeOptions::default()).await?;
     let mut members = node.member_events();
     let mut events = node.events();
     let mut inbox = node.inbox()?;
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    // Standard input is not touched unless asked for: a service has none.
+    let mut lines = stdin.then(|| BufReader::new(tokio::io::stdin()).lines());
     loop {
         tokio::select! {
-            line = lines.next_line() => match line? {
+            line = async { lines.as_mut().expect("guarded").next_line().await }, if lines.is_some() => match line? {
                 Some(line) => node.broadcast(topic, Bytes::from(line)).await?,
                 None => break,
             },
@@ -44,6 +57,7 @@ pub async fn run(file: &Path, topic: &str) -> anyhow::Result<()> {
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
         }
     }
     node.leave().await?;
