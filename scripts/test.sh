@@ -21,10 +21,8 @@ install_tools() {
     command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
-    # rdkafka builds librdkafka from source (cmake-build): cmake, and curl's
-    # headers, which librdkafka includes even with OIDC off; OpenSSL for TLS.
-    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-    [ -e /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -e /usr/include/curl/curl.h ] || missing+=(libcurl4-openssl-dev)
+    # rdkafka builds librdkafka from source with its own configure script
+    # (make and a C compiler; curl left out): only OpenSSL's headers, for TLS.
     [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
