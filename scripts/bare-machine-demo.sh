@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs README's first command, `cargo run --release -p coordinator -- demo`,
+# Runs README's first command, `cargo run --release -p coordinator-cli -- demo`,
 # in a bare Debian 12 root: what a new machine of this project's kind has and
 # nothing more. That root holds:
 #
@@ -62,7 +62,7 @@ rm -rf "$root/src" "$root/root/cargo-home"
 git clone -q . "$root/src"
 mkdir -p "$root/root/cargo-home"
 
-echo "== in the bare root: cargo run --release -p coordinator -- demo"
+echo "== in the bare root: cargo run --release -p coordinator-cli -- demo"
 chroot "$root" /usr/bin/env -i \
     HOME=/root \
     PATH="/opt/rustup/toolchains/$toolchain/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
@@ -70,5 +70,5 @@ chroot "$root" /usr/bin/env -i \
     CARGO_HOME=/root/cargo-home \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     CARGO_HTTP_CAINFO=/etc/ssl/certs/ca-certificates.crt \
-    /bin/sh -c 'cd /src && cargo run --release -p coordinator -- demo'
+    /bin/sh -c 'cd /src && cargo run --release -p coordinator-cli -- demo'
 echo "bare machine: demo ok"

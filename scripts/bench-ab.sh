@@ -5,7 +5,7 @@
 #   scripts/bench-ab.sh OLD_BINARY NEW_BINARY [ROUNDS]
 #
 # Build the old one from another checkout, e.g.
-#   git worktree add /tmp/old <commit> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p coordinator)
+#   git worktree add /tmp/old <commit> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p coordinator-cli)
 # Prints one line per figure: the median of each binary's rounds and new/old.
 # NATS needs nats-server (Debian's package); it is started on a free port.
 set -euo pipefail
