@@ -54,6 +54,14 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "the library does not carry the command-line tool"
+# A library user with one carrier gets no CLI, benchmark or Raft code.
+if cargo tree -p coordinator --no-default-features --features nats -e normal --prefix none --locked \
+    | grep -E '^(clap|hdrhistogram|openraft|raft-kv|anyhow|tracing-subscriber) '; then
+    echo "the coordinator library depends on the crates above: they belong to coordinator-cli" >&2
+    exit 1
+fi
+
 log "doc tests"
 cargo test --workspace --doc --locked --quiet
 
