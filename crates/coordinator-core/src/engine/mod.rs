@@ -653,7 +653,6 @@ impl Inner {
         self: &Arc<Self>,
         call: impl FnOnce(&mut Core, Instant) -> Result<Sending, Error>,
     ) -> Result<(), Error> {
-        cooperate().await;
         self.check_open()?;
         let (receiver, sending) = {
             let (result, transmits) = self.with_shared(|engine, delivery, now| {
@@ -863,6 +862,9 @@ impl Coordinator for Node {
     }
 
     async fn send(&self, to: NodeId, payload: Bytes) -> Result<(), Error> {
+        // Before anything is numbered: a send dropped here was never made.
+        // (A reply does not yield first: once answered, it goes out.)
+        cooperate().await;
         self.inner
             .send_with(|core, now| core.send(now, to, payload))
             .await

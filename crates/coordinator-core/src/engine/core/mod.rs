@@ -38,6 +38,8 @@ use std::time::{Duration, Instant};
 const MAX_HELD: usize = 8192;
 /// What holding a message costs besides its payload and topic.
 const HELD_OVERHEAD: usize = 128;
+/// Room for deliveries kept from one message to the next.
+const KEPT_DELIVERIES: usize = 64;
 
 /// A frame for the carrier.
 #[derive(Debug)]
@@ -228,7 +230,8 @@ pub struct Core {
     next_heartbeat: Option<Instant>,
     outputs: VecDeque<Output>,
     transmits: VecDeque<Transmit>,
-    /// Kept empty between calls, for its allocation: what one message releases.
+    /// Kept empty between calls, for its allocation: what one message
+    /// releases (at most [`KEPT_DELIVERIES`] of room is kept).
     delivering: Vec<Envelope>,
     /// Incarnation of the last other process seen using this node id.
     id_conflict: u64,
@@ -417,14 +420,14 @@ impl Core {
         self.outputs.pop_front()
     }
 
-    /// Every result for the application, appended to `into` (when `into`
-    /// is empty the two queues are swapped: no copy, and the allocation of
-    /// `into` is kept for the next results).
     /// Whether results wait to be taken ([`Core::poll_output`]).
     pub fn has_outputs(&self) -> bool {
         !self.outputs.is_empty()
     }
 
+    /// Every result for the application, appended to `into` (when `into`
+    /// is empty the two queues are swapped: no copy, and the allocation of
+    /// `into` is kept for the next results).
     pub fn take_outputs(&mut self, into: &mut VecDeque<Output>) {
         if into.is_empty() {
             std::mem::swap(&mut self.outputs, into);
@@ -1090,7 +1093,10 @@ impl Core {
         }
         self.held_bytes = self.held_bytes + after - before;
         self.results(key, gaps, &mut deliveries);
-        self.delivering = deliveries;
+        // Kept unless a release of many held messages made it large.
+        if deliveries.capacity() <= KEPT_DELIVERIES {
+            self.delivering = deliveries;
+        }
         self.bound_held();
         match outcome {
             Outcome::Delivered | Outcome::Held => None,
