@@ -204,11 +204,18 @@ pub struct Broker {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Arguments after the kind's own (an authentication option, say).
+    extra: Vec<String>,
 }
 
 impl Broker {
     /// Starts a broker on a free loopback port and waits until it answers.
     pub fn start(kind: Kind) -> Broker {
+        Self::start_with(kind, &[])
+    }
+
+    /// [`Broker::start`] with `extra` after the kind's own arguments.
+    pub fn start_with(kind: Kind, extra: &[&str]) -> Broker {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "coordinator-test-{}-{}-{port}",
@@ -221,6 +228,7 @@ impl Broker {
             port,
             dir,
             child: None,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
         broker.restart();
         broker
@@ -254,6 +262,7 @@ impl Broker {
         loop {
             let child = Command::new(self.kind.program())
                 .args(self.kind.args(self.port, &self.dir))
+                .args(&self.extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -4,9 +4,8 @@
 use coordinator::{Coordinator, CoordinatorConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use tests::brokers::{Broker, Kind, RedisCluster, free_port};
+use std::time::Duration;
+use tests::brokers::{Broker, Kind, RedisCluster};
 
 /// Stalwart's own serializations of its coordinator objects (see the README there).
 fn stalwart_files() -> Vec<PathBuf> {
@@ -35,12 +34,14 @@ fn every_stalwart_coordinator_object_passes_check_config() {
     }
 }
 
-/// Starts a node from Stalwart's object with only the broker's address
-/// replaced, and lets it leave.
-async fn starts(object: Value, broker: (&str, Value)) {
+/// Starts a node from Stalwart's object with only the broker's address (the
+/// field, and its value) replaced, and lets it leave.
+async fn starts(object: Value, broker: Option<(&str, Value)>) {
     let mut object = object;
     let carrier = object["@type"].as_str().unwrap().to_string();
-    object[broker.0] = broker.1;
+    if let Some((field, address)) = broker {
+        object[field] = address;
+    }
     let config = CoordinatorConfig::from_value(object).unwrap();
     let node = tokio::time::timeout(Duration::from_secs(60), coordinator::start(&config))
         .await
@@ -55,13 +56,13 @@ async fn stalwarts_objects_start_against_real_brokers() {
     let nats = Broker::start(Kind::Nats);
     starts(
         stalwart("nats"),
-        ("addresses", json!({ nats.addr().to_string(): true })),
+        Some(("addresses", json!({ nats.addr().to_string(): true }))),
     )
     .await;
     let redis = Broker::start(Kind::Redis);
     starts(
         stalwart("redis"),
-        ("url", json!(format!("redis://{}", redis.addr()))),
+        Some(("url", json!(format!("redis://{}", redis.addr())))),
     )
     .await;
     let cluster = RedisCluster::start();
@@ -70,49 +71,18 @@ async fn stalwarts_objects_start_against_real_brokers() {
         .into_iter()
         .map(|url| (url, Value::Bool(true)))
         .collect();
-    starts(stalwart("redis-cluster"), ("urls", Value::Object(urls))).await;
+    starts(
+        stalwart("redis-cluster"),
+        Some(("urls", Value::Object(urls))),
+    )
+    .await;
     let kafka = Broker::start(Kind::Kafka);
     starts(
         stalwart("kafka"),
-        ("brokers", json!({ kafka.addr().to_string(): true })),
+        Some(("brokers", json!({ kafka.addr().to_string(): true }))),
     )
     .await;
-    starts(stalwart("disabled"), ("@type", json!("Disabled"))).await;
-}
-
-/// A `nats-server` that accepts only clients with `token`.
-struct TokenNats {
-    child: Child,
-    port: u16,
-}
-
-impl TokenNats {
-    fn start(token: &str) -> TokenNats {
-        let port = free_port();
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "--auth", token])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (Debian's package nats-server) on PATH");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        TokenNats { child, port }
-    }
-}
-
-impl Drop for TokenNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    starts(stalwart("disabled"), None).await;
 }
 
 fn nats_config(port: u16, auth: &str) -> CoordinatorConfig {
@@ -127,9 +97,9 @@ fn nats_config(port: u16, auth: &str) -> CoordinatorConfig {
 /// user name that has no secret (its defaults carry one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_credentials_are_a_token_as_in_stalwart() {
-    let server = TokenNats::start("s3cret-token");
+    let server = Broker::start_with(Kind::Nats, &["--auth", "s3cret-token"]);
     let node = coordinator::start(&nats_config(
-        server.port,
+        server.port(),
         r#""authUsername":"stalwart","credentials":{"@type":"Value","secret":"s3cret-token"}"#,
     ))
     .await
@@ -137,7 +107,7 @@ async fn nats_credentials_are_a_token_as_in_stalwart() {
     assert_eq!(node.carrier(), "Nats");
     node.leave().await.expect("leaves");
     let refused = coordinator::start(&nats_config(
-        server.port,
+        server.port(),
         r#""credentials":{"@type":"Value","secret":"wrong-token"}"#,
     ))
     .await;

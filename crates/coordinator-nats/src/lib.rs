@@ -93,26 +93,39 @@ fn connect_error(config: &NatsConfig, error: impl std::fmt::Display) -> Error {
 }
 
 /// What [`connect`] would refuse before reaching a server: the addresses,
-/// the secrets, and a `userCredentials` document that is not one.
+/// and the credentials (a `userCredentials` document that is not one).
 pub fn check(config: &NatsConfig) -> Result<(), Error> {
     addresses(config)?;
-    for (field, value) in [
-        ("nats.authSecret", &config.auth_secret),
-        ("nats.authToken", &config.auth_token),
-        ("nats.credentials", &config.credentials),
-    ] {
-        secret(value, field)?;
+    authenticate(ConnectOptions::new(), config).map(drop)
+}
+
+/// The credentials of `config` on `options`, as Stalwart applies them: a
+/// user name with its secret, else a token (`credentials`, or `authToken`);
+/// a user name without a secret is ignored (see `CoordinatorConfig::warnings`).
+/// A `userCredentials` document is applied too.
+pub fn authenticate(
+    mut options: ConnectOptions,
+    config: &NatsConfig,
+) -> Result<ConnectOptions, Error> {
+    let password = match &config.auth_username {
+        Some(_) => secret(&config.auth_secret, "nats.authSecret")?,
+        None => None,
+    };
+    if let (Some(user), Some(password)) = (&config.auth_username, password) {
+        options = options.user_and_password(user.clone(), password);
+    } else if let Some(token) = secret(&config.credentials, "nats.credentials")? {
+        options = options.token(token);
+    } else if let Some(token) = secret(&config.auth_token, "nats.authToken")? {
+        options = options.token(token);
     }
     if let Some(document) = secret(&config.user_credentials, "nats.userCredentials")? {
-        ConnectOptions::new()
-            .credentials(&document)
-            .map_err(|error| {
-                Error::Start(format!(
-                    "nats.userCredentials: not a NATS user credentials (.creds) document: {error}"
-                ))
-            })?;
+        options = options.credentials(&document).map_err(|error| {
+            Error::Start(format!(
+                "nats.userCredentials: not a NATS user credentials (.creds) document: {error}"
+            ))
+        })?;
     }
-    Ok(())
+    Ok(options)
 }
 
 fn addresses(config: &NatsConfig) -> Result<Vec<ServerAddr>, Error> {
@@ -163,28 +176,7 @@ async fn options(
     if config.no_echo {
         options = options.no_echo();
     }
-    // As Stalwart: a user name with its secret, else a token (`credentials`,
-    // or `authToken`); a user name without a secret is ignored (see
-    // `CoordinatorConfig::warnings`).
-    let password = match &config.auth_username {
-        Some(_) => secret(&config.auth_secret, "nats.authSecret")?,
-        None => None,
-    };
-    if let (Some(user), Some(password)) = (&config.auth_username, password) {
-        options = options.user_and_password(user.clone(), password);
-    } else if let Some(token) = secret(&config.credentials, "nats.credentials")? {
-        options = options.token(token);
-    } else if let Some(token) = secret(&config.auth_token, "nats.authToken")? {
-        options = options.token(token);
-    }
-    if let Some(document) = secret(&config.user_credentials, "nats.userCredentials")? {
-        options = options.credentials(&document).map_err(|error| {
-            Error::Start(format!(
-                "nats.userCredentials: not a NATS user credentials (.creds) document: {error}"
-            ))
-        })?;
-    }
-    Ok(options)
+    authenticate(options, config)
 }
 
 /// Truncated exponential backoff with jitter: 50 ms × 2ⁿ, at most 5 s.

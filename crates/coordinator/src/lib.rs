@@ -91,17 +91,18 @@ pub fn check(config: &CoordinatorConfig) -> Result<(), ConfigErrors> {
     checked.map_err(refused)
 }
 
-/// A start error as the configuration problem it is (its message begins with the field).
+/// A start error as the configuration problem it is (a carrier's message
+/// already begins with the field it is about).
 fn refused(error: Error) -> ConfigErrors {
-    let text = match error {
-        Error::Start(text) => text,
+    let message = match error {
+        Error::Config(errors) => return errors,
+        Error::Start(message) => message,
         other => other.to_string(),
     };
-    let (path, message) = match text.split_once(": ") {
-        Some((path, message)) if !path.contains(' ') => (path.to_string(), message.to_string()),
-        _ => (String::new(), text),
-    };
-    ConfigErrors(vec![FieldError { path, message }])
+    ConfigErrors(vec![FieldError {
+        path: String::new(),
+        message,
+    }])
 }
 
 /// Why a carrier cannot start in this build.

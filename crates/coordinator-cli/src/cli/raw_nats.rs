@@ -17,23 +17,8 @@ async fn client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
     if config.no_echo {
         options = options.no_echo();
     }
-    // The carrier's order: a user name with its secret, else a token.
-    let password = match &config.auth_username {
-        Some(_) => config.auth_secret.resolve("nats.authSecret")?,
-        None => None,
-    };
-    let token = match config.credentials.resolve("nats.credentials")? {
-        Some(token) => Some(token),
-        None => config.auth_token.resolve("nats.authToken")?,
-    };
-    if let (Some(user), Some(password)) = (&config.auth_username, password) {
-        options = options.user_and_password(user.clone(), password.expose().to_string());
-    } else if let Some(token) = token {
-        options = options.token(token.expose().to_string());
-    }
-    if let Some(document) = config.user_credentials.resolve("nats.userCredentials")? {
-        options = options.credentials(document.expose())?;
-    }
+    // The carrier's credentials, applied the carrier's way.
+    let options = coordinator_nats::authenticate(options, config)?;
     let addresses: Vec<async_nats::ServerAddr> = config
         .addresses
         .iter()

@@ -590,3 +590,31 @@ fn stalwarts_carriers_this_library_lacks_are_refused_by_name() {
     let found = errors(json!({"@type": "Default"}));
     assert!(found[0].contains("Stalwart's in-memory store"), "{found:?}");
 }
+
+#[test]
+fn nats_tokens_one_at_a_time_and_after_a_password() {
+    // `credentials` is a token as `authToken` is: one of them, not both.
+    let found = errors(json!({
+        "@type": "Nats",
+        "authToken": {"@type": "Value", "secret": "t1"},
+        "credentials": {"@type": "Value", "secret": "t2"}
+    }));
+    assert_eq!(
+        found,
+        vec!["nats.credentials: is a token, as authToken is: set one of them, not both"]
+    );
+    // Beside a user name and its secret, a token is not used (Stalwart's order).
+    let config = CoordinatorConfig::from_value(json!({
+        "@type": "Nats", "authUsername": "u",
+        "authSecret": {"@type": "Value", "secret": "pw"},
+        "credentials": {"@type": "Value", "secret": "t"}
+    }))
+    .unwrap();
+    let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "nats.credentials: ignored: authUsername and authSecret are used instead (as in Stalwart)"
+        ]
+    );
+}
