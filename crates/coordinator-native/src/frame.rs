@@ -18,6 +18,14 @@ pub enum FrameType {
     SyncRequest = 4,
     /// The answer to a `SyncRequest`.
     SyncReply = 5,
+    /// Keep-alive on a dialed connection: "how many messages have you read?"
+    Ping = 6,
+    /// The answer to a `Ping`: messages read on this connection, u64.
+    Pong = 7,
+    /// A gossip probe over TCP: `seq u32 | update` (the prober's news of the receiver).
+    Probe = 8,
+    /// The answer to a `Probe`: `seq u32 | update` (the receiver's own state).
+    ProbeAck = 9,
 }
 
 impl FrameType {
@@ -28,6 +36,10 @@ impl FrameType {
             3 => FrameType::Message,
             4 => FrameType::SyncRequest,
             5 => FrameType::SyncReply,
+            6 => FrameType::Ping,
+            7 => FrameType::Pong,
+            8 => FrameType::Probe,
+            9 => FrameType::ProbeAck,
             _ => return None,
         })
     }

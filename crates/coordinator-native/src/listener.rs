@@ -4,7 +4,7 @@
 
 use crate::frame::{FrameError, FrameType, read_frame, write_frame};
 use crate::handshake::{self, HandshakeError};
-use crate::swim::{decode_state, encode_state};
+use crate::swim::{decode_probe, decode_state, encode_probe, encode_state};
 use crate::transport::{NativeTransport, exporter};
 use coordinator_core::DropReason;
 use coordinator_core::transport::Inbound;
@@ -117,6 +117,8 @@ async fn serve(
     let max = transport.max_frame.max(MAX_STATE_FRAME);
     // Frames are read out of one buffer filled by large reads (writes pass through).
     let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
+    // Messages read on this connection, for the dialer's keep-alives.
+    let mut received: u64 = 0;
     loop {
         let read = tokio::time::timeout(idle, read_frame(&mut stream, max));
         let read = tokio::select! {
@@ -134,6 +136,9 @@ async fn serve(
             Ok(Ok(frame)) => frame,
             Ok(Err(FrameError::Io(error))) => {
                 tracing::debug!(peer = peer.id, %error, "connection closed");
+                if peer.id != transport.id {
+                    transport.with_swim(|swim| swim.connection_lost(Instant::now(), peer.id));
+                }
                 return;
             }
             Ok(Err(error)) => {
@@ -160,7 +165,46 @@ async fn serve(
                     );
                     return;
                 }
+                received += 1;
                 if !transport.inbound.deliver(Inbound::Frame(body)) {
+                    return;
+                }
+            }
+            (FrameType::Ping, _) => {
+                if write_frame(&mut stream, FrameType::Pong, &received.to_be_bytes())
+                    .await
+                    .is_err()
+                    || stream.flush().await.is_err()
+                {
+                    return;
+                }
+            }
+            (FrameType::Probe, body) => {
+                if transport.cut(peer.id, transport.id) {
+                    continue;
+                }
+                let Ok((seq, update)) = decode_probe(&body) else {
+                    transport.refuse(
+                        DropReason::Malformed,
+                        format!("unreadable gossip probe from node {}", peer.id),
+                    );
+                    return;
+                };
+                let answer = transport.with_swim(|swim| {
+                    swim.stream_probe(Instant::now(), peer.id, peer.run, peer.addr, update)
+                });
+                if transport.cut(transport.id, peer.id) {
+                    continue;
+                }
+                if write_frame(
+                    &mut stream,
+                    FrameType::ProbeAck,
+                    &encode_probe(seq, &answer),
+                )
+                .await
+                .is_err()
+                    || stream.flush().await.is_err()
+                {
                     return;
                 }
             }
@@ -175,10 +219,9 @@ async fn serve(
                     );
                     return;
                 };
-                let mut reply = Vec::new();
-                transport.with_swim(|swim| {
+                let reply = transport.with_swim(|swim| {
                     swim.merge_state(Instant::now(), updates);
-                    reply = encode_state(&swim.full_state());
+                    encode_state(&swim.full_state())
                 });
                 if write_frame(&mut stream, FrameType::SyncReply, &reply)
                     .await

@@ -5,8 +5,17 @@
 //! overtake queued bulk frames. A broken connection is dialed again with
 //! truncated exponential backoff and jitter; after `retriesMax` failures the
 //! peer is left alone until the gossip says it is alive again.
+//!
+//! The peer answers on the same connection: a `Pong` to each keep-alive
+//! `Ping` (with the count of messages it has read), and a `ProbeAck` to each
+//! gossip probe sent over TCP. While messages are unconfirmed, a `Ping` goes
+//! out every heartbeat interval; a connection on which nothing is confirmed
+//! for `deadTimeout` is stalled: it is dropped and dialed again, and the
+//! messages it held unconfirmed are reported (the receiver reports those it
+//! missed as a gap).
 
-use crate::frame::{FrameType, write_frame};
+use crate::frame::{FrameError, FrameType, read_frame, write_frame};
+use crate::swim::{Update, decode_probe, encode_probe};
 use crate::transport::NativeTransport;
 use bytes::Bytes;
 use coordinator_core::routes::backoff;
@@ -14,7 +23,7 @@ use coordinator_core::{NodeId, TransportError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, WriteHalf};
+use tokio::io::{AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -44,12 +53,67 @@ struct Shared {
     /// Microseconds since `epoch` of the last write.
     last_write: AtomicU64,
     epoch: Instant,
+    /// Messages written on the current connection.
+    written: AtomicU64,
+    /// Messages the peer said it had read (its last `Pong`).
+    confirmed: AtomicU64,
+    /// Microseconds since `epoch` since when messages have waited for
+    /// confirmation without progress (0: none waiting).
+    unconfirmed_since: AtomicU64,
 }
 
 impl Shared {
+    fn micros(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+
     fn touch(&self) {
-        self.last_write
-            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.last_write.store(self.micros(), Ordering::Relaxed);
+    }
+
+    /// A message was written on the connection.
+    fn wrote(&self) {
+        let before = self.written.fetch_add(1, Ordering::AcqRel);
+        if before == self.confirmed.load(Ordering::Acquire) {
+            let _ = self.unconfirmed_since.compare_exchange(
+                0,
+                self.micros(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The peer has read `count` messages of this connection.
+    fn confirm(&self, count: u64) {
+        self.confirmed.store(count, Ordering::Release);
+        let waiting = if count >= self.written.load(Ordering::Acquire) {
+            0
+        } else {
+            self.micros()
+        };
+        self.unconfirmed_since.store(waiting, Ordering::Release);
+    }
+
+    /// A new connection starts counting from zero.
+    fn reset_counts(&self) {
+        self.written.store(0, Ordering::Release);
+        self.confirmed.store(0, Ordering::Release);
+        self.unconfirmed_since.store(0, Ordering::Release);
+    }
+
+    /// How long messages have waited for confirmation without progress.
+    fn unconfirmed_for(&self) -> Option<Duration> {
+        match self.unconfirmed_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(Duration::from_micros(self.micros().saturating_sub(since))),
+        }
+    }
+
+    fn unconfirmed(&self) -> u64 {
+        self.written
+            .load(Ordering::Acquire)
+            .saturating_sub(self.confirmed.load(Ordering::Acquire))
     }
 
     fn idle_for(&self) -> Duration {
@@ -58,26 +122,35 @@ impl Shared {
     }
 }
 
-/// Asks the worker to flush if the task flushing is dropped before it finishes.
-struct FlushOnDrop<'a> {
-    shared: &'a Shared,
-    done: bool,
+/// Polls a future once, without a task to wake (the caller hands the work
+/// to the worker when it is not done).
+fn poll_once<F: std::future::Future>(future: F) -> std::task::Poll<F::Output> {
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::pin!(future).poll(&mut context)
 }
 
-impl Drop for FlushOnDrop<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.shared.flush.notify_one();
-        }
+/// Copies a frame into the writer's buffer, which has room for it.
+fn buffer_frame(writer: &mut Writer, kind: FrameType, body: &[u8]) -> std::io::Result<()> {
+    match poll_once(write_frame(writer, kind, body)) {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => unreachable!("a frame that fits the buffer is copied at once"),
     }
 }
+
 /// Frames queued per peer before publishing waits (or drops, if the peer is unreachable).
 const PEER_QUEUE: usize = 16_384;
 /// First backoff step.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 
+/// Whether a frame was handed to the link at once.
+pub(crate) enum Offer {
+    Taken,
+    /// The link's queue is full: wait with [`PeerLink::send`], or give up.
+    Full(Bytes),
+}
+
 pub(crate) struct PeerLink {
-    control: mpsc::Sender<Bytes>,
+    control: mpsc::Sender<(FrameType, Bytes)>,
     bulk: mpsc::Sender<Bytes>,
     shared: Arc<Shared>,
     /// A connection is up (publishing waits for room); otherwise frames that
@@ -99,6 +172,9 @@ impl PeerLink {
             flush: Notify::new(),
             last_write: AtomicU64::new(0),
             epoch: Instant::now(),
+            written: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            unconfirmed_since: AtomicU64::new(0),
         });
         let worker = Worker {
             transport,
@@ -121,26 +197,60 @@ impl PeerLink {
         })
     }
 
-    pub async fn send(&self, frame: Bytes, control: bool) -> Result<(), TransportError> {
-        if self.connected.load(Ordering::Relaxed) && self.write_now(&frame).await {
-            return Ok(());
+    /// Hands a frame to the link without waiting: written at once when the
+    /// connection is idle, else queued; `Full` when the queue has no room.
+    pub fn offer(&self, frame: Bytes, control: bool) -> Result<Offer, TransportError> {
+        if self.connected.load(Ordering::Relaxed) && self.write_now(&frame) {
+            return Ok(Offer::Taken);
         }
-        let queue = if control { &self.control } else { &self.bulk };
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        let result = if self.connected.load(Ordering::Relaxed) {
-            queue
-                .send(frame)
+        let result = if control {
+            self.control
+                .try_send((FrameType::Message, frame))
+                .map_err(|error| match error {
+                    mpsc::error::TrySendError::Full((_, frame)) => Some(frame),
+                    mpsc::error::TrySendError::Closed(_) => None,
+                })
+        } else {
+            self.bulk.try_send(frame).map_err(|error| match error {
+                mpsc::error::TrySendError::Full(frame) => Some(frame),
+                mpsc::error::TrySendError::Closed(_) => None,
+            })
+        };
+        match result {
+            Ok(()) => Ok(Offer::Taken),
+            Err(full) => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                match full {
+                    Some(frame) if self.connected.load(Ordering::Relaxed) => Ok(Offer::Full(frame)),
+                    Some(_) => Err(TransportError::LinkDown {
+                        carrier: "Native",
+                        detail: "the peer is unreachable and its queue is full".into(),
+                    }),
+                    None => Err(TransportError::Closed("Native")),
+                }
+            }
+        }
+    }
+
+    /// Hands a frame to the link, waiting for room in its queue while the
+    /// peer is connected (the caller bounds the wait).
+    pub async fn send(&self, frame: Bytes, control: bool) -> Result<(), TransportError> {
+        let frame = match self.offer(frame, control)? {
+            Offer::Taken => return Ok(()),
+            Offer::Full(frame) => frame,
+        };
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        let result = if control {
+            self.control
+                .send((FrameType::Message, frame))
                 .await
                 .map_err(|_| TransportError::Closed("Native"))
         } else {
-            match queue.try_send(frame) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(TransportError::LinkDown {
-                    carrier: "Native",
-                    detail: "the peer is unreachable and its queue is full".into(),
-                }),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(TransportError::Closed("Native")),
-            }
+            self.bulk
+                .send(frame)
+                .await
+                .map_err(|_| TransportError::Closed("Native"))
         };
         if result.is_err() {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
@@ -148,9 +258,21 @@ impl PeerLink {
         result
     }
 
+    /// Probes the peer over this connection (dialing it if needed) on behalf
+    /// of the gossip; the answer goes to the gossip. A probe that finds no
+    /// room is not sent (the probe fails, as a lost datagram would).
+    pub fn probe(&self, seq: u32, update: &Update) {
+        let body = Bytes::from(encode_probe(seq, update));
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self.control.try_send((FrameType::Probe, body)).is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Writes the frame from this task when the connection is free and
-    /// nothing is queued; `false` when it must queue instead.
-    async fn write_now(&self, frame: &Bytes) -> bool {
+    /// nothing is queued; `false` when it must queue instead. Never waits:
+    /// a flush that cannot finish at once is left to the worker.
+    fn write_now(&self, frame: &Bytes) -> bool {
         if self.shared.queued.load(Ordering::Acquire) != 0 || self.shared.idle_for() < BUSY_WITHIN {
             return false;
         }
@@ -166,18 +288,20 @@ impl PeerLink {
         {
             return false;
         }
-        // The frame fits in the buffer, so it is copied whole without waiting:
-        // a task dropped from here on never leaves half a frame behind.
-        let mut flushing = FlushOnDrop {
-            shared: &self.shared,
-            done: false,
-        };
-        let result = match write_frame(writer, FrameType::Message, frame).await {
-            Ok(()) => writer.flush().await,
-            Err(error) => Err(error),
-        };
-        flushing.done = true;
-        self.shared.touch();
+        // The frame fits in the buffer, so it is copied whole without waiting.
+        let result = buffer_frame(writer, FrameType::Message, frame).and_then(|()| {
+            self.shared.wrote();
+            self.shared.touch();
+            // One attempt to flush; what the socket does not take now, the
+            // worker flushes (with the stall watchdog over it).
+            match poll_once(writer.flush()) {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => {
+                    self.shared.flush.notify_one();
+                    Ok(())
+                }
+            }
+        });
         if let Err(error) = result {
             // The worker sees the connection close and dials again; this frame
             // went with the connection, like the others in flight.
@@ -198,10 +322,32 @@ impl PeerLink {
     }
 }
 
+/// A queued frame: its type (messages, gossip probes) and body.
+type Item = (FrameType, Bytes);
+
+/// Largest frame a peer sends back on a connection we dialed (answers only).
+const MAX_ANSWER: usize = 1024;
+
+/// Why a connection ended.
+enum End {
+    /// Nothing was confirmed for `after` while `unconfirmed` messages waited.
+    Stalled {
+        unconfirmed: u64,
+        after: Duration,
+    },
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for End {
+    fn from(error: std::io::Error) -> Self {
+        End::Io(error)
+    }
+}
+
 struct Worker {
     transport: Arc<NativeTransport>,
     id: NodeId,
-    control: mpsc::Receiver<Bytes>,
+    control: mpsc::Receiver<Item>,
     bulk: mpsc::Receiver<Bytes>,
     connected: Arc<AtomicBool>,
     revive: Arc<Notify>,
@@ -209,19 +355,21 @@ struct Worker {
 }
 
 impl Worker {
-    async fn next_frame(&mut self) -> Option<Bytes> {
+    async fn next_frame(&mut self) -> Option<Item> {
         tokio::select! {
             biased;
             frame = self.control.recv() => frame,
-            frame = self.bulk.recv() => frame,
+            frame = self.bulk.recv() => frame.map(|body| (FrameType::Message, body)),
         }
     }
 
-    fn try_next(&mut self) -> Option<Bytes> {
-        self.control
-            .try_recv()
-            .ok()
-            .or_else(|| self.bulk.try_recv().ok())
+    fn try_next(&mut self) -> Option<Item> {
+        self.control.try_recv().ok().or_else(|| {
+            self.bulk
+                .try_recv()
+                .ok()
+                .map(|body| (FrameType::Message, body))
+        })
     }
 
     /// A queued frame was written (or dropped).
@@ -242,7 +390,10 @@ impl Worker {
     async fn run(mut self) {
         let config = self.transport.config.clone();
         let mut failures: u64 = 0;
-        let mut pending: Option<Bytes> = None;
+        let mut pending: Option<Item> = None;
+        // A stalled connection was reported as a link down: its replacement is
+        // reported as a link up.
+        let mut reported_down = false;
         loop {
             // Connect lazily, when there is something to send.
             if pending.is_none() {
@@ -263,13 +414,33 @@ impl Worker {
             match self.transport.dial(addr).await {
                 Ok((stream, hello)) if hello.id == self.id => {
                     failures = 0;
-                    self.connected.store(true, Ordering::Relaxed);
+                    if std::mem::take(&mut reported_down) {
+                        self.transport.link_event(None);
+                    }
                     let result = self
                         .write_loop(stream, &mut pending, config.inactivity_timeout)
                         .await;
-                    self.connected.store(false, Ordering::Relaxed);
-                    if let Err(error) = result {
-                        tracing::info!(%addr, %error, "connection to peer lost");
+                    match result {
+                        Ok(()) => {}
+                        Err(End::Io(error)) => {
+                            tracing::info!(%addr, %error, "connection to peer lost");
+                            // A crashed process closes its sockets: the gossip
+                            // probes it now instead of when its turn comes.
+                            let id = self.id;
+                            self.transport
+                                .with_swim(|swim| swim.connection_lost(Instant::now(), id));
+                        }
+                        Err(End::Stalled { unconfirmed, after }) => {
+                            let detail = format!(
+                                "connection to node {} ({addr}) stalled: nothing confirmed for {} ms; \
+                                 {unconfirmed} messages in it unconfirmed (the node reports any it \
+                                 missed as a gap); reconnecting",
+                                self.id,
+                                after.as_millis()
+                            );
+                            self.transport.link_event(Some(detail));
+                            reported_down = true;
+                        }
                     }
                     continue;
                 }
@@ -306,39 +477,91 @@ impl Worker {
         }
     }
 
-    /// Writes frames until the connection fails or stays idle too long.
+    /// Writes frames until the connection fails, stalls or stays idle too long.
     async fn write_loop(
         &mut self,
         stream: tokio_rustls::TlsStream<TcpStream>,
-        pending: &mut Option<Bytes>,
+        pending: &mut Option<Item>,
         idle: Duration,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), End> {
         let (mut reader, writer) = tokio::io::split(stream);
+        self.shared.reset_counts();
         *self.shared.writer.lock().await = Some(BufWriter::with_capacity(BUFFER_BYTES, writer));
         self.shared.touch();
         self.connected.store(true, Ordering::Relaxed);
-        let result = self.serve(&mut reader, pending, idle).await;
+        let shared = self.shared.clone();
+        let (keepalive, stall_after) = (self.transport.keepalive, self.transport.stall_after);
+        // Watches the connection even while a write is blocked on it.
+        let watchdog = async move {
+            let mut check = tokio::time::interval(keepalive / 2);
+            loop {
+                check.tick().await;
+                if let Some(after) = shared.unconfirmed_for()
+                    && after >= stall_after
+                {
+                    return End::Stalled {
+                        unconfirmed: shared.unconfirmed(),
+                        after,
+                    };
+                }
+            }
+        };
+        let result = tokio::select! {
+            result = self.serve(&mut reader, pending, idle, keepalive) => result.map_err(End::Io),
+            stalled = watchdog => Err(stalled),
+        };
         self.connected.store(false, Ordering::Relaxed);
         if let Some(mut writer) = self.shared.writer.lock().await.take()
             && result.is_ok()
         {
-            let _ = writer.shutdown().await;
+            let _ = tokio::time::timeout(keepalive, writer.shutdown()).await;
         }
         result
     }
 
     async fn serve(
         &mut self,
-        reader: &mut tokio::io::ReadHalf<tokio_rustls::TlsStream<TcpStream>>,
-        pending: &mut Option<Bytes>,
+        reader: &mut ReadHalf<tokio_rustls::TlsStream<TcpStream>>,
+        pending: &mut Option<Item>,
         idle: Duration,
+        keepalive: Duration,
     ) -> std::io::Result<()> {
         let shared = self.shared.clone();
-        // The other side never writes on this connection: a read returns when it closes.
-        let mut closed = std::pin::pin!(async move {
-            let mut byte = [0u8; 1];
-            let _ = reader.read(&mut byte).await;
+        let answers_shared = self.shared.clone();
+        let transport = self.transport.clone();
+        let id = self.id;
+        // The peer writes on this connection only to answer: a Pong to each
+        // Ping, a ProbeAck to each gossip probe. A read ends when it closes.
+        let mut answers = std::pin::pin!(async move {
+            loop {
+                match read_frame(reader, MAX_ANSWER).await {
+                    Ok((FrameType::Pong, body)) => {
+                        let count = <[u8; 8]>::try_from(&body[..]).map_err(|_| {
+                            std::io::Error::other(format!("malformed Pong from node {id}"))
+                        })?;
+                        answers_shared.confirm(u64::from_be_bytes(count));
+                    }
+                    Ok((FrameType::ProbeAck, body)) => {
+                        let (seq, update) = decode_probe(&body).map_err(|error| {
+                            std::io::Error::other(format!("ProbeAck from node {id}: {error}"))
+                        })?;
+                        transport
+                            .with_swim(|swim| swim.stream_ack(Instant::now(), id, seq, update));
+                    }
+                    Ok((kind, _)) => {
+                        return Err(std::io::Error::other(format!(
+                            "unexpected {kind:?} frame from node {id}"
+                        )));
+                    }
+                    Err(FrameError::Io(error)) => return Err::<(), _>(error),
+                    Err(error) => {
+                        return Err(std::io::Error::other(format!("from node {id}: {error}")));
+                    }
+                }
+            }
         });
+        let mut ping = tokio::time::interval(keepalive);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_check = tokio::time::sleep(idle);
         let mut idle_check = std::pin::pin!(idle_check);
         loop {
@@ -346,12 +569,27 @@ impl Worker {
                 Some(frame) => Some(frame),
                 None => tokio::select! {
                     biased;
-                    _ = &mut closed => return Err(std::io::ErrorKind::ConnectionReset.into()),
+                    end = &mut answers => {
+                        return Err(end.err().unwrap_or_else(|| std::io::ErrorKind::ConnectionReset.into()));
+                    }
                     frame = self.next_frame() => match frame {
                         Some(frame) => Some(frame),
                         None => return Ok(()),
                     },
                     _ = shared.flush.notified() => None,
+                    _ = ping.tick() => {
+                        if shared.unconfirmed() == 0 {
+                            continue;
+                        }
+                        // Messages wait for confirmation: ask for it.
+                        let mut guard = shared.writer.lock().await;
+                        let Some(writer) = guard.as_mut() else {
+                            return Err(std::io::ErrorKind::ConnectionReset.into());
+                        };
+                        write_frame(writer, FrameType::Ping, &[]).await?;
+                        writer.flush().await?;
+                        continue;
+                    }
                     _ = &mut idle_check => {
                         let quiet = shared.idle_for();
                         if quiet >= idle {
@@ -368,15 +606,23 @@ impl Worker {
                 *pending = frame;
                 return Err(std::io::ErrorKind::ConnectionReset.into());
             };
-            if let Some(frame) = frame {
-                *pending = Some(frame.clone());
-                write_frame(writer, FrameType::Message, &frame).await?;
+            if let Some((kind, body)) = frame {
+                *pending = Some((kind, body.clone()));
+                write_frame(writer, kind, &body).await?;
                 *pending = None;
                 self.dequeued();
+                if kind == FrameType::Message {
+                    shared.wrote();
+                }
                 while writer.buffer().len() < BATCH_BYTES {
-                    let Some(frame) = self.try_next() else { break };
-                    write_frame(writer, FrameType::Message, &frame).await?;
+                    let Some((kind, body)) = self.try_next() else {
+                        break;
+                    };
+                    write_frame(writer, kind, &body).await?;
                     self.dequeued();
+                    if kind == FrameType::Message {
+                        shared.wrote();
+                    }
                 }
             }
             writer.flush().await?;

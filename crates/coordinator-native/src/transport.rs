@@ -2,6 +2,7 @@
 //! outbound connection per peer, and implements [`Transport`].
 
 use crate::handshake::{self, AuthKey, Hello};
+use crate::peer::Offer;
 use crate::swim::{GossipCodec, Output, Swim, SwimConfig};
 use crate::tls::{self, Tls};
 use crate::{gossip, listener, peer};
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -81,6 +82,9 @@ pub async fn connect(
         local,
         config: config.clone(),
         max_frame: settings.max_message_size + 64,
+        keepalive: settings.heartbeat_interval,
+        stall_after: settings.dead_timeout,
+        send_timeout: settings.send_timeout,
         auth: AuthKey::derive(key, &settings.cluster),
         tls,
         swim: Mutex::new(swim),
@@ -219,6 +223,12 @@ pub struct NativeTransport {
     local: SocketAddr,
     pub(crate) config: NativeConfig,
     pub(crate) max_frame: usize,
+    /// How often a connection with unconfirmed messages asks for confirmation…
+    pub(crate) keepalive: Duration,
+    /// …and after how long without any it is stalled.
+    pub(crate) stall_after: Duration,
+    /// How long a publish waits for room in one peer's queue.
+    send_timeout: Duration,
     pub(crate) auth: AuthKey,
     pub(crate) tls: Tls,
     pub(crate) swim: Mutex<Swim>,
@@ -278,9 +288,66 @@ impl NativeTransport {
         self.faults.as_ref().is_some_and(|f| f.blocks(from, to))
     }
 
-    /// Runs the gossip state machine's outputs.
-    pub(crate) fn run_outputs(self: &Arc<Self>, outputs: Vec<Output>) {
-        let mut membership_changed = false;
+    /// Reports a peer connection that stalled (`Some`) or its replacement (`None`).
+    pub(crate) fn link_event(&self, down: Option<String>) {
+        let item = match down {
+            Some(detail) => Inbound::LinkDown(detail),
+            None => Inbound::LinkUp,
+        };
+        let _ = self.reports.send(item);
+    }
+
+    /// Runs `f` on the gossip state, then its outputs. Member reports are
+    /// handed to the engine, and the links of live members rebuilt, before
+    /// the gossip's lock is released: whichever task runs the gossip, the
+    /// engine learns its verdicts in the order they were made.
+    pub(crate) fn with_swim<R>(self: &Arc<Self>, f: impl FnOnce(&mut Swim) -> R) -> R {
+        let mut rest = Vec::new();
+        let result = {
+            let mut swim = self.swim.lock();
+            let result = f(&mut swim);
+            let mut membership_changed = false;
+            for output in swim.drain_outputs() {
+                match output {
+                    Output::Report { id, run, state } => {
+                        membership_changed = true;
+                        if state == MemberState::Alive
+                            && let Some(peer) = self.peers.lock().get(&id)
+                        {
+                            peer.revive();
+                        }
+                        let _ = self.reports.send(Inbound::Member {
+                            id,
+                            incarnation: run,
+                            state,
+                        });
+                    }
+                    other => rest.push(other),
+                }
+            }
+            if membership_changed {
+                let mut peers = self.peers.lock();
+                let live = swim
+                    .reachable()
+                    .map(|(id, _)| {
+                        let link = peers
+                            .entry(id)
+                            .or_insert_with(|| peer::PeerLink::start(self.clone(), id));
+                        (id, link.clone())
+                    })
+                    .collect();
+                *self.live.write() = Arc::new(live);
+            }
+            result
+        };
+        self.run_outputs(rest);
+        self.wake.notify_one();
+        result
+    }
+
+    /// Runs the gossip's network outputs (datagrams, probes over TCP, state
+    /// exchanges); their order across tasks does not matter.
+    fn run_outputs(self: &Arc<Self>, outputs: Vec<Output>) {
         for output in outputs {
             match output {
                 Output::Send { to, packet } => {
@@ -290,50 +357,26 @@ impl NativeTransport {
                         tracing::debug!(%to, %error, "gossip datagram not sent");
                     }
                 }
+                Output::StreamProbe {
+                    target,
+                    seq,
+                    update,
+                } => {
+                    if self.cut(self.id, target) {
+                        continue;
+                    }
+                    let link = self.live.read().get(&target).cloned();
+                    if let Some(link) = link {
+                        link.probe(seq, &update);
+                    }
+                }
                 Output::Sync { addr } => {
                     let me = self.clone();
                     tokio::spawn(async move { me.sync_with(addr).await });
                 }
-                Output::Report { id, run, state } => {
-                    membership_changed = true;
-                    if state == MemberState::Alive
-                        && let Some(peer) = self.peers.lock().get(&id)
-                    {
-                        peer.revive();
-                    }
-                    let _ = self.reports.send(Inbound::Member {
-                        id,
-                        incarnation: run,
-                        state,
-                    });
-                }
+                Output::Report { .. } => unreachable!("reports are handled under the lock"),
             }
         }
-        if membership_changed {
-            let ids: Vec<NodeId> = self.swim.lock().reachable().map(|(id, _)| id).collect();
-            let mut peers = self.peers.lock();
-            let live = ids
-                .into_iter()
-                .map(|id| {
-                    let link = peers
-                        .entry(id)
-                        .or_insert_with(|| peer::PeerLink::start(self.clone(), id));
-                    (id, link.clone())
-                })
-                .collect();
-            *self.live.write() = Arc::new(live);
-        }
-    }
-
-    /// Runs `f` on the gossip state, then its outputs.
-    pub(crate) fn with_swim(self: &Arc<Self>, f: impl FnOnce(&mut Swim)) {
-        let outputs: Vec<Output> = {
-            let mut swim = self.swim.lock();
-            f(&mut swim);
-            swim.drain_outputs().collect()
-        };
-        self.run_outputs(outputs);
-        self.wake.notify_one();
     }
 
     /// Dials `addr` (TCP, TLS, handshake) within the connect timeout.
@@ -419,10 +462,37 @@ impl Transport for NativeTransport {
         }
         let control = is_control(kind);
         let live = self.live.read().clone();
-        for link in live.values() {
-            link.send(frame.clone(), control).await?;
+        // Every peer gets the frame independently: one whose queue is full
+        // (a slow or stalled connection) is waited for, together with the
+        // others in the same case, at most `send_timeout`; one that cannot
+        // take it loses it, and reports the gap when the next one arrives.
+        let mut waiting = Vec::new();
+        for (&id, link) in live.iter() {
+            match link.offer(frame.clone(), control) {
+                Ok(Offer::Taken) => {}
+                Ok(Offer::Full(frame)) => waiting.push((id, link.clone(), frame)),
+                Err(TransportError::Closed(carrier)) => {
+                    return Err(TransportError::Closed(carrier));
+                }
+                Err(error) => tracing::debug!(peer = id, %error, "broadcast not queued for a peer"),
+            }
         }
-        Ok(())
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let deadline = self.send_timeout;
+        let sends = waiting.into_iter().map(|(id, link, frame)| async move {
+            match tokio::time::timeout(deadline, link.send(frame, control)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(peer = id, %error, "broadcast not queued for a peer"),
+                Err(_) => tracing::warn!(
+                    peer = id,
+                    "broadcast dropped for a peer whose queue stayed full for {deadline:?} (it reports the gap)"
+                ),
+            }
+        });
+        futures_util::future::join_all(sends).await;
+        self.check_open()
     }
 
     async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
@@ -430,7 +500,14 @@ impl Transport for NativeTransport {
         let link = self.live.read().get(&node).cloned();
         let link = link.ok_or(TransportError::NoRoute(node))?;
         let control = is_control(peek_kind(&frame));
-        link.send(frame, control).await
+        match link.offer(frame, control)? {
+            Offer::Taken => Ok(()),
+            Offer::Full(frame) => {
+                tokio::time::timeout(self.send_timeout, link.send(frame, control))
+                    .await
+                    .map_err(|_| TransportError::Stalled(self.send_timeout))?
+            }
+        }
     }
 
     async fn close(&self) {

@@ -6,7 +6,9 @@
 //! message    1 Ping    seq u32 | target u64
 //!            2 Ack     seq u32
 //!            3 PingReq seq u32 | target u64 | addr
-//! update     id u64 | run u64 | version u32 | state u8 | addr
+//!            4 Nack    seq u32
+//! update     id u64 | run u64 | version u32 | state u8 | [by u64] | addr
+//!            (`by`, the node whose verdict it is, only for suspect and dead)
 //! addr       4 | ipv4 4 | port u16   or   6 | ipv6 16 | port u16
 //! ```
 //!
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 const MAGIC: [u8; 2] = [0xC0, 0x55];
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER_LEN: usize = 3;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
@@ -81,31 +83,56 @@ pub struct Update {
     /// Raised by the member to refute suspicion within a run.
     pub version: u32,
     pub state: State,
+    /// Whose verdict a suspicion or death is (for alive and left: the member
+    /// itself). Distinct suspecters shorten a suspicion.
+    pub by: NodeId,
     /// Where the member listens (TCP and UDP).
     pub addr: SocketAddr,
 }
 
 impl Update {
-    pub fn encoded_len(&self) -> usize {
-        8 + 8 + 4 + 1 + addr_len(&self.addr)
+    /// News that `id` is alive (or has left) at `version`, from itself.
+    pub fn own(id: NodeId, run: u64, version: u32, state: State, addr: SocketAddr) -> Self {
+        Update {
+            id,
+            run,
+            version,
+            state,
+            by: id,
+            addr,
+        }
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn carries_by(&self) -> bool {
+        matches!(self.state, State::Suspect | State::Dead)
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        8 + 8 + 4 + 1 + if self.carries_by() { 8 } else { 0 } + addr_len(&self.addr)
+    }
+
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.to_be_bytes());
         out.extend_from_slice(&self.run.to_be_bytes());
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(self.state as u8);
+        if self.carries_by() {
+            out.extend_from_slice(&self.by.to_be_bytes());
+        }
         encode_addr(&self.addr, out);
     }
 
-    fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Update {
-            id: reader.u64()?,
-            run: reader.u64()?,
-            version: reader.u32()?,
-            state: State::from_byte(reader.u8()?).ok_or(DecodeError::Malformed("member state"))?,
-            addr: reader.addr()?,
-        })
+    pub(crate) fn decode(reader: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let id = reader.u64()?;
+        let run = reader.u64()?;
+        let version = reader.u32()?;
+        let state = State::from_byte(reader.u8()?).ok_or(DecodeError::Malformed("member state"))?;
+        let mut update = Update::own(id, run, version, state, ([0, 0, 0, 0], 0).into());
+        if update.carries_by() {
+            update.by = reader.u64()?;
+        }
+        update.addr = reader.addr()?;
+        Ok(update)
     }
 }
 
@@ -122,13 +149,16 @@ pub enum Message {
         target: NodeId,
         addr: SocketAddr,
     },
+    /// "I pinged the target of your PingReq `seq` and heard nothing": the
+    /// helper is reachable, so the failure is not the requester's own.
+    Nack { seq: u32 },
 }
 
 impl Message {
     fn encoded_len(&self) -> usize {
         match self {
             Message::Ping { .. } => 1 + 4 + 8,
-            Message::Ack { .. } => 1 + 4,
+            Message::Ack { .. } | Message::Nack { .. } => 1 + 4,
             Message::PingReq { addr, .. } => 1 + 4 + 8 + addr_len(addr),
         }
     }
@@ -150,6 +180,10 @@ impl Message {
                 out.extend_from_slice(&target.to_be_bytes());
                 encode_addr(addr, out);
             }
+            Message::Nack { seq } => {
+                out.push(4);
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
         }
     }
 
@@ -165,6 +199,7 @@ impl Message {
                 target: reader.u64()?,
                 addr: reader.addr()?,
             },
+            4 => Message::Nack { seq: reader.u32()? },
             _ => return Err(DecodeError::Malformed("message type")),
         })
     }
@@ -244,6 +279,24 @@ pub fn decode_state(bytes: &[u8]) -> Result<Vec<Update>, DecodeError> {
         .collect::<Result<_, _>>()?;
     reader.finish()?;
     Ok(updates)
+}
+
+/// Encodes a probe over TCP or its answer: `seq u32 | update` (the prober's
+/// news of the target, or the target's own state).
+pub fn encode_probe(seq: u32, update: &Update) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + update.encoded_len());
+    out.extend_from_slice(&seq.to_be_bytes());
+    update.encode(&mut out);
+    out
+}
+
+/// Decodes a probe over TCP or its answer.
+pub fn decode_probe(bytes: &[u8]) -> Result<(u32, Update), DecodeError> {
+    let mut reader = Reader::new(bytes);
+    let seq = reader.u32()?;
+    let update = Update::decode(&mut reader)?;
+    reader.finish()?;
+    Ok((seq, update))
 }
 
 /// Why a datagram was refused.
