@@ -60,6 +60,19 @@ struct Shared {
     /// Microseconds since `epoch` since when messages have waited for
     /// confirmation without progress (0: none waiting).
     unconfirmed_since: AtomicU64,
+    /// Messages written and not yet confirmed, with their number on the
+    /// connection: written again on the next connection to the same run of
+    /// the peer if this one fails (the receiver drops what it already has).
+    resend: parking_lot::Mutex<Resend>,
+}
+
+#[derive(Default)]
+struct Resend {
+    frames: std::collections::VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    /// Messages given up because the buffer was full (the receiver reports
+    /// any it missed as a gap).
+    dropped: u64,
 }
 
 impl Shared {
@@ -72,8 +85,20 @@ impl Shared {
     }
 
     /// A message was written on the connection.
-    fn wrote(&self) {
+    fn wrote(&self, frame: &Bytes) {
         let before = self.written.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut resend = self.resend.lock();
+            resend.frames.push_back((before + 1, frame.clone()));
+            resend.bytes += frame.len();
+            while resend.frames.len() > RESEND_FRAMES || resend.bytes > RESEND_BYTES {
+                let Some((_, old)) = resend.frames.pop_front() else {
+                    break;
+                };
+                resend.bytes -= old.len();
+                resend.dropped += 1;
+            }
+        }
         if before == self.confirmed.load(Ordering::Acquire) {
             let _ = self.unconfirmed_since.compare_exchange(
                 0,
@@ -87,12 +112,28 @@ impl Shared {
     /// The peer has read `count` messages of this connection.
     fn confirm(&self, count: u64) {
         self.confirmed.store(count, Ordering::Release);
+        {
+            let mut resend = self.resend.lock();
+            while resend.frames.front().is_some_and(|(n, _)| *n <= count) {
+                let (_, frame) = resend.frames.pop_front().expect("checked");
+                resend.bytes -= frame.len();
+            }
+        }
         let waiting = if count >= self.written.load(Ordering::Acquire) {
             0
         } else {
             self.micros()
         };
         self.unconfirmed_since.store(waiting, Ordering::Release);
+    }
+
+    /// The messages the last connection left unconfirmed, and how many were
+    /// given up before that; the buffer is empty afterwards.
+    fn take_unconfirmed(&self) -> (Vec<Bytes>, u64) {
+        let mut resend = self.resend.lock();
+        let frames = resend.frames.drain(..).map(|(_, frame)| frame).collect();
+        resend.bytes = 0;
+        (frames, std::mem::take(&mut resend.dropped))
     }
 
     /// A new connection starts counting from zero.
@@ -139,6 +180,9 @@ fn buffer_frame(writer: &mut Writer, kind: FrameType, body: &[u8]) -> std::io::R
 
 /// Frames queued per peer before publishing waits (or drops, if the peer is unreachable).
 const PEER_QUEUE: usize = 16_384;
+/// Unconfirmed messages kept to be written again on a new connection.
+const RESEND_FRAMES: usize = PEER_QUEUE;
+const RESEND_BYTES: usize = 16 * 1024 * 1024;
 /// First backoff step.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 
@@ -175,6 +219,7 @@ impl PeerLink {
             written: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             unconfirmed_since: AtomicU64::new(0),
+            resend: parking_lot::Mutex::new(Resend::default()),
         });
         let worker = Worker {
             transport,
@@ -290,7 +335,7 @@ impl PeerLink {
         }
         // The frame fits in the buffer, so it is copied whole without waiting.
         let result = buffer_frame(writer, FrameType::Message, frame).and_then(|()| {
-            self.shared.wrote();
+            self.shared.wrote(frame);
             self.shared.touch();
             // One attempt to flush; what the socket does not take now, the
             // worker flushes (with the stall watchdog over it).
@@ -394,6 +439,8 @@ impl Worker {
         // A stalled connection was reported as a link down: its replacement is
         // reported as a link up.
         let mut reported_down = false;
+        // The run of the peer at the other end of the last connection.
+        let mut last_run: Option<u64> = None;
         loop {
             // Connect lazily, when there is something to send.
             if pending.is_none() {
@@ -417,8 +464,10 @@ impl Worker {
                     if std::mem::take(&mut reported_down) {
                         self.transport.link_event(None);
                     }
+                    let same_run = last_run == Some(hello.run);
+                    last_run = Some(hello.run);
                     let result = self
-                        .write_loop(stream, &mut pending, config.inactivity_timeout)
+                        .write_loop(stream, &mut pending, config.inactivity_timeout, same_run)
                         .await;
                     match result {
                         Ok(()) => {}
@@ -433,8 +482,9 @@ impl Worker {
                         Err(End::Stalled { unconfirmed, after }) => {
                             let detail = format!(
                                 "connection to node {} ({addr}) stalled: nothing confirmed for {} ms; \
-                                 {unconfirmed} messages in it unconfirmed (the node reports any it \
-                                 missed as a gap); reconnecting",
+                                 reconnecting, to write again the {unconfirmed} messages it left \
+                                 unconfirmed (the node drops any it already has, and reports a gap \
+                                 for any that cannot be sent again)",
                                 self.id,
                                 after.as_millis()
                             );
@@ -483,10 +533,49 @@ impl Worker {
         stream: tokio_rustls::TlsStream<TcpStream>,
         pending: &mut Option<Item>,
         idle: Duration,
+        same_run: bool,
     ) -> Result<(), End> {
         let (mut reader, writer) = tokio::io::split(stream);
+        let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
+        let (resend, given_up) = self.shared.take_unconfirmed();
         self.shared.reset_counts();
-        *self.shared.writer.lock().await = Some(BufWriter::with_capacity(BUFFER_BYTES, writer));
+        if given_up > 0 {
+            tracing::warn!(
+                peer = self.id,
+                given_up,
+                "messages to a peer left unconfirmed beyond the resend buffer (the peer reports them as a gap)"
+            );
+        }
+        if same_run && !resend.is_empty() {
+            // What the last connection left unconfirmed goes first, in order;
+            // it stays in the buffer until this connection confirms it.
+            for frame in &resend {
+                self.shared.wrote(frame);
+            }
+            let stall_after = self.transport.stall_after;
+            let replay = async {
+                for frame in &resend {
+                    write_frame(&mut writer, FrameType::Message, frame).await?;
+                }
+                writer.flush().await
+            };
+            match tokio::time::timeout(stall_after, replay).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(End::Stalled {
+                        unconfirmed: self.shared.unconfirmed(),
+                        after: stall_after,
+                    });
+                }
+            }
+        } else if !resend.is_empty() {
+            tracing::info!(
+                peer = self.id,
+                dropped = resend.len(),
+                "the peer restarted: messages its previous run left unconfirmed are dropped"
+            );
+        }
+        *self.shared.writer.lock().await = Some(writer);
         self.shared.touch();
         self.connected.store(true, Ordering::Relaxed);
         let shared = self.shared.clone();
@@ -612,7 +701,7 @@ impl Worker {
                 *pending = None;
                 self.dequeued();
                 if kind == FrameType::Message {
-                    shared.wrote();
+                    shared.wrote(&body);
                 }
                 while writer.buffer().len() < BATCH_BYTES {
                     let Some((kind, body)) = self.try_next() else {
@@ -621,7 +710,7 @@ impl Worker {
                     write_frame(writer, kind, &body).await?;
                     self.dequeued();
                     if kind == FrameType::Message {
-                        shared.wrote();
+                        shared.wrote(&body);
                     }
                 }
             }

@@ -30,8 +30,15 @@ pub async fn run(file: &Path, topic: &str, stdin: bool) -> anyhow::Result<()> {
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
-    let mut subscription = node.subscribe(topic, SubscribeOptions::default()).await?;
     let mut members = node.member_events();
+    // Who is already known (the changes from here on follow).
+    for member in node.members().into_iter().filter(|m| !m.local) {
+        println!(
+            "member {} ({}): {:?} (known at start)",
+            member.id, member.incarnation, member.state
+        );
+    }
+    let mut subscription = node.subscribe(topic, SubscribeOptions::default()).await?;
     let mut events = node.events();
     let mut inbox = node.inbox()?;
     // Standard input is not touched unless asked for: a service has none.
