@@ -24,6 +24,11 @@ install_tools() {
     # rdkafka builds librdkafka from source with its own configure script
     # (make and a C compiler; curl left out): only OpenSSL's headers, for TLS.
     [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+    # The network fault suite (root only: it makes network namespaces).
+    if [ "$(id -u)" -eq 0 ]; then
+        command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+        command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         local sudo=""

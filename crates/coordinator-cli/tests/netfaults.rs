@@ -622,3 +622,38 @@ fn a_node_restarted_at_once_with_its_id_is_never_suspected() {
     assert!(net.all_alive(), "{:?}", net.views());
     assert_eq!(suspicions + deaths, 0, "{restarted:?}");
 }
+
+#[test]
+fn a_stalled_tcp_link_is_reported_replaced_and_loses_nothing() {
+    let Some(mut net) = Net::create("stall") else {
+        return;
+    };
+    net.form();
+    let from = Instant::now();
+    // Node 1's TCP to node 2 goes nowhere (its gossip still works): the
+    // connection stalls with broadcasts in it.
+    net.iptables(1, &format!("-A OUTPUT -p tcp -d {} -j DROP", Net::addr(2)));
+    net.run(4 * SECOND);
+    net.clear_rules(1);
+    let delivered = net.wait_for(15 * SECOND, |net| net.missing_broadcasts().is_empty());
+    let reported = net
+        .lines()
+        .into_iter()
+        .find(|line| {
+            line.at >= from
+                && line.node == 1
+                && line.text.starts_with("event: LinkDown")
+                && line.text.contains("node 2")
+        })
+        .map(|line| line.at.duration_since(from).as_secs_f64());
+    let everyone = all(&[1, 2, 3, 4, 5]);
+    let deaths = net.count(from, Change::Died, &everyone);
+    println!(
+        "TCP from node 1 to node 2 dropped for 4 s: stall reported after {reported:.2?} s; every broadcast delivered {:.2?} s after the heal; {deaths} deaths; missing {:?}",
+        delivered.map(|d| d.as_secs_f64()),
+        net.missing_broadcasts()
+    );
+    assert!(reported.is_some_and(|s| s < 2.5), "{reported:?}");
+    assert!(delivered.is_some(), "{:?}", net.missing_broadcasts());
+    assert_eq!(deaths, 0);
+}

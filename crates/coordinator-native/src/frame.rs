@@ -114,10 +114,10 @@ mod tests {
             read_frame(&mut reader_small, 99).await,
             Err(FrameError::TooLarge { size: 100, max: 99 })
         ));
-        let mut unknown = &[0, 0, 0, 1, 9][..];
+        let mut unknown = &[0, 0, 0, 1, 99][..];
         assert!(matches!(
             read_frame(&mut unknown, 10).await,
-            Err(FrameError::UnknownType(9))
+            Err(FrameError::UnknownType(99))
         ));
     }
 }

@@ -3,8 +3,9 @@
 //! itself (no hop to another task); otherwise frames queue for the peer's
 //! worker, which batches them. Control frames (heartbeats, joins, departures)
 //! overtake queued bulk frames. A broken connection is dialed again with
-//! truncated exponential backoff and jitter; after `retriesMax` failures the
-//! peer is left alone until the gossip says it is alive again.
+//! truncated exponential backoff and jitter; after `retriesMax` failures what
+//! is queued for the peer is dropped, and it is dialed again when the gossip
+//! says it is alive again, or after `backoffMax`.
 //!
 //! The peer answers on the same connection: a `Pong` to each keep-alive
 //! `Ping` (with the count of messages it has read), and a `ProbeAck` to each
@@ -510,9 +511,15 @@ impl Worker {
                 }
                 self.discard();
                 let revive = self.revive.clone();
+                // Tried again when the gossip reports the peer alive again, or
+                // after the longest backoff while it still lists it as live
+                // (a path that broke for TCP alone heals by itself).
+                let retry = tokio::time::sleep(config.backoff_max);
+                let mut retry = std::pin::pin!(retry);
                 loop {
                     tokio::select! {
                         _ = revive.notified() => break,
+                        _ = &mut retry => break,
                         frame = self.next_frame() => match frame {
                             Some(_) => self.dequeued(),
                             None => return,
