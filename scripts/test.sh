@@ -70,6 +70,11 @@ fi
 log "doc tests"
 cargo test --workspace --doc --locked --quiet
 
-# Last, so that the run closes on nextest's summary of every test.
 log "tests"
-cargo nextest run --workspace --locked --no-fail-fast "$@"
+cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(netfaults)' "$@"
+
+# The network fault suite measures failure detection in real time: it runs
+# alone, after the rest, so that no other test competes for the two cores.
+# Without root it says why it is skipped.
+log "network fault suite"
+cargo nextest run -p coordinator-cli --test netfaults --locked --no-fail-fast --no-capture "$@"

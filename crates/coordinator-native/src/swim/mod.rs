@@ -208,6 +208,8 @@ pub struct Swim {
     relays: HashMap<u32, Relay>,
     /// Local health: 0 is healthy; timings are scaled by `1 + health`.
     health: u32,
+    /// The members' deadlines as last scanned (`None`: scan again).
+    members_due: Option<(Option<Instant>, bool)>,
     outputs: Vec<Output>,
     rng: StdRng,
     left: bool,
@@ -245,6 +247,7 @@ impl Swim {
             next_seq: 1,
             relays: HashMap::new(),
             health: 0,
+            members_due: None,
             outputs: Vec::new(),
             rng: StdRng::seed_from_u64(seed),
             left: false,
@@ -328,8 +331,24 @@ impl Swim {
         for relay in self.relays.values() {
             next = next.min(relay.nack_at.unwrap_or(relay.expires));
         }
+        let (due, any_dead) = self.members_due.unwrap_or_else(|| self.members_deadline());
+        if let Some(due) = due {
+            next = next.min(due);
+        }
+        if any_dead {
+            next = next.min(self.next_dead_contact);
+        }
+        next
+    }
+
+    /// The members' earliest deadline (suspicion, death, forgetting), and
+    /// whether any member is dead: a scan of every member, which
+    /// [`Swim::next_deadline`] reuses until something can make a deadline
+    /// earlier (a sign of life only makes them later).
+    fn members_deadline(&self) -> (Option<Instant>, bool) {
         let live = self.live_count();
         let mut any_dead = false;
+        let mut next: Option<Instant> = None;
         for entry in self.members.values() {
             let due = match entry.update.state {
                 State::Alive => match entry.failing_since {
@@ -345,12 +364,14 @@ impl Swim {
                     entry.since + self.config.forget_after
                 }
             };
-            next = next.min(due);
+            next = Some(next.map_or(due, |next| next.min(due)));
         }
-        if any_dead {
-            next = next.min(self.next_dead_contact);
-        }
-        next
+        (next, any_dead)
+    }
+
+    /// Something may have made a member's deadline earlier.
+    fn members_changed(&mut self) {
+        self.members_due = None;
     }
 
     /// Whether this node has left: its timers have nothing more to do.
@@ -407,7 +428,15 @@ impl Swim {
             self.contact_the_dead(now);
         }
         self.check_relays(now);
-        self.check_members(now);
+        // The members are scanned only when one of them may be due.
+        let due = match self.members_due {
+            None => true,
+            Some((due, _)) => due.is_some_and(|due| due <= now),
+        };
+        if due {
+            self.check_members(now);
+            self.members_due = Some(self.members_deadline());
+        }
     }
 
     /// `duration` scaled by this node's local health.
@@ -561,7 +590,11 @@ impl Swim {
             let probe = self.probes[index].clone();
             if probe.acked {
                 self.probes.swap_remove(index);
-                self.health = self.health.saturating_sub(1);
+                if self.health > 0 {
+                    // Shorter timings: deadlines may come sooner.
+                    self.health -= 1;
+                    self.members_changed();
+                }
                 continue;
             }
             if now >= probe.started + self.scaled(self.config.probe_interval) {
@@ -615,6 +648,7 @@ impl Swim {
             self.failed.pop_front();
         }
         self.failed.push_back((probe.seq, probe.target, probe.run));
+        self.members_changed();
         // Not one helper even said it failed too: this node may be the one
         // cut off, so it slows down (Lifeguard's local health). A helper that
         // answers shows that this node is heard; one that does not may be
@@ -1051,6 +1085,7 @@ impl Swim {
             return;
         }
         suspicion.by.push(update.by);
+        self.members_due = None;
         let news = Update {
             state: State::Suspect,
             ..update
@@ -1125,6 +1160,7 @@ impl Swim {
             entry.suspicion = None;
         }
         entry.update = update.clone();
+        self.members_due = None;
         // Members never seen alive are not reported dead or departed.
         let report = state_changed && (was_reported || update.state.is_live());
         if report {
