@@ -71,9 +71,6 @@ struct Shared {
 struct Resend {
     frames: std::collections::VecDeque<(u64, Bytes)>,
     bytes: usize,
-    /// Messages given up because the buffer was full (the receiver reports
-    /// any it missed as a gap).
-    dropped: u64,
 }
 
 impl Shared {
@@ -97,7 +94,6 @@ impl Shared {
                     break;
                 };
                 resend.bytes -= old.len();
-                resend.dropped += 1;
             }
         }
         if before == self.confirmed.load(Ordering::Acquire) {
@@ -128,13 +124,20 @@ impl Shared {
         self.unconfirmed_since.store(waiting, Ordering::Release);
     }
 
-    /// The messages the last connection left unconfirmed, and how many were
-    /// given up before that; the buffer is empty afterwards.
+    /// The messages the last connection left unconfirmed, and how many
+    /// more it left unconfirmed that the buffer could not keep (the receiver
+    /// reports those it missed as a gap); the buffer is empty afterwards.
     fn take_unconfirmed(&self) -> (Vec<Bytes>, u64) {
         let mut resend = self.resend.lock();
+        let confirmed = self.confirmed.load(Ordering::Acquire);
+        let first_kept = resend
+            .frames
+            .front()
+            .map_or(self.written.load(Ordering::Acquire) + 1, |(n, _)| *n);
+        let given_up = first_kept.saturating_sub(confirmed + 1);
         let frames = resend.frames.drain(..).map(|(_, frame)| frame).collect();
         resend.bytes = 0;
-        (frames, std::mem::take(&mut resend.dropped))
+        (frames, given_up)
     }
 
     /// A new connection starts counting from zero.
@@ -724,5 +727,66 @@ impl Worker {
             writer.flush().await?;
             shared.touch();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            writer: tokio::sync::Mutex::new(None),
+            queued: AtomicUsize::new(0),
+            flush: Notify::new(),
+            last_write: AtomicU64::new(0),
+            epoch: Instant::now(),
+            written: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            unconfirmed_since: AtomicU64::new(0),
+            resend: parking_lot::Mutex::new(Resend::default()),
+        }
+    }
+
+    fn frame(n: u32) -> Bytes {
+        Bytes::from(n.to_be_bytes().to_vec())
+    }
+
+    #[test]
+    fn what_the_peer_confirmed_is_not_written_again_and_the_rest_is_in_order() {
+        let shared = shared();
+        for n in 1..=5 {
+            shared.wrote(&frame(n));
+        }
+        assert_eq!(shared.unconfirmed(), 5);
+        assert!(shared.unconfirmed_for().is_some());
+        shared.confirm(3);
+        assert_eq!(shared.unconfirmed(), 2);
+        let (again, given_up) = shared.take_unconfirmed();
+        assert_eq!(again, vec![frame(4), frame(5)]);
+        assert_eq!(given_up, 0);
+        shared.reset_counts();
+        for frame in &again {
+            shared.wrote(frame);
+        }
+        shared.confirm(2);
+        assert_eq!(shared.unconfirmed(), 0);
+        assert!(shared.unconfirmed_for().is_none(), "nothing waits");
+        assert_eq!(shared.take_unconfirmed(), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn the_resend_buffer_is_bounded_and_says_what_it_could_not_keep() {
+        let shared = shared();
+        let extra = 10;
+        for n in 1..=(RESEND_FRAMES as u32 + extra) {
+            shared.wrote(&frame(n));
+        }
+        // Four of the ten that did not fit were confirmed anyway.
+        shared.confirm(4);
+        let (again, given_up) = shared.take_unconfirmed();
+        assert_eq!(again.len(), RESEND_FRAMES);
+        assert_eq!(again[0], frame(extra + 1));
+        assert_eq!(given_up, u64::from(extra) - 4);
     }
 }
