@@ -452,20 +452,20 @@ impl Swim {
             + 1
     }
 
-    /// When a suspicion turns into death: `suspicion_max` (times
-    /// `log10(members)` past ten members) with no confirmation, shrinking
+    /// When a suspicion turns into death (both bounds times `log10(members)`
+    /// past ten members): `suspicion_max` with no confirmation, shrinking
     /// (logarithmically, as in Lifeguard) to
     /// `suspicion_timeout` with `confirmations` of them, or with as many as
     /// there are other members to confirm it.
     fn suspicion_deadline(&self, suspicion: &Suspicion, live: usize) -> Instant {
         let expected = self.config.confirmations.min(live.saturating_sub(2));
         let confirmed = suspicion.by.len().saturating_sub(1);
-        // News takes longer to reach everyone in a larger cluster: an
-        // unconfirmed suspicion waits longer there (as in memberlist), so that
-        // the member's refutation reaches every node first.
+        // News takes longer to reach everyone in a larger cluster: a
+        // suspicion waits longer there (as in memberlist), so that the
+        // member's refutation reaches every node first.
         let spread = (live as f64).log10().max(1.0);
         let (min, max) = (
-            self.config.suspicion_timeout,
+            self.config.suspicion_timeout.mul_f64(spread),
             self.config.suspicion_max.mul_f64(spread),
         );
         let timeout = if expected == 0 || confirmed >= expected || max <= min {
