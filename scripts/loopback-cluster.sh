@@ -17,7 +17,8 @@ seconds=${2:-300}
 
 # NO_BUILD=1 uses the binary already built.
 [ -n "${NO_BUILD:-}" ] || cargo build --release --locked -p coordinator-cli --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/coordinator"
+# BIN=path runs another build of the binary (with NO_BUILD=1).
+bin="${BIN:-${CARGO_TARGET_DIR:-target}/release/coordinator}"
 dir=$(mktemp -d /tmp/coordinator-loopback.XXXXXX)
 pids=()
 cleanup() {
