@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 /// Bytes gathered before a flush.
@@ -182,10 +182,14 @@ fn buffer_frame(writer: &mut Writer, kind: FrameType, body: &[u8]) -> std::io::R
     }
 }
 
-/// Frames queued per peer before publishing waits (or drops, if the peer is unreachable).
-const PEER_QUEUE: usize = 16_384;
+/// What may wait in a peer's bulk queue before publishing waits (or drops,
+/// if the peer is unreachable), in units of [`QUEUE_UNIT`] bytes: a frame
+/// takes one unit per started KiB, so at most 16,384 small frames or 16 MiB
+/// of batches wait for one stuck peer.
+const QUEUE_UNITS: usize = 16_384;
+const QUEUE_UNIT: usize = 1024;
 /// Unconfirmed messages kept to be written again on a new connection.
-const RESEND_FRAMES: usize = PEER_QUEUE;
+const RESEND_FRAMES: usize = QUEUE_UNITS;
 const RESEND_BYTES: usize = 16 * 1024 * 1024;
 /// First backoff step.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -195,15 +199,26 @@ pub(crate) enum Offer {
     Taken,
     /// The link's queue is full: wait with [`PeerLink::send`], or give up.
     Full(Bytes),
+    /// The queue stayed full past a send deadline and has not drained to half
+    /// since: the peer is not waited for again until it has (the frame is
+    /// dropped; the peer reports the gap).
+    Overflowing,
 }
 
 pub(crate) struct PeerLink {
+    id: NodeId,
     control: mpsc::Sender<(FrameType, Bytes)>,
-    bulk: mpsc::Sender<Bytes>,
+    bulk: mpsc::UnboundedSender<Queued>,
+    /// The bulk queue's room, in units; each queued frame holds its units.
+    room: Arc<Semaphore>,
     shared: Arc<Shared>,
     /// A connection is up (publishing waits for room); otherwise frames that
     /// do not fit are dropped (the receiver reports the gap).
     connected: Arc<AtomicBool>,
+    /// Set when a sender gave up waiting for room (see [`Offer::Overflowing`]).
+    overflowing: AtomicBool,
+    /// Frames refused while overflowing, since it began.
+    refused: AtomicU64,
     revive: Arc<Notify>,
     task: JoinHandle<()>,
 }
@@ -211,7 +226,8 @@ pub(crate) struct PeerLink {
 impl PeerLink {
     pub fn start(transport: Arc<NativeTransport>, id: NodeId) -> Arc<Self> {
         let (control, control_queue) = mpsc::channel(1024);
-        let (bulk, bulk_queue) = mpsc::channel(PEER_QUEUE);
+        let (bulk, bulk_queue) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(QUEUE_UNITS));
         let connected = Arc::new(AtomicBool::new(false));
         let revive = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
@@ -237,18 +253,54 @@ impl PeerLink {
         let span = tracing::debug_span!("peer", peer = id);
         let task = tokio::spawn(tracing::Instrument::instrument(worker.run(), span));
         Arc::new(Self {
+            id,
             control,
             bulk,
+            room,
             shared,
             connected,
+            overflowing: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
             revive,
             task,
         })
     }
 
+    /// A sender waited a whole send deadline for room: until the queue has
+    /// drained to half, bulk frames are refused at once rather than waited
+    /// for, so that one stuck peer costs the others one deadline, not one
+    /// per message. Returns whether this began the overflow.
+    pub fn overflowed(&self) -> bool {
+        !self.overflowing.swap(true, Ordering::AcqRel)
+    }
+
+    /// While overflowing: whether the queue is still more than half full
+    /// (and the frame is refused); the overflow ends otherwise.
+    fn still_overflowing(&self, id: NodeId) -> bool {
+        if !self.overflowing.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.room.available_permits() < QUEUE_UNITS / 2 {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if self.overflowing.swap(false, Ordering::AcqRel) {
+            let refused = self.refused.swap(0, Ordering::Relaxed);
+            tracing::info!(
+                peer = id,
+                refused,
+                "the peer's queue drained: messages to it flow again (it reports what it missed)"
+            );
+        }
+        false
+    }
+
     /// Hands a frame to the link without waiting: written at once when the
     /// connection is idle, else queued; `Full` when the queue has no room.
     pub fn offer(&self, frame: Bytes, control: bool) -> Result<Offer, TransportError> {
+        if !control && self.still_overflowing(self.id) {
+            return Ok(Offer::Overflowing);
+        }
         if self.connected.load(Ordering::Relaxed) && self.write_now(&frame) {
             return Ok(Offer::Taken);
         }
@@ -261,10 +313,10 @@ impl PeerLink {
                     mpsc::error::TrySendError::Closed(_) => None,
                 })
         } else {
-            self.bulk.try_send(frame).map_err(|error| match error {
-                mpsc::error::TrySendError::Full(frame) => Some(frame),
-                mpsc::error::TrySendError::Closed(_) => None,
-            })
+            match self.room.clone().try_acquire_many_owned(units(&frame)) {
+                Ok(permit) => self.bulk.send((frame, permit)).map_err(|_| None),
+                Err(_) => Err(Some(frame)),
+            }
         };
         match result {
             Ok(()) => Ok(Offer::Taken),
@@ -288,6 +340,8 @@ impl PeerLink {
         let frame = match self.offer(frame, control)? {
             Offer::Taken => return Ok(()),
             Offer::Full(frame) => frame,
+            // Already waited for a whole deadline, and still full.
+            Offer::Overflowing => return Err(TransportError::Stalled(Duration::ZERO)),
         };
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
         let result = if control {
@@ -296,10 +350,13 @@ impl PeerLink {
                 .await
                 .map_err(|_| TransportError::Closed("Native"))
         } else {
-            self.bulk
-                .send(frame)
-                .await
-                .map_err(|_| TransportError::Closed("Native"))
+            match self.room.clone().acquire_many_owned(units(&frame)).await {
+                Ok(permit) => self
+                    .bulk
+                    .send((frame, permit))
+                    .map_err(|_| TransportError::Closed("Native")),
+                Err(_) => Err(TransportError::Closed("Native")),
+            }
         };
         if result.is_err() {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
@@ -373,6 +430,14 @@ impl PeerLink {
 
 /// A queued frame: its type (messages, gossip probes) and body.
 type Item = (FrameType, Bytes);
+/// A bulk frame and the room it holds in its queue until it is written.
+type Queued = (Bytes, OwnedSemaphorePermit);
+
+/// The queue units a frame holds (every frame at least one; none more than
+/// the whole queue, so that any frame can wait for room).
+fn units(frame: &Bytes) -> u32 {
+    (frame.len() / QUEUE_UNIT + 1).min(QUEUE_UNITS) as u32
+}
 
 /// Largest frame a peer sends back on a connection we dialed (answers only).
 const MAX_ANSWER: usize = 1024;
@@ -397,7 +462,7 @@ struct Worker {
     transport: Arc<NativeTransport>,
     id: NodeId,
     control: mpsc::Receiver<Item>,
-    bulk: mpsc::Receiver<Bytes>,
+    bulk: mpsc::UnboundedReceiver<Queued>,
     connected: Arc<AtomicBool>,
     revive: Arc<Notify>,
     shared: Arc<Shared>,
@@ -408,7 +473,7 @@ impl Worker {
         tokio::select! {
             biased;
             frame = self.control.recv() => frame,
-            frame = self.bulk.recv() => frame.map(|body| (FrameType::Message, body)),
+            frame = self.bulk.recv() => frame.map(|(body, _room)| (FrameType::Message, body)),
         }
     }
 
@@ -417,7 +482,7 @@ impl Worker {
             self.bulk
                 .try_recv()
                 .ok()
-                .map(|body| (FrameType::Message, body))
+                .map(|(body, _room)| (FrameType::Message, body))
         })
     }
 
@@ -671,11 +736,9 @@ impl Worker {
                     end = &mut answers => {
                         return Err(end.err().unwrap_or_else(|| std::io::ErrorKind::ConnectionReset.into()));
                     }
-                    frame = self.next_frame() => match frame {
-                        Some(frame) => Some(frame),
-                        None => return Ok(()),
-                    },
-                    _ = shared.flush.notified() => None,
+                    // Ahead of the queue, which under sustained load is always
+                    // ready: a busy connection must still ask for confirmation,
+                    // or it would be taken for a stalled one.
                     _ = ping.tick() => {
                         if shared.unconfirmed() == 0 {
                             continue;
@@ -689,6 +752,11 @@ impl Worker {
                         writer.flush().await?;
                         continue;
                     }
+                    frame = self.next_frame() => match frame {
+                        Some(frame) => Some(frame),
+                        None => return Ok(()),
+                    },
+                    _ = shared.flush.notified() => None,
                     _ = &mut idle_check => {
                         let quiet = shared.idle_for();
                         if quiet >= idle {

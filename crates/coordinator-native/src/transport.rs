@@ -14,7 +14,7 @@ use coordinator_core::testing::Faults;
 use coordinator_core::transport::{Inbound, InboundSender, Link, Transport};
 use coordinator_core::{DropReason, Error, MemberState, NodeId, Settings, TransportError};
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +100,7 @@ pub async fn connect(
         wake: Notify::new(),
         faults: options.faults,
         handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+        syncing: Mutex::new(HashSet::new()),
         tasks: Mutex::new(Vec::new()),
         closed: AtomicBool::new(false),
         shutdown: tokio::sync::watch::channel(false).0,
@@ -243,6 +244,9 @@ pub struct NativeTransport {
     pub(crate) wake: Notify,
     pub(crate) faults: Option<Arc<Faults>>,
     pub(crate) handshakes: Arc<Semaphore>,
+    /// Addresses with a state exchange in flight: a slow one is not doubled
+    /// (under load, doubling them is what keeps the load up).
+    syncing: Mutex<HashSet<SocketAddr>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
     /// Turns true on close: inbound connections end with it, so that peers
@@ -371,6 +375,9 @@ impl NativeTransport {
                     }
                 }
                 Output::Sync { addr } => {
+                    if !self.syncing.lock().insert(addr) {
+                        continue;
+                    }
                     let me = self.clone();
                     tokio::spawn(async move { me.sync_with(addr).await });
                 }
@@ -409,9 +416,10 @@ impl NativeTransport {
 
     /// Exchanges full gossip states with whoever listens at `addr`.
     async fn sync_with(self: Arc<Self>, addr: SocketAddr) {
-        match listener::sync_with(&self, addr).await {
-            Ok(()) => {}
-            Err(error) => tracing::debug!(%addr, %error, "state exchange failed"),
+        let result = listener::sync_with(&self, addr).await;
+        self.syncing.lock().remove(&addr);
+        if let Err(error) = result {
+            tracing::debug!(%addr, %error, "state exchange failed");
         }
     }
 
@@ -471,6 +479,9 @@ impl Transport for NativeTransport {
             match link.offer(frame.clone(), control) {
                 Ok(Offer::Taken) => {}
                 Ok(Offer::Full(frame)) => waiting.push((id, link.clone(), frame)),
+                // Stuck for a whole deadline already: not waited for again
+                // until its queue drains (counted there).
+                Ok(Offer::Overflowing) => {}
                 Err(TransportError::Closed(carrier)) => {
                     return Err(TransportError::Closed(carrier));
                 }
@@ -485,10 +496,14 @@ impl Transport for NativeTransport {
             match tokio::time::timeout(deadline, link.send(frame, control)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::debug!(peer = id, %error, "broadcast not queued for a peer"),
-                Err(_) => tracing::warn!(
-                    peer = id,
-                    "broadcast dropped for a peer whose queue stayed full for {deadline:?} (it reports the gap)"
-                ),
+                Err(_) => {
+                    if link.overflowed() {
+                        tracing::warn!(
+                            peer = id,
+                            "the peer's queue stayed full for {deadline:?}: messages to it are dropped until it drains to half (it reports the gap)"
+                        );
+                    }
+                }
             }
         });
         futures_util::future::join_all(sends).await;
@@ -502,10 +517,21 @@ impl Transport for NativeTransport {
         let control = is_control(peek_kind(&frame));
         match link.offer(frame, control)? {
             Offer::Taken => Ok(()),
+            Offer::Overflowing => Err(TransportError::Stalled(self.send_timeout)),
             Offer::Full(frame) => {
-                tokio::time::timeout(self.send_timeout, link.send(frame, control))
-                    .await
-                    .map_err(|_| TransportError::Stalled(self.send_timeout))?
+                match tokio::time::timeout(self.send_timeout, link.send(frame, control)).await {
+                    Ok(Err(TransportError::Stalled(_))) | Err(_) => {
+                        if link.overflowed() {
+                            tracing::warn!(
+                                peer = node,
+                                "the peer's queue stayed full for {:?}: messages to it are refused until it drains to half",
+                                self.send_timeout
+                            );
+                        }
+                        Err(TransportError::Stalled(self.send_timeout))
+                    }
+                    Ok(result) => result,
+                }
             }
         }
     }

@@ -1,0 +1,424 @@
+//! A Native peer that stops reading (its process stuck) costs the other
+//! peers of a broadcast one send deadline, not one per message: the healthy
+//! peer gets everything at once, the stuck one gets messages again once it
+//! reads, and its application sees no duplicate and is told of every loss.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use coordinator_core::testing::Faults;
+use coordinator_core::transport::{
+    Inbound, InboundHandler, InboundSender, Link, Transport, inbound,
+};
+use coordinator_core::{Coordinator, Event, Node, Settings, SubscribeOptions, new_incarnation};
+use parking_lot::Mutex;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tests::harness::{CLUSTER_KEY, Connector, NativeConnector};
+use tests::wait::{converge, until};
+
+const LONG: Duration = Duration::from_secs(30);
+const SEND_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long the peer stays stuck while node 1 publishes: more than two
+/// `deadTimeout`s (the stalled connection is replaced meanwhile)…
+const STUCK_FOR: Duration = Duration::from_secs(3);
+/// …and at most this many broadcasts (far more than the stuck peer's queue
+/// and socket buffers hold).
+const MAX_MESSAGES: u64 = 2_000_000;
+const SIZE: usize = 1024;
+/// Broadcasts a second at most through the engine while node 3 is stuck.
+const RATE: f64 = 150_000.0;
+/// Messages sent after the stuck peer reads again.
+const AFTER: u64 = 20;
+
+/// Counts the frames a node gets, by index; blocks the carrier's reading task
+/// while `stuck` is set, as a stuck application would.
+struct Receiver {
+    seen: Mutex<HashSet<u64>>,
+    duplicates: AtomicU64,
+    stuck: AtomicBool,
+}
+
+impl Receiver {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            seen: Mutex::new(HashSet::new()),
+            duplicates: AtomicU64::new(0),
+            stuck: AtomicBool::new(false),
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().len()
+    }
+
+    fn has_all(&self, range: std::ops::Range<u64>) -> bool {
+        let seen = self.seen.lock();
+        range.into_iter().all(|index| seen.contains(&index))
+    }
+}
+
+impl InboundHandler for Receiver {
+    fn handle(self: Arc<Self>, item: Inbound) {
+        let frame = match item {
+            Inbound::Frame(frame) => frame,
+            Inbound::LinkDown(detail) => {
+                println!("link down: {detail}");
+                return;
+            }
+            _ => return,
+        };
+        // Bounded: the test clears `stuck` long before this gives up.
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while self.stuck.load(Ordering::Acquire) && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let index = u64::from_be_bytes(frame[..8].try_into().expect("an 8-byte index"));
+        if !self.seen.lock().insert(index) {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn frame(index: u64) -> Bytes {
+    let mut frame = BytesMut::with_capacity(SIZE);
+    frame.put_u64(index);
+    frame.resize(SIZE, 0x5a);
+    frame.freeze()
+}
+
+fn settings(id: u64) -> Settings {
+    let mut settings = Settings::new(id)
+        .cluster("stuck-peer")
+        .cluster_key(CLUSTER_KEY)
+        .send_timeout(SEND_TIMEOUT)
+        .incarnation(new_incarnation())
+        // The test's readers may fall behind for a while: what they are
+        // told of is about the carrier, not about their own queues.
+        .queue_capacity(1 << 20);
+    settings.max_queue_bytes = 2 << 30;
+    settings
+}
+
+fn attach(link: Link, receiver: &Arc<Receiver>) -> Arc<dyn Transport> {
+    let handler: Arc<dyn InboundHandler> = receiver.clone();
+    link.inbound.attach(Arc::downgrade(&handler));
+    // The handler is kept alive by the test's `Receiver`.
+    std::mem::forget(handler);
+    link.transport
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_peer_costs_the_others_one_deadline_and_gets_messages_again_once_it_reads() {
+    let connector = Arc::new(NativeConnector::default());
+    let faults = Faults::new();
+    let receivers = [Receiver::new(), Receiver::new(), Receiver::new()];
+    let sender = attach(
+        connector.connect(1, &settings(1), &faults).await,
+        &receivers[0],
+    );
+    let _healthy = attach(
+        connector.connect(2, &settings(2), &faults).await,
+        &receivers[1],
+    );
+    // The stuck node runs on its own runtime: its blocked reading tasks hold
+    // threads there, and its gossip keeps answering on the others.
+    let stuck_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(12)
+        .enable_all()
+        .build()
+        .unwrap();
+    let link = {
+        let (connector, faults) = (connector.clone(), faults.clone());
+        stuck_runtime
+            .spawn(async move { connector.connect(3, &settings(3), &faults).await })
+            .await
+            .unwrap()
+    };
+    let _stuck = attach(link, &receivers[2]);
+
+    // Warm-up: everyone gets node 1's first messages.
+    for index in 0..10 {
+        sender.publish(frame(index)).await.unwrap();
+    }
+    until(LONG, "the warm-up messages at nodes 2 and 3", || {
+        receivers[1].has_all(0..10) && receivers[2].has_all(0..10)
+    })
+    .await;
+
+    receivers[2].stuck.store(true, Ordering::Release);
+    let started = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut waits = 0;
+    let mut waiting = Duration::ZERO;
+    let mut next = 10;
+    // Bounded in time and count.
+    while started.elapsed() < STUCK_FOR && next < 10 + MAX_MESSAGES {
+        let before = Instant::now();
+        sender.publish(frame(next)).await.unwrap();
+        next += 1;
+        let took = before.elapsed();
+        longest = longest.max(took);
+        if took >= SEND_TIMEOUT / 2 {
+            waits += 1;
+            waiting += took;
+        }
+    }
+    let publishing = started.elapsed();
+    until(LONG, "every message at the healthy node", || {
+        receivers[1].has_all(0..next)
+    })
+    .await;
+    let delivered = started.elapsed();
+    println!(
+        "node 3 stuck for {publishing:.2?}: {} broadcasts of {SIZE} B published, {waits} of them \
+         waited for it ({waiting:.2?} in all, the longest {longest:.2?}); all at node 2 after \
+         {delivered:.2?}; node 3 had taken {}",
+        next - 10,
+        receivers[2].count()
+    );
+    // A publish that finds the stuck peer's queue full waits for it once per
+    // overflow (a new one begins only after its queue drained to half, as
+    // when its connection is replaced), not once per message: without that
+    // rule, publishing waited nearly all of the stuck time.
+    assert!(
+        waits <= 3,
+        "{waits} publishes waited for the stuck peer, {waiting:?} of {publishing:?}"
+    );
+    assert!(
+        longest < SEND_TIMEOUT + Duration::from_secs(1),
+        "a publish took {longest:?}"
+    );
+    assert!(next - 10 > 1_000, "only {} broadcasts published", next - 10);
+
+    // The stuck peer reads again: what was queued for it drains, and the
+    // messages sent after that reach it.
+    receivers[2].stuck.store(false, Ordering::Release);
+    let drain_end = Instant::now() + LONG;
+    let mut last = receivers[2].count();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = receivers[2].count();
+        if now == last || Instant::now() > drain_end {
+            break;
+        }
+        last = now;
+    }
+    let after = next;
+    for index in after..after + AFTER {
+        sender.publish(frame(index)).await.unwrap();
+    }
+    until(
+        LONG,
+        "messages sent after the stuck node reads again",
+        || receivers[2].has_all(after..after + AFTER),
+    )
+    .await;
+    println!(
+        "node 3 reads again: it has {} of {} messages; {} written to it twice (a replaced \
+         connection's unconfirmed messages: the engine drops the repeats)",
+        receivers[2].count(),
+        after + AFTER,
+        receivers[2].duplicates.load(Ordering::Relaxed)
+    );
+    until(LONG, "every message at the healthy node", || {
+        receivers[1].has_all(0..after + AFTER)
+    })
+    .await;
+    assert_eq!(
+        receivers[1].duplicates.load(Ordering::Relaxed),
+        0,
+        "the healthy node got messages twice"
+    );
+    stuck_runtime.shutdown_background();
+}
+
+/// Hands a carrier's inbound items to a node, blocking while `stuck` is set
+/// (the node's reading stops, so the connections to it stall).
+struct StuckGate {
+    forward: InboundSender,
+    stuck: AtomicBool,
+}
+
+impl InboundHandler for StuckGate {
+    fn handle(self: Arc<Self>, item: Inbound) {
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while self.stuck.load(Ordering::Acquire) && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.forward.deliver(item);
+    }
+}
+
+/// What node 3's application saw of node 1's broadcasts.
+#[derive(Default)]
+struct Seen {
+    received: HashSet<u64>,
+    duplicates: u64,
+    gaps: Vec<(u64, u64)>,
+}
+
+impl Seen {
+    /// Broadcast `seq` was either received or reported missing.
+    fn accounted(&self, seq: u64) -> bool {
+        self.received.contains(&seq)
+            || self
+                .gaps
+                .iter()
+                .any(|&(first, count)| (first..first + count).contains(&seq))
+    }
+}
+
+/// Follows what node `node`'s application gets of node 1's broadcasts.
+async fn watch(node: &Arc<Node>) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut subscription = node
+        .subscribe("stuck", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let mut events = node.events();
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    message = subscription.recv() => {
+                        let Some(message) = message else { return };
+                        let mut seen = seen.lock();
+                        if !seen.received.insert(message.seq) {
+                            seen.duplicates += 1;
+                        }
+                    }
+                    event = events.next_event() => match event {
+                        Some(Event::Gap { from: 1, first, count, .. }) => {
+                            seen.lock().gaps.push((first, count));
+                        }
+                        Some(Event::Overflow { queue, dropped }) => {
+                            panic!("the test's reader fell behind: {dropped} dropped from {queue}");
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
+                }
+            }
+        })
+    };
+    (seen, reader)
+}
+
+/// What the application relies on: after a peer was stuck, it gets each
+/// broadcast at most once (the carrier writes again what a replaced
+/// connection left unconfirmed), and every broadcast it did not get is
+/// reported to it as a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_stuck_spell_the_application_gets_no_duplicate_and_is_told_of_every_loss() {
+    let connector = Arc::new(NativeConnector::default());
+    let faults = Faults::new();
+    let start = |id: u64, link: Link| {
+        Arc::new(Node::start(settings(id), coordinator_native::NAME, link).expect("node starts"))
+    };
+    let sender = start(1, connector.connect(1, &settings(1), &faults).await);
+    let healthy = start(2, connector.connect(2, &settings(2), &faults).await);
+    let stuck_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(12)
+        .enable_all()
+        .build()
+        .unwrap();
+    let gate = {
+        let (connector, faults) = (connector.clone(), faults.clone());
+        let (forward, inbound) = inbound();
+        let gate = Arc::new(StuckGate {
+            forward,
+            stuck: AtomicBool::new(false),
+        });
+        let handler: Arc<dyn InboundHandler> = gate.clone();
+        let node = stuck_runtime
+            .spawn(async move {
+                let carrier = connector.connect(3, &settings(3), &faults).await;
+                carrier.inbound.attach(Arc::downgrade(&handler));
+                std::mem::forget(handler);
+                let link = Link {
+                    transport: carrier.transport,
+                    inbound,
+                };
+                Arc::new(Node::start(settings(3), coordinator_native::NAME, link).unwrap())
+            })
+            .await
+            .unwrap();
+        (gate, node)
+    };
+    let (gate, stuck_node) = gate;
+    let all: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), healthy.clone(), stuck_node.clone()];
+    converge(&all, LONG).await;
+
+    // The applications of nodes 2 and 3: the broadcasts and the gaps they
+    // are told of.
+    let (healthy_seen, healthy_reader) = watch(&healthy).await;
+    let (seen, reader) = watch(&stuck_node).await;
+
+    gate.stuck.store(true, Ordering::Release);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < STUCK_FOR && sent < MAX_MESSAGES {
+        sender.broadcast("stuck", frame(sent)).await.unwrap();
+        sent += 1;
+        // At most RATE a second: the spell lasts past `deadTimeout` (the
+        // stalled connection is replaced) without flooding the healthy node.
+        if sent.is_multiple_of(1000) {
+            let due = started + Duration::from_secs_f64(sent as f64 / RATE);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    let stuck_for = started.elapsed();
+    gate.stuck.store(false, Ordering::Release);
+    // Then a few more, once the stuck node reads again: they reach it, and
+    // tell it of what it missed before them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for index in sent..sent + AFTER {
+        sender.broadcast("stuck", frame(index)).await.unwrap();
+    }
+    sent += AFTER;
+    until(LONG, "node 3 to account for every broadcast", || {
+        let seen = seen.lock();
+        (1..=sent).all(|seq| seen.accounted(seq))
+    })
+    .await;
+    until(LONG, "every broadcast at the healthy node", || {
+        healthy_seen.lock().received.len() as u64 == sent
+    })
+    .await;
+    let healthy_seen = healthy_seen.lock();
+    assert_eq!(healthy_seen.duplicates, 0);
+    assert!(healthy_seen.gaps.is_empty(), "{:?}", healthy_seen.gaps);
+    let seen = seen.lock();
+    let missed: u64 = seen.gaps.iter().map(|&(_, count)| count).sum();
+    println!(
+        "{sent} broadcasts of {SIZE} B, node 3 stuck for {stuck_for:.2?}: it received {}, \
+         was told of {missed} missed in {} gaps, {} duplicates",
+        seen.received.len(),
+        seen.gaps.len(),
+        seen.duplicates
+    );
+    assert_eq!(seen.duplicates, 0, "node 3's application got duplicates");
+    let wrong: Vec<u64> = seen
+        .received
+        .iter()
+        .copied()
+        .filter(|&seq| seen.gaps.iter().any(|&(f, c)| (f..f + c).contains(&seq)))
+        .take(5)
+        .collect();
+    assert!(wrong.is_empty(), "received yet reported missing: {wrong:?}");
+    assert_eq!(seen.received.len() as u64 + missed, sent);
+    assert!(
+        (sent - AFTER + 1..=sent).all(|seq| seen.received.contains(&seq)),
+        "the broadcasts sent after the stuck spell must arrive"
+    );
+    reader.abort();
+    healthy_reader.abort();
+    drop((seen, healthy_seen));
+    for node in [&sender, &healthy] {
+        node.abort();
+    }
+    stuck_node.abort();
+    stuck_runtime.shutdown_background();
+}
