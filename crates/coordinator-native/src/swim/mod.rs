@@ -36,7 +36,7 @@ mod tests;
 
 pub use packet::{
     DecodeError, GossipCodec, MAX_DATAGRAM, MAX_PACKET, Message, Packet, State, Update,
-    decode_probe, decode_state, encode_probe, encode_state,
+    decode_body, decode_probe, decode_state, encode_body, encode_probe, encode_state,
 };
 
 use coordinator_core::{MemberState, NodeId};

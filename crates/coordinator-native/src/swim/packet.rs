@@ -259,6 +259,24 @@ impl Packet {
     }
 }
 
+/// Encodes a datagram's body (what [`GossipCodec::seal`] seals).
+pub fn encode_body(counter: u64, packet: &Packet) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + packet.encoded_len());
+    out.extend_from_slice(&counter.to_be_bytes());
+    packet.encode(&mut out);
+    out
+}
+
+/// Decodes a datagram's body once it is authenticated: its counter and its
+/// packet (what a sender with the cluster key controls).
+pub fn decode_body(body: &[u8]) -> Result<(u64, Packet), DecodeError> {
+    let mut reader = Reader::new(body);
+    let counter = reader.u64()?;
+    let packet = Packet::decode(&mut reader)?;
+    reader.finish()?;
+    Ok((counter, packet))
+}
+
 /// Encodes a full state for a TCP sync frame: `count u16 | update*`.
 pub fn encode_state(updates: &[Update]) -> Vec<u8> {
     let count = updates.len().min(u16::MAX as usize);
@@ -369,10 +387,7 @@ impl GossipCodec {
         self.cipher
             .decrypt_in_place_detached(XNonce::from_slice(nonce), header, &mut body, tag.into())
             .map_err(|_| DecodeError::Unauthenticated)?;
-        let mut reader = Reader::new(&body);
-        let counter = reader.u64()?;
-        let packet = Packet::decode(&mut reader)?;
-        reader.finish()?;
+        let (counter, packet) = decode_body(&body)?;
         self.check_replay(packet.from, packet.run, counter)?;
         Ok(packet)
     }
