@@ -14,6 +14,7 @@
 # fuzz/regressions/TARGET/ (named after what it found) once fixed, so the
 # test suite replays it.
 #
+# FUZZ_TARGET_DIR: where the instrumented builds go (default target/fuzz).
 # Needs the nightly toolchain and cargo-fuzz (both installed here if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,9 @@ seconds=${SECONDS_EACH:-900}
 rss=${RSS_MB:-1024}
 malloc=${MALLOC_MB:-64}
 timeout=${TIMEOUT_S:-10}
+# Instrumented builds go to a target directory of their own (the normal
+# build is not disturbed, nor waited for).
+target_dir=${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-target}/fuzz}
 
 if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
@@ -40,7 +44,7 @@ for target in "${targets[@]}"; do
     mkdir -p "$scratch" "fuzz/artifacts/$target"
     log="fuzz/target-corpus/$target.log"
     echo "== $target: up to $runs runs or $seconds s (rss ${rss} MB, malloc ${malloc} MB, timeout ${timeout} s)"
-    cargo +nightly fuzz run --fuzz-dir fuzz "$target" "$scratch" "fuzz/corpus/$target" -- \
+    cargo +nightly fuzz run --fuzz-dir fuzz --target-dir "$target_dir" "$target" "$scratch" "fuzz/corpus/$target" -- \
         -runs="$runs" -max_total_time="$seconds" -rss_limit_mb="$rss" \
         -malloc_limit_mb="$malloc" -timeout="$timeout" -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$target/" 2>&1 | tee "$log" | grep -E '^(#[0-9]+ +(DONE|pulse)|==|INFO: (Running|Loaded))' || true

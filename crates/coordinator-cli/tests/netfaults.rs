@@ -623,9 +623,11 @@ fn a_stalled_tcp_link_is_reported_replaced_and_loses_nothing() {
     net.form();
     let from = Instant::now();
     // Node 1's TCP to node 2 goes nowhere (its gossip still works): the
-    // connection stalls with broadcasts in it.
+    // connection stalls with broadcasts in it, and for long enough that
+    // dialing again fails more than `retriesMax` times (node 2 stays live
+    // in the gossip, so it must not be given up on).
     net.iptables(1, &format!("-A OUTPUT -p tcp -d {} -j DROP", Net::addr(2)));
-    net.run(4 * SECOND);
+    net.run(12 * SECOND);
     net.clear_rules(1);
     let delivered = net.wait_for(15 * SECOND, |net| net.missing_broadcasts().is_empty());
     let reported = net
@@ -641,7 +643,7 @@ fn a_stalled_tcp_link_is_reported_replaced_and_loses_nothing() {
     let everyone = all(&[1, 2, 3, 4, 5]);
     let deaths = net.count(from, Change::Died, &everyone);
     println!(
-        "TCP from node 1 to node 2 dropped for 4 s: stall reported after {reported:.2?} s; every broadcast delivered {:.2?} s after the heal; {deaths} deaths; missing {:?}",
+        "TCP from node 1 to node 2 dropped for 12 s: stall reported after {reported:.2?} s; every broadcast delivered {:.2?} s after the heal; {deaths} deaths; missing {:?}",
         delivered.map(|d| d.as_secs_f64()),
         net.missing_broadcasts()
     );

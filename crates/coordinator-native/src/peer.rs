@@ -193,6 +193,9 @@ const RESEND_FRAMES: usize = QUEUE_UNITS;
 const RESEND_BYTES: usize = 16 * 1024 * 1024;
 /// First backoff step.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// The longest wait between dials of a peer the gossip holds live (at most
+/// `backoffMax`): it is dialed until it is reached or declared dead.
+const LIVE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Whether a frame was handed to the link at once.
 pub(crate) enum Offer {
@@ -569,36 +572,35 @@ impl Worker {
                 Err(error) => tracing::info!(%addr, %error, "cannot reach peer"),
             }
             failures += 1;
-            if failures > config.retries_max {
-                tracing::warn!(
-                    failures,
-                    "giving up on this peer until the gossip reports it alive again"
+            if failures == config.retries_max + 1 {
+                // The gossip still holds the peer live (else its frames were
+                // dropped above): messages to it wait, up to the queue's
+                // bound (beyond it they are dropped, and it reports the gap),
+                // and dialing goes on. It was given up on for `backoffMax`
+                // (3 minutes by default) here before, which lost messages
+                // to a live node without a word when a lossy network failed
+                // a few handshakes in a row.
+                let detail = format!(
+                    "node {} ({addr}) is live in the gossip but was not reached in {failures} \
+                     tries; its messages wait while dialing goes on",
+                    self.id
                 );
-                if pending.take().is_some() {
-                    self.dequeued();
+                tracing::warn!(failures, "{detail}");
+                if !reported_down {
+                    self.transport.link_event(Some(detail));
+                    reported_down = true;
                 }
-                self.discard();
-                let revive = self.revive.clone();
-                // Tried again when the gossip reports the peer alive again, or
-                // after the longest backoff while it still lists it as live
-                // (a path that broke for TCP alone heals by itself).
-                let retry = tokio::time::sleep(config.backoff_max);
-                let mut retry = std::pin::pin!(retry);
-                loop {
-                    tokio::select! {
-                        _ = revive.notified() => break,
-                        _ = &mut retry => break,
-                        frame = self.next_frame() => match frame {
-                            Some(_) => self.dequeued(),
-                            None => return,
-                        },
-                    }
-                }
-                failures = 0;
-                continue;
             }
-            let wait = backoff(failures as u32, BACKOFF_BASE, config.backoff_max);
-            tokio::time::sleep(wait).await;
+            let wait = backoff(
+                failures as u32,
+                BACKOFF_BASE,
+                config.backoff_max.min(LIVE_BACKOFF_MAX),
+            );
+            // A peer that comes back to life is dialed at once.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.revive.notified() => {}
+            }
         }
     }
 
