@@ -11,7 +11,7 @@ use bytes::Bytes;
 use coordinator_core::engine::core::{Broadcasting, Core, Output, Sending};
 use coordinator_core::envelope::{Codec, Envelope, Kind};
 use coordinator_core::{MemberState, Settings};
-use coordinator_native::frame::read_frame;
+use coordinator_native::frame::{FrameType, read_frame_limited};
 use coordinator_native::handshake::{self, AuthKey, Hello};
 use coordinator_native::swim::{self, GossipCodec, Swim, SwimConfig};
 use std::collections::VecDeque;
@@ -392,10 +392,18 @@ pub fn frames(data: &[u8]) {
     let mut reader = data;
     block_on(async {
         for _ in 0..1024 {
-            let Ok((kind, body)) = read_frame(&mut reader, MAX_FRAME).await else {
+            // The listener's limits, checked before a body is read, with
+            // the largest `maxMessageSize` a node accepts: a frame that only
+            // announces a large body must not make it reserve that much
+            // (libFuzzer's malloc limit catches it).
+            let limit = |kind: FrameType| match kind {
+                FrameType::Message => 64 * 1024 * 1024 + 64,
+                FrameType::SyncRequest => 1 << 20,
+                _ => 1024,
+            };
+            let Ok((kind, body)) = read_frame_limited(&mut reader, limit).await else {
                 return;
             };
-            use coordinator_native::frame::FrameType;
             match kind {
                 FrameType::Probe => {
                     let _ = swim::decode_probe(&body);

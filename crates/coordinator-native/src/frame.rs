@@ -50,8 +50,12 @@ impl FrameType {
 pub enum FrameError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("frame of {size} bytes is over the limit of {max}")]
-    TooLarge { size: usize, max: usize },
+    #[error("{kind:?} frame of {size} bytes is over its limit of {max}")]
+    TooLarge {
+        kind: FrameType,
+        size: usize,
+        max: usize,
+    },
     #[error("unknown frame type {0}")]
     UnknownType(u8),
     #[error("empty frame")]
@@ -63,20 +67,39 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<(FrameType, Bytes), FrameError> {
+    read_frame_limited(reader, |_| max).await
+}
+
+/// Memory a body takes before its bytes arrive: a frame that announces more
+/// grows as they come, so that what a peer announces is never reserved
+/// before it is sent.
+const BODY_STEP: usize = 64 * 1024;
+
+/// Reads one frame whose body is at most `limit(type)` bytes: the limit of
+/// the frame's type is checked before its body is read.
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: impl Fn(FrameType) -> usize,
+) -> Result<(FrameType, Bytes), FrameError> {
     let length = reader.read_u32().await? as usize;
     if length == 0 {
         return Err(FrameError::Empty);
     }
-    if length - 1 > max {
-        return Err(FrameError::TooLarge {
-            size: length - 1,
-            max,
-        });
-    }
     let kind = reader.read_u8().await?;
     let kind = FrameType::from_byte(kind).ok_or(FrameError::UnknownType(kind))?;
-    let mut body = BytesMut::zeroed(length - 1);
-    reader.read_exact(&mut body).await?;
+    let size = length - 1;
+    let max = limit(kind);
+    if size > max {
+        return Err(FrameError::TooLarge { kind, size, max });
+    }
+    let mut body = BytesMut::with_capacity(size.min(BODY_STEP));
+    let mut rest = (&mut *reader).take(size as u64);
+    while body.len() < size {
+        body.reserve((size - body.len()).min(BODY_STEP));
+        if rest.read_buf(&mut body).await? == 0 {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     Ok((kind, body.freeze()))
 }
 
@@ -112,7 +135,11 @@ mod tests {
         let mut reader_small = &buffer[10..];
         assert!(matches!(
             read_frame(&mut reader_small, 99).await,
-            Err(FrameError::TooLarge { size: 100, max: 99 })
+            Err(FrameError::TooLarge {
+                kind: FrameType::SyncReply,
+                size: 100,
+                max: 99
+            })
         ));
         let mut unknown = &[0, 0, 0, 1, 99][..];
         assert!(matches!(

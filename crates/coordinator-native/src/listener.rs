@@ -2,7 +2,7 @@
 //! finish TLS and the cluster-key handshake in time, then reads frames; and
 //! full state exchanges, both ends.
 
-use crate::frame::{FrameError, FrameType, read_frame, write_frame};
+use crate::frame::{FrameError, FrameType, read_frame, read_frame_limited, write_frame};
 use crate::handshake::{self, HandshakeError};
 use crate::swim::{decode_probe, decode_state, encode_probe, encode_state};
 use crate::transport::{NativeTransport, exporter};
@@ -18,6 +18,9 @@ use tokio_rustls::TlsStream;
 
 /// Largest full-state frame (about 25,000 members).
 const MAX_STATE_FRAME: usize = 1024 * 1024;
+/// The largest body of any other frame a listener reads (pings, probes; a
+/// frame of a type it does not expect is refused once read).
+const MAX_CONTROL_FRAME: usize = 1024;
 /// Read buffer of an inbound connection.
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -114,13 +117,19 @@ async fn serve(
         transport.with_swim(|swim| swim.contact(Instant::now(), peer.id, peer.run, peer.addr));
     }
     let idle = transport.config.inactivity_timeout;
-    let max = transport.max_frame.max(MAX_STATE_FRAME);
+    // Each type's limit is checked before its body is read.
+    let max_message = transport.max_frame;
+    let limit = |kind: FrameType| match kind {
+        FrameType::Message => max_message,
+        FrameType::SyncRequest => MAX_STATE_FRAME,
+        _ => MAX_CONTROL_FRAME,
+    };
     // Frames are read out of one buffer filled by large reads (writes pass through).
     let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
     // Messages read on this connection, for the dialer's keep-alives.
     let mut received: u64 = 0;
     loop {
-        let read = tokio::time::timeout(idle, read_frame(&mut stream, max));
+        let read = tokio::time::timeout(idle, read_frame_limited(&mut stream, limit));
         let read = tokio::select! {
             read = read => read,
             _ = shutdown.changed() => {
@@ -158,13 +167,6 @@ async fn serve(
         };
         match frame {
             (FrameType::Message, body) => {
-                if body.len() > transport.max_frame {
-                    transport.refuse(
-                        DropReason::TooLarge,
-                        format!("message of {} bytes from node {}", body.len(), peer.id),
-                    );
-                    return;
-                }
                 received += 1;
                 if !transport.inbound.deliver(Inbound::Frame(body)) {
                     return;

@@ -279,7 +279,7 @@ impl PeerLink {
 
     /// While overflowing: whether the queue is still more than half full
     /// (and the frame is refused); the overflow ends otherwise.
-    fn still_overflowing(&self, id: NodeId) -> bool {
+    fn still_overflowing(&self) -> bool {
         if !self.overflowing.load(Ordering::Acquire) {
             return false;
         }
@@ -290,7 +290,7 @@ impl PeerLink {
         if self.overflowing.swap(false, Ordering::AcqRel) {
             let refused = self.refused.swap(0, Ordering::Relaxed);
             tracing::info!(
-                peer = id,
+                peer = self.id,
                 refused,
                 "the peer's queue drained: messages to it flow again (it reports what it missed)"
             );
@@ -301,7 +301,7 @@ impl PeerLink {
     /// Hands a frame to the link without waiting: written at once when the
     /// connection is idle, else queued; `Full` when the queue has no room.
     pub fn offer(&self, frame: Bytes, control: bool) -> Result<Offer, TransportError> {
-        if !control && self.still_overflowing(self.id) {
+        if !control && self.still_overflowing() {
             return Ok(Offer::Overflowing);
         }
         if self.connected.load(Ordering::Relaxed) && self.write_now(&frame) {
