@@ -587,9 +587,16 @@ fn configs() -> Vec<(String, String)> {
         "redis.yaml".into(),
         "\"@type\": Redis\nnodeId: 3\nurl: redis://127.0.0.1:6379\ntimeout: 5s\nclusterKey:\n  \"@type\": File\npath: /etc/key\n".into(),
     ));
+    out.push(("legacy.yaml".into(), LEGACY_YAML.into()));
+    out.push(("legacy.toml".into(), LEGACY_TOML.into()));
     out.push(("duration".into(), "1h 30m 250ms".into()));
     out
 }
+
+/// The flat keys of the older Stalwart JMAP server, in both formats.
+const LEGACY_YAML: &str = "rpc-bind-addr: 0.0.0.0\nrpc-port: 7911\nrpc-advertise-addr: 10.0.0.1:7911\nrpc-key: secret\nrpc-tls-domain: false\nrpc-timeout: 1000\nrpc-retries-max: 5\nrpc-backoff-max: 180000\nrpc-inactivity-timeout: 300000\nrpc-frame-max: 1048576\nseed-nodes: 10.0.0.2:7911;10.0.0.3:7911\npeer-ping-interval: 500\nraft-election-timeout: 1000\njmap-url: https://mail.example.org\n";
+const LEGACY_TOML: &str =
+    "rpc-port = 7911\nrpc-tls-domain = false\nrpc-key = \"k\"\nseed-nodes = \"10.0.0.2:7911\"\n";
 
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
