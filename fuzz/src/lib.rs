@@ -234,7 +234,10 @@ pub fn engine(data: &[u8]) {
         .cluster(CLUSTER)
         .cluster_key(CLUSTER_KEY)
         .max_members(16);
-    let mut core = Core::new(&settings, 7, false);
+    // Membership from the engine's own heartbeats (broker carriers) or from
+    // the carrier's failure detector (Native): the input's first byte says.
+    let carrier_reports = data.first().is_some_and(|byte| byte & 0x80 != 0);
+    let mut core = Core::new(&settings, 7, carrier_reports);
     let key = codec(Some(CLUSTER_KEY));
     let mut now = Instant::now();
     core.start(now);

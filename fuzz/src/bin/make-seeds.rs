@@ -181,6 +181,10 @@ fn engine_traffic() -> (Vec<Bytes>, Vec<(String, Vec<u8>)>) {
         records.op(engine_op::FRAME).bytes(&transmit.frame);
     }
     let received = records.0.clone();
+    // The same, with membership from the carrier's failure detector (a first
+    // byte with its high bit set; 0x84 is still a FRAME record).
+    let mut reported = received.clone();
+    reported[0] = 0x84;
 
     // The application's side of node 1, with peers of every kind.
     let mut app = Records::default();
@@ -244,6 +248,7 @@ fn engine_traffic() -> (Vec<Bytes>, Vec<(String, Vec<u8>)>) {
         frames,
         vec![
             ("received".to_string(), received),
+            ("received-carrier-reports".to_string(), reported),
             ("application".to_string(), app.0),
         ],
     )
