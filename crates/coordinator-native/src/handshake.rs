@@ -196,8 +196,17 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     hello: &Hello,
 ) -> Result<Hello, HandshakeError> {
     let theirs = expect(stream, FrameType::Hello).await?;
-    let peer = Hello::decode(&theirs)?;
     let mine = hello.encode();
+    let peer = match Hello::decode(&theirs) {
+        Ok(peer) => peer,
+        Err(HandshakeError::Version(version)) => {
+            // Told, not only refused: the peer learns from this Hello which
+            // version is spoken here (it would have had it next anyway).
+            let _ = send(stream, FrameType::Hello, &mine).await;
+            return Err(HandshakeError::Version(version));
+        }
+        Err(error) => return Err(error),
+    };
     send(stream, FrameType::Hello, &mine).await?;
     let their_proof = expect(stream, FrameType::Proof).await?;
     key.mac(b"client", exporter, &theirs, &mine)
@@ -272,6 +281,36 @@ mod tests {
         let key = AuthKey::derive(b"secret", "c");
         let (_, server) = run(&key, &key, b"session one", b"session two").await;
         assert!(server.unwrap_err().is_wrong_key(), "a relayed proof fails");
+    }
+
+    #[tokio::test]
+    async fn a_client_of_another_version_is_told_the_version_spoken_here() {
+        let key = AuthKey::derive(b"secret", "c");
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let mut newer = Hello::new(2, 20, addr()).encode();
+        newer[4] = PROTOCOL_VERSION + 1;
+        let here = Hello::new(1, 10, addr());
+        let server = async {
+            let result = server(&mut b, &key, b"session", &here).await;
+            // Closed after the refusal: the client reads what was sent, or the end.
+            drop(b);
+            result
+        };
+        let client = async {
+            send(&mut a, FrameType::Hello, &newer).await.unwrap();
+            read_frame(&mut a, MAX_HANDSHAKE_FRAME)
+                .await
+                .expect("the server answers before it closes")
+        };
+        let (refused, (kind, answer)) = tokio::join!(server, client);
+        assert!(matches!(refused, Err(HandshakeError::Version(v)) if v == PROTOCOL_VERSION + 1));
+        assert_eq!(kind, FrameType::Hello);
+        // What a newer client decodes: this node's version.
+        assert_eq!(answer[4], PROTOCOL_VERSION);
+        assert!(matches!(
+            Hello::decode(&answer),
+            Ok(hello) if hello.id == 1
+        ));
     }
 
     #[test]
