@@ -394,16 +394,16 @@ pub fn engine(data: &[u8]) {
 pub fn frames(data: &[u8]) {
     let mut reader = data;
     block_on(async {
+        // The listener's limits, checked before a body is read, with the
+        // largest `maxMessageSize` a node accepts: a frame that only
+        // announces a large body must not make it reserve that much
+        // (libFuzzer's malloc limit catches it).
+        let limit = |kind: FrameType| match kind {
+            FrameType::Message => 64 * 1024 * 1024 + 64,
+            FrameType::SyncRequest => 1 << 20,
+            _ => 1024,
+        };
         for _ in 0..1024 {
-            // The listener's limits, checked before a body is read, with
-            // the largest `maxMessageSize` a node accepts: a frame that only
-            // announces a large body must not make it reserve that much
-            // (libFuzzer's malloc limit catches it).
-            let limit = |kind: FrameType| match kind {
-                FrameType::Message => 64 * 1024 * 1024 + 64,
-                FrameType::SyncRequest => 1 << 20,
-                _ => 1024,
-            };
             let Ok((kind, body)) = read_frame_limited(&mut reader, limit).await else {
                 return;
             };

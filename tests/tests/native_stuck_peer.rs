@@ -9,10 +9,10 @@ use coordinator_core::transport::{
     Inbound, InboundHandler, InboundSender, Link, Transport, inbound,
 };
 use coordinator_core::{Coordinator, Event, Node, Settings, SubscribeOptions, new_incarnation};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tests::harness::{CLUSTER_KEY, Connector, NativeConnector};
 use tests::wait::{converge, until};
@@ -31,12 +31,38 @@ const RATE: f64 = 150_000.0;
 /// Messages sent after the stuck peer reads again.
 const AFTER: u64 = 20;
 
-/// Counts the frames a node gets, by index; blocks the carrier's reading task
-/// while `stuck` is set, as a stuck application would.
+/// Holds the carrier's reading task that hands an item over while closed,
+/// as a stopped process would hold it.
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn close(&self) {
+        *self.closed.lock() = true;
+    }
+
+    fn open(&self) {
+        *self.closed.lock() = false;
+        self.opened.notify_all();
+    }
+
+    /// Waits while the gate is closed (bounded: the test opens it long
+    /// before this gives up).
+    fn pass(&self) {
+        let mut closed = self.closed.lock();
+        self.opened
+            .wait_while_for(&mut closed, |closed| *closed, Duration::from_secs(60));
+    }
+}
+
+/// Counts the frames a node gets, by index, once they pass its gate.
 struct Receiver {
     seen: Mutex<HashSet<u64>>,
     duplicates: AtomicU64,
-    stuck: AtomicBool,
+    gate: Gate,
 }
 
 impl Receiver {
@@ -44,7 +70,7 @@ impl Receiver {
         Arc::new(Self {
             seen: Mutex::new(HashSet::new()),
             duplicates: AtomicU64::new(0),
-            stuck: AtomicBool::new(false),
+            gate: Gate::default(),
         })
     }
 
@@ -68,11 +94,7 @@ impl InboundHandler for Receiver {
             }
             _ => return,
         };
-        // Bounded: the test clears `stuck` long before this gives up.
-        let give_up = Instant::now() + Duration::from_secs(60);
-        while self.stuck.load(Ordering::Acquire) && Instant::now() < give_up {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.gate.pass();
         let index = u64::from_be_bytes(frame[..8].try_into().expect("an 8-byte index"));
         if !self.seen.lock().insert(index) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -100,12 +122,36 @@ fn settings(id: u64) -> Settings {
     settings
 }
 
+/// The carrier's items go to `receiver` (which the test keeps alive).
 fn attach(link: Link, receiver: &Arc<Receiver>) -> Arc<dyn Transport> {
     let handler: Arc<dyn InboundHandler> = receiver.clone();
     link.inbound.attach(Arc::downgrade(&handler));
-    // The handler is kept alive by the test's `Receiver`.
-    std::mem::forget(handler);
     link.transport
+}
+
+/// The stuck node's own runtime: its blocked reading tasks hold threads
+/// there, and its gossip keeps answering on the others.
+fn stuck_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(12)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Waits until `count` stops growing (what was queued for a node that reads
+/// again has arrived), at most `LONG`.
+async fn settled(count: impl Fn() -> usize) {
+    let end = Instant::now() + LONG;
+    let mut last = count();
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = count();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,13 +167,7 @@ async fn a_stuck_peer_costs_the_others_one_deadline_and_gets_messages_again_once
         connector.connect(2, &settings(2), &faults).await,
         &receivers[1],
     );
-    // The stuck node runs on its own runtime: its blocked reading tasks hold
-    // threads there, and its gossip keeps answering on the others.
-    let stuck_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(12)
-        .enable_all()
-        .build()
-        .unwrap();
+    let stuck_runtime = stuck_runtime();
     let link = {
         let (connector, faults) = (connector.clone(), faults.clone());
         stuck_runtime
@@ -146,7 +186,7 @@ async fn a_stuck_peer_costs_the_others_one_deadline_and_gets_messages_again_once
     })
     .await;
 
-    receivers[2].stuck.store(true, Ordering::Release);
+    receivers[2].gate.close();
     let started = Instant::now();
     let mut longest = Duration::ZERO;
     let mut waits = 0;
@@ -193,17 +233,8 @@ async fn a_stuck_peer_costs_the_others_one_deadline_and_gets_messages_again_once
 
     // The stuck peer reads again: what was queued for it drains, and the
     // messages sent after that reach it.
-    receivers[2].stuck.store(false, Ordering::Release);
-    let drain_end = Instant::now() + LONG;
-    let mut last = receivers[2].count();
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = receivers[2].count();
-        if now == last || Instant::now() > drain_end {
-            break;
-        }
-        last = now;
-    }
+    receivers[2].gate.open();
+    settled(|| receivers[2].count()).await;
     let after = next;
     for index in after..after + AFTER {
         sender.publish(frame(index)).await.unwrap();
@@ -233,19 +264,16 @@ async fn a_stuck_peer_costs_the_others_one_deadline_and_gets_messages_again_once
     stuck_runtime.shutdown_background();
 }
 
-/// Hands a carrier's inbound items to a node, blocking while `stuck` is set
-/// (the node's reading stops, so the connections to it stall).
+/// Hands a carrier's inbound items to a node once they pass the gate (while
+/// it is closed the node's reading stops, so the connections to it stall).
 struct StuckGate {
     forward: InboundSender,
-    stuck: AtomicBool,
+    gate: Gate,
 }
 
 impl InboundHandler for StuckGate {
     fn handle(self: Arc<Self>, item: Inbound) {
-        let give_up = Instant::now() + Duration::from_secs(60);
-        while self.stuck.load(Ordering::Acquire) && Instant::now() < give_up {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.gate.pass();
         self.forward.deliver(item);
     }
 }
@@ -319,24 +347,20 @@ async fn after_a_stuck_spell_the_application_gets_no_duplicate_and_is_told_of_ev
     };
     let sender = start(1, connector.connect(1, &settings(1), &faults).await);
     let healthy = start(2, connector.connect(2, &settings(2), &faults).await);
-    let stuck_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(12)
-        .enable_all()
-        .build()
-        .unwrap();
+    let stuck_runtime = stuck_runtime();
     let gate = {
         let (connector, faults) = (connector.clone(), faults.clone());
         let (forward, inbound) = inbound();
         let gate = Arc::new(StuckGate {
             forward,
-            stuck: AtomicBool::new(false),
+            gate: Gate::default(),
         });
         let handler: Arc<dyn InboundHandler> = gate.clone();
         let node = stuck_runtime
             .spawn(async move {
                 let carrier = connector.connect(3, &settings(3), &faults).await;
+                // The test keeps the gate alive.
                 carrier.inbound.attach(Arc::downgrade(&handler));
-                std::mem::forget(handler);
                 let link = Link {
                     transport: carrier.transport,
                     inbound,
@@ -356,7 +380,7 @@ async fn after_a_stuck_spell_the_application_gets_no_duplicate_and_is_told_of_ev
     let (healthy_seen, healthy_reader) = watch(&healthy).await;
     let (seen, reader) = watch(&stuck_node).await;
 
-    gate.stuck.store(true, Ordering::Release);
+    gate.gate.close();
     let started = Instant::now();
     let mut sent = 0u64;
     while started.elapsed() < STUCK_FOR && sent < MAX_MESSAGES {
@@ -370,10 +394,10 @@ async fn after_a_stuck_spell_the_application_gets_no_duplicate_and_is_told_of_ev
         }
     }
     let stuck_for = started.elapsed();
-    gate.stuck.store(false, Ordering::Release);
-    // Then a few more, once the stuck node reads again: they reach it, and
-    // tell it of what it missed before them.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    gate.gate.open();
+    // Then a few more, once what was queued for the stuck node has reached
+    // it: they reach it too, and tell it of what it missed before them.
+    settled(|| seen.lock().received.len()).await;
     for index in sent..sent + AFTER {
         sender.broadcast("stuck", frame(index)).await.unwrap();
     }

@@ -74,6 +74,20 @@ struct Resend {
 }
 
 impl Shared {
+    fn new() -> Self {
+        Self {
+            writer: tokio::sync::Mutex::new(None),
+            queued: AtomicUsize::new(0),
+            flush: Notify::new(),
+            last_write: AtomicU64::new(0),
+            epoch: Instant::now(),
+            written: AtomicU64::new(0),
+            confirmed: AtomicU64::new(0),
+            unconfirmed_since: AtomicU64::new(0),
+            resend: parking_lot::Mutex::new(Resend::default()),
+        }
+    }
+
     fn micros(&self) -> u64 {
         (self.epoch.elapsed().as_micros() as u64).max(1)
     }
@@ -233,17 +247,7 @@ impl PeerLink {
         let room = Arc::new(Semaphore::new(QUEUE_UNITS));
         let connected = Arc::new(AtomicBool::new(false));
         let revive = Arc::new(Notify::new());
-        let shared = Arc::new(Shared {
-            writer: tokio::sync::Mutex::new(None),
-            queued: AtomicUsize::new(0),
-            flush: Notify::new(),
-            last_write: AtomicU64::new(0),
-            epoch: Instant::now(),
-            written: AtomicU64::new(0),
-            confirmed: AtomicU64::new(0),
-            unconfirmed_since: AtomicU64::new(0),
-            resend: parking_lot::Mutex::new(Resend::default()),
-        });
+        let shared = Arc::new(Shared::new());
         let worker = Worker {
             transport,
             id,
@@ -272,9 +276,15 @@ impl PeerLink {
     /// A sender waited a whole send deadline for room: until the queue has
     /// drained to half, bulk frames are refused at once rather than waited
     /// for, so that one stuck peer costs the others one deadline, not one
-    /// per message. Returns whether this began the overflow.
-    pub fn overflowed(&self) -> bool {
-        !self.overflowing.swap(true, Ordering::AcqRel)
+    /// per message. Logged when the overflow begins.
+    pub fn overflowed(&self, waited: Duration) {
+        if !self.overflowing.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                peer = self.id,
+                "the peer's queue stayed full for {waited:?}: messages to it are dropped until \
+                 it drains to half (it reports the gap)"
+            );
+        }
     }
 
     /// While overflowing: whether the queue is still more than half full
@@ -804,27 +814,13 @@ impl Worker {
 mod tests {
     use super::*;
 
-    fn shared() -> Shared {
-        Shared {
-            writer: tokio::sync::Mutex::new(None),
-            queued: AtomicUsize::new(0),
-            flush: Notify::new(),
-            last_write: AtomicU64::new(0),
-            epoch: Instant::now(),
-            written: AtomicU64::new(0),
-            confirmed: AtomicU64::new(0),
-            unconfirmed_since: AtomicU64::new(0),
-            resend: parking_lot::Mutex::new(Resend::default()),
-        }
-    }
-
     fn frame(n: u32) -> Bytes {
         Bytes::from(n.to_be_bytes().to_vec())
     }
 
     #[test]
     fn what_the_peer_confirmed_is_not_written_again_and_the_rest_is_in_order() {
-        let shared = shared();
+        let shared = Shared::new();
         for n in 1..=5 {
             shared.wrote(&frame(n));
         }
@@ -847,7 +843,7 @@ mod tests {
 
     #[test]
     fn the_resend_buffer_is_bounded_and_says_what_it_could_not_keep() {
-        let shared = shared();
+        let shared = Shared::new();
         let extra = 10;
         for n in 1..=(RESEND_FRAMES as u32 + extra) {
             shared.wrote(&frame(n));

@@ -495,15 +495,10 @@ impl Transport for NativeTransport {
         let sends = waiting.into_iter().map(|(id, link, frame)| async move {
             match tokio::time::timeout(deadline, link.send(frame, control)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::debug!(peer = id, %error, "broadcast not queued for a peer"),
-                Err(_) => {
-                    if link.overflowed() {
-                        tracing::warn!(
-                            peer = id,
-                            "the peer's queue stayed full for {deadline:?}: messages to it are dropped until it drains to half (it reports the gap)"
-                        );
-                    }
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = id, %error, "broadcast not queued for a peer")
                 }
+                Err(_) => link.overflowed(deadline),
             }
         });
         futures_util::future::join_all(sends).await;
@@ -521,13 +516,7 @@ impl Transport for NativeTransport {
             Offer::Full(frame) => {
                 match tokio::time::timeout(self.send_timeout, link.send(frame, control)).await {
                     Ok(Err(TransportError::Stalled(_))) | Err(_) => {
-                        if link.overflowed() {
-                            tracing::warn!(
-                                peer = node,
-                                "the peer's queue stayed full for {:?}: messages to it are refused until it drains to half",
-                                self.send_timeout
-                            );
-                        }
+                        link.overflowed(self.send_timeout);
                         Err(TransportError::Stalled(self.send_timeout))
                     }
                     Ok(result) => result,

@@ -78,6 +78,22 @@ fn drain(core: &mut Core, into: &mut Vec<Transmit>) {
     while core.poll_output().is_some() {}
 }
 
+/// Node 2's frame `transmit` reaches node 1: kept as a seed frame and as a
+/// record of what node 1 received, and reported sent.
+fn carry(
+    a: &mut Core,
+    b: &mut Core,
+    now: Instant,
+    transmit: Transmit,
+    frames: &mut Vec<Bytes>,
+    records: &mut Records,
+) {
+    frames.push(transmit.frame.clone());
+    records.op(engine_op::FRAME).bytes(&transmit.frame);
+    b.handle_frame(now, transmit.frame);
+    a.sent(now, transmit.token, Ok(()));
+}
+
 /// Node 2 (incarnation 1) and node 1 meet, then node 2 broadcasts (alone and
 /// in batches), sends, asks; node 1 answers. Returns every frame node 2 sent,
 /// and engine seeds: what node 1 received, as records.
@@ -103,10 +119,7 @@ fn engine_traffic() -> (Vec<Bytes>, Vec<(String, Vec<u8>)>) {
                 break;
             }
             for transmit in from_a {
-                frames.push(transmit.frame.clone());
-                records.op(engine_op::FRAME).bytes(&transmit.frame);
-                b.handle_frame(now, transmit.frame);
-                a.sent(now, transmit.token, Ok(()));
+                carry(a, b, now, transmit, frames, records);
             }
             for transmit in from_b {
                 a.handle_frame(now, transmit.frame);
@@ -127,18 +140,12 @@ fn engine_traffic() -> (Vec<Bytes>, Vec<(String, Vec<u8>)>) {
         }
     }
     if let Some(transmit) = pending.take() {
-        frames.push(transmit.frame.clone());
-        records.op(engine_op::FRAME).bytes(&transmit.frame);
-        b.handle_frame(now, transmit.frame);
-        a.sent(now, transmit.token, Ok(()));
+        carry(&mut a, &mut b, now, transmit, &mut frames, &mut records);
     }
     exchange(&mut a, &mut b, now, &mut frames, &mut records);
     for i in 0..3u8 {
         if let Ok(Sending::Now { transmit, .. }) = a.send(now, 1, Bytes::from(vec![b'd', i])) {
-            frames.push(transmit.frame.clone());
-            records.op(engine_op::FRAME).bytes(&transmit.frame);
-            b.handle_frame(now, transmit.frame);
-            a.sent(now, transmit.token, Ok(()));
+            carry(&mut a, &mut b, now, transmit, &mut frames, &mut records);
         }
         if let Ok((_, Sending::Now { transmit, .. })) = a.request(
             now,
@@ -146,10 +153,7 @@ fn engine_traffic() -> (Vec<Bytes>, Vec<(String, Vec<u8>)>) {
             Bytes::from_static(b"question"),
             Duration::from_secs(1),
         ) {
-            frames.push(transmit.frame.clone());
-            records.op(engine_op::FRAME).bytes(&transmit.frame);
-            b.handle_frame(now, transmit.frame);
-            a.sent(now, transmit.token, Ok(()));
+            carry(&mut a, &mut b, now, transmit, &mut frames, &mut records);
         }
         // Node 1 answers what it was asked.
         while let Some(output) = b.poll_output() {

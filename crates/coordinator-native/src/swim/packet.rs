@@ -262,9 +262,13 @@ impl Packet {
 /// Encodes a datagram's body (what [`GossipCodec::seal`] seals).
 pub fn encode_body(counter: u64, packet: &Packet) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + packet.encoded_len());
-    out.extend_from_slice(&counter.to_be_bytes());
-    packet.encode(&mut out);
+    put_body(&mut out, counter, packet);
     out
+}
+
+fn put_body(out: &mut Vec<u8>, counter: u64, packet: &Packet) {
+    out.extend_from_slice(&counter.to_be_bytes());
+    packet.encode(out);
 }
 
 /// Decodes a datagram's body once it is authenticated: its counter and its
@@ -361,8 +365,7 @@ impl GossipCodec {
         rand::rng().fill_bytes(&mut nonce);
         out.extend_from_slice(&nonce);
         let body_start = out.len();
-        out.extend_from_slice(&self.counter.to_be_bytes());
-        packet.encode(&mut out);
+        put_body(&mut out, self.counter, packet);
         let (head, body) = out.split_at_mut(body_start);
         let tag = self
             .cipher
