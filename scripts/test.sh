@@ -21,6 +21,7 @@ install_tools() {
     command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+    command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
     # rdkafka builds librdkafka from source with its own configure script
     # (make and a C compiler; curl left out): only OpenSSL's headers, for TLS.
     [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)

@@ -33,6 +33,9 @@ pub enum Kind {
     Kafka,
     /// The Zenoh router, `zenohd`.
     ZenohRouter,
+    /// A Redis Sentinel (see [`RedisSentinels`]); what it monitors is given
+    /// as extra arguments.
+    RedisSentinel,
 }
 
 impl Kind {
@@ -40,7 +43,7 @@ impl Kind {
     pub fn scheme(self) -> &'static str {
         match self {
             Kind::Nats => "nats",
-            Kind::Redis | Kind::RedisClusterNode => "redis",
+            Kind::Redis | Kind::RedisClusterNode | Kind::RedisSentinel => "redis",
             Kind::RedisTls | Kind::RedisClusterTlsNode => "rediss",
             Kind::Kafka => "kafka",
             Kind::ZenohRouter => "tcp",
@@ -69,6 +72,7 @@ impl Kind {
             }
             Kind::Kafka => "COORDINATOR_TEST_KAFKA_BROKERS",
             Kind::ZenohRouter => "COORDINATOR_TEST_ZENOH_ROUTER",
+            Kind::RedisSentinel => "COORDINATOR_TEST_REDIS_SENTINEL_URLS",
         }
     }
 
@@ -80,6 +84,7 @@ impl Kind {
             }
             Kind::Kafka => "tansu",
             Kind::ZenohRouter => "zenohd",
+            Kind::RedisSentinel => "redis-sentinel",
         }
     }
 
@@ -148,6 +153,18 @@ impl Kind {
                 "--cfg".into(),
                 "plugins_loading/enabled:false".into(),
             ],
+            Kind::RedisSentinel => {
+                // A sentinel rewrites its configuration file: it must have one.
+                let file = dir.join("sentinel.conf");
+                if !file.exists() {
+                    std::fs::write(
+                        &file,
+                        format!("bind 127.0.0.1\nport {port}\ndir {}\n", dir.display()),
+                    )
+                    .expect("a sentinel configuration file");
+                }
+                vec![file.display().to_string()]
+            }
             Kind::Redis => vec![
                 "--bind".into(),
                 "127.0.0.1".into(),
@@ -185,7 +202,7 @@ impl Kind {
             // A Zenoh router accepts the connection once it listens, and so
             // does a TLS server (the handshake is the client's test).
             Kind::ZenohRouter | Kind::RedisTls | Kind::RedisClusterTlsNode => return true,
-            Kind::Redis | Kind::RedisClusterNode => {
+            Kind::Redis | Kind::RedisClusterNode | Kind::RedisSentinel => {
                 if stream.write_all(b"PING\r\n").is_err() {
                     return false;
                 }
@@ -607,4 +624,149 @@ fn redis_cli(tls: Option<&TlsFiles>, port: u16, args: &[&str]) -> String {
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
         .unwrap_or_default()
+}
+
+/// The name the test sentinels monitor their master under.
+pub const SENTINEL_SERVICE: &str = "mymaster";
+
+/// Redis Sentinel as it is deployed: one master, two replicas and three
+/// sentinels (quorum 2), each on a free loopback port. The sentinels take a
+/// master for down after 1 s of silence.
+pub struct RedisSentinels {
+    /// The Redis servers; the first was the master at the start.
+    pub servers: Vec<Broker>,
+    pub sentinels: Vec<Broker>,
+}
+
+impl RedisSentinels {
+    /// Starts them all and waits until every sentinel names the master.
+    pub fn start() -> RedisSentinels {
+        let master = Broker::start(Kind::Redis);
+        let port = master.port().to_string();
+        let mut servers = vec![master];
+        for _ in 0..2 {
+            servers.push(Broker::start_with(
+                Kind::Redis,
+                &["--replicaof", "127.0.0.1", &port],
+            ));
+        }
+        let sentinels = (0..3)
+            .map(|_| {
+                Broker::start_with(
+                    Kind::RedisSentinel,
+                    &[
+                        "--sentinel",
+                        "monitor",
+                        SENTINEL_SERVICE,
+                        "127.0.0.1",
+                        &port,
+                        "2",
+                        "--sentinel",
+                        "down-after-milliseconds",
+                        SENTINEL_SERVICE,
+                        "1000",
+                        "--sentinel",
+                        "failover-timeout",
+                        SENTINEL_SERVICE,
+                        "5000",
+                    ],
+                )
+            })
+            .collect();
+        let sentinels = RedisSentinels { servers, sentinels };
+        sentinels.wait(|| {
+            (0..sentinels.sentinels.len()).all(|index| sentinels.master_named_by(index) == Some(0))
+        });
+        sentinels
+    }
+
+    /// The sentinels' URLs (`redis://127.0.0.1:PORT`).
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|sentinel| Kind::RedisSentinel.url(sentinel.addr()))
+            .collect()
+    }
+
+    /// The server (index into `servers`) that sentinel `index` names master.
+    pub fn master_named_by(&self, index: usize) -> Option<usize> {
+        let answer = redis_cli(
+            None,
+            self.sentinels[index].port(),
+            &["sentinel", "get-master-addr-by-name", SENTINEL_SERVICE],
+        );
+        let port: u16 = answer.lines().nth(1)?.trim().parse().ok()?;
+        self.servers.iter().position(|server| server.port() == port)
+    }
+
+    /// Waits until a failover can happen: every sentinel knows the other
+    /// two and both replicas, and both replicas are in sync.
+    pub fn wait_until_failover_ready(&self) {
+        self.wait(|| {
+            let counted = |sentinel: &Broker, what: &str| {
+                redis_cli(None, sentinel.port(), &["sentinel", what, SENTINEL_SERVICE])
+                    .lines()
+                    .filter(|line| line.trim() == "name")
+                    .count()
+            };
+            self.sentinels.iter().all(|sentinel| {
+                counted(sentinel, "sentinels") == 2 && counted(sentinel, "replicas") == 2
+            }) && self.servers[1..].iter().all(|replica| {
+                redis_cli(None, replica.port(), &["info", "replication"])
+                    .contains("master_link_status:up")
+            })
+        });
+    }
+
+    /// Waits until every sentinel names a master other than `old`, and
+    /// returns it.
+    pub fn wait_for_new_master(&self, old: usize) -> usize {
+        let within = Duration::from_secs(30);
+        let started = Instant::now();
+        while started.elapsed() < within {
+            let named: Vec<Option<usize>> = (0..self.sentinels.len())
+                .map(|index| self.master_named_by(index))
+                .collect();
+            if let Some(Some(new)) = named.first()
+                && *new != old
+                && named.iter().all(|other| other == &Some(*new))
+            {
+                return *new;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the sentinels did not fail the master over within {within:?}");
+    }
+
+    /// Asks the first sentinel to fail the master over now, leaving the old
+    /// one running (it becomes a replica).
+    pub fn failover(&self) {
+        let answer = redis_cli(
+            None,
+            self.sentinels[0].port(),
+            &["sentinel", "failover", SENTINEL_SERVICE],
+        );
+        assert_eq!(answer.trim(), "OK", "SENTINEL FAILOVER");
+    }
+
+    /// How many `PUBLISH` commands server `index` has served.
+    pub fn publish_calls(&self, index: usize) -> u64 {
+        redis_cli(None, self.servers[index].port(), &["info", "commandstats"])
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn wait(&self, ready: impl Fn() -> bool) {
+        let within = Duration::from_secs(30);
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if ready() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the Redis sentinels were not ready within {within:?}");
+    }
 }

@@ -348,6 +348,7 @@ impl BrokerConnector {
             ),
             crate::brokers::Kind::RedisClusterNode
             | crate::brokers::Kind::RedisClusterTlsNode
+            | crate::brokers::Kind::RedisSentinel
             | crate::brokers::Kind::ZenohRouter => {
                 panic!("{:?} is not a broker for this connector", self.kind)
             }
@@ -369,6 +370,7 @@ impl Connector for BrokerConnector {
             }
             crate::brokers::Kind::Kafka => coordinator_kafka::NAME,
             crate::brokers::Kind::ZenohRouter => "Zenoh",
+            crate::brokers::Kind::RedisSentinel => coordinator_redis::SENTINEL_NAME,
         }
     }
 
@@ -584,6 +586,89 @@ pub async fn redis_cluster_resp2() -> EngineHarness<RedisClusterConnector> {
 /// The `RedisCluster` carrier speaking RESP3.
 pub async fn redis_cluster_resp3() -> EngineHarness<RedisClusterConnector> {
     on_redis_cluster("resp3").await
+}
+
+/// Connects nodes to a master found through Redis Sentinel: this test's own
+/// (one master, two replicas, three sentinels), or the sentinels in
+/// `COORDINATOR_TEST_REDIS_SENTINEL_URLS` (comma-separated; the service in
+/// `COORDINATOR_TEST_REDIS_SENTINEL_SERVICE`, `mymaster` by default).
+pub struct RedisSentinelConnector {
+    urls: Vec<String>,
+    service: String,
+    sentinels: Mutex<Option<crate::brokers::RedisSentinels>>,
+}
+
+impl RedisSentinelConnector {
+    /// A connector with sentinels and servers of its own.
+    pub fn own() -> Self {
+        let sentinels = crate::brokers::RedisSentinels::start();
+        Self {
+            urls: sentinels.urls(),
+            service: crate::brokers::SENTINEL_SERVICE.into(),
+            sentinels: Mutex::new(Some(sentinels)),
+        }
+    }
+
+    pub fn from_env() -> Self {
+        match crate::brokers::external(crate::brokers::Kind::RedisSentinel.variable()) {
+            Some(urls) => Self {
+                urls: urls.split(',').map(|url| url.trim().to_string()).collect(),
+                service: crate::brokers::external("COORDINATOR_TEST_REDIS_SENTINEL_SERVICE")
+                    .unwrap_or_else(|| crate::brokers::SENTINEL_SERVICE.into()),
+                sentinels: Mutex::new(None),
+            },
+            None => Self::own(),
+        }
+    }
+
+    /// Acts on this connector's own servers and sentinels (to kill the master, say).
+    pub fn with_sentinels<T>(
+        &self,
+        act: impl FnOnce(&mut crate::brokers::RedisSentinels) -> T,
+    ) -> T {
+        act(self
+            .sentinels
+            .lock()
+            .as_mut()
+            .expect("only a connector with its own sentinels can change them"))
+    }
+
+    pub fn config(&self) -> coordinator_core::config::RedisSentinelConfig {
+        let urls: Vec<String> = self.urls.iter().map(|url| format!("{url:?}")).collect();
+        let text = format!(
+            r#"{{"@type": "RedisSentinel", "urls": [{}], "serviceName": {:?}, "timeout": "2s", "poolTimeoutCreate": "2s"}}"#,
+            urls.join(", "),
+            self.service,
+        );
+        match coordinator_core::CoordinatorConfig::from_json(&text)
+            .expect("a valid Redis Sentinel test configuration")
+            .carrier
+        {
+            coordinator_core::config::CarrierConfig::RedisSentinel(sentinel) => sentinel,
+            other => unreachable!("parsed as {other:?}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for RedisSentinelConnector {
+    fn carrier(&self) -> &'static str {
+        coordinator_redis::SENTINEL_NAME
+    }
+
+    async fn connect(&self, _id: NodeId, settings: &Settings, _faults: &Arc<Faults>) -> Link {
+        coordinator_redis::connect_sentinel(&self.config(), settings)
+            .await
+            .expect("the Redis Sentinel carrier connects")
+    }
+}
+
+/// The `RedisSentinel` carrier on a master found through three sentinels.
+pub async fn redis_sentinel() -> EngineHarness<RedisSentinelConnector> {
+    let connector = tokio::task::spawn_blocking(RedisSentinelConnector::from_env)
+        .await
+        .expect("Redis servers and sentinels");
+    EngineHarness::new(connector, Timing::default()).with_cluster(unique_cluster())
 }
 
 /// Connects nodes over Zenoh on loopback, with multicast scouting off: as

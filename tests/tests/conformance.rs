@@ -12,4 +12,5 @@ mod conformance {
     tests::conformance_suite!(zenoh_router, tests::harness::zenoh_router);
     tests::conformance_suite!(redis_cluster_resp2, tests::harness::redis_cluster_resp2);
     tests::conformance_suite!(redis_cluster_resp3, tests::harness::redis_cluster_resp3);
+    tests::conformance_suite!(redis_sentinel, tests::harness::redis_sentinel);
 }

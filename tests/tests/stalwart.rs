@@ -5,7 +5,7 @@ use coordinator::{Coordinator, CoordinatorConfig};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tests::brokers::{Broker, Kind, RedisCluster};
+use tests::brokers::{Broker, Kind, RedisCluster, RedisSentinels};
 
 /// Stalwart's own serializations of its coordinator objects (see the README there).
 fn stalwart_files() -> Vec<PathBuf> {
@@ -16,7 +16,7 @@ fn stalwart_files() -> Vec<PathBuf> {
         .filter(|path| path.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "Stalwart's files: {files:?}");
+    assert!(files.len() >= 6, "Stalwart's files: {files:?}");
     files
 }
 
@@ -73,6 +73,17 @@ async fn stalwarts_objects_start_against_real_brokers() {
         .collect();
     starts(
         stalwart("redis-cluster"),
+        Some(("urls", Value::Object(urls))),
+    )
+    .await;
+    let sentinels = RedisSentinels::start();
+    let urls: serde_json::Map<String, Value> = sentinels
+        .urls()
+        .into_iter()
+        .map(|url| (url, Value::Bool(true)))
+        .collect();
+    starts(
+        stalwart("redis-sentinel"),
         Some(("urls", Value::Object(urls))),
     )
     .await;

@@ -158,7 +158,7 @@ pub async fn connect_cluster(
     }
     readers.push(tokio::spawn(tracing::Instrument::instrument(
         read(
-            subscribers,
+            crate::Servers::Listed(subscribers),
             first,
             channels.broadcast.clone(),
             own,

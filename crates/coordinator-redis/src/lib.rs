@@ -1,4 +1,5 @@
-//! The `Redis` and `RedisCluster` carriers: Redis pub/sub.
+//! The `Redis`, `RedisCluster` and `RedisSentinel` carriers: Redis pub/sub
+//! (`RedisSentinel`: see `sentinel.rs`).
 //!
 //! Channels are prefixed by the cluster name: `{cluster}.broadcast` carries
 //! broadcasts and heartbeats to every node, `{cluster}.node.{id}` what is
@@ -80,7 +81,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
     let span = tracing::info_span!("redis", node = settings.node_id);
     let reader = tokio::spawn(tracing::Instrument::instrument(
         read(
-            vec![client],
+            Servers::Listed(vec![client]),
             subscription,
             channels.broadcast.clone(),
             own,
@@ -211,63 +212,118 @@ pub(crate) async fn subscribe(
 /// it also publishes (see [`Publisher::Cluster`]); `None` while there is none.
 pub(crate) type Home = Arc<parking_lot::Mutex<Option<MultiplexedConnection>>>;
 
+/// Where the subscription is opened (again).
+pub(crate) enum Servers {
+    /// These servers, tried in turn: one for `Redis`, the cluster's for
+    /// `RedisCluster`.
+    Listed(Vec<redis::Client>),
+    /// The master the sentinels name at the time, left when they announce a
+    /// failover.
+    Sentinel(Arc<sentinel::Sentinel>),
+}
+
+impl Servers {
+    /// The server to subscribe on at the `attempt`-th try.
+    async fn client(&self, attempt: usize) -> redis::RedisResult<redis::Client> {
+        match self {
+            Servers::Listed(clients) => Ok(clients[attempt % clients.len()].clone()),
+            Servers::Sentinel(sentinel) => sentinel.master().await,
+        }
+    }
+
+    /// Resolves when the subscription should move though its connection
+    /// still works: the sentinels failed the master over.
+    async fn moved(&self, generation: u64) {
+        match self {
+            Servers::Listed(_) => std::future::pending().await,
+            Servers::Sentinel(sentinel) => sentinel.failed_over_since(generation).await,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match self {
+            Servers::Listed(_) => 0,
+            Servers::Sentinel(sentinel) => sentinel.generation(),
+        }
+    }
+}
+
 /// Hands what arrives on this node's channels to the engine, and opens the
 /// subscription again whenever its connection drops (on the next server of
-/// `clients`, for a cluster, whose `home` then moves there too).
+/// `servers`, for a cluster, whose `home` then moves there too; on the master
+/// of the moment, for a sentinel-watched one).
 pub(crate) async fn read(
-    clients: Vec<redis::Client>,
+    servers: Servers,
     first: redis::aio::PubSub,
     broadcast: String,
     own: String,
     inbound: InboundSender,
     home: Option<Home>,
 ) {
-    let mut subscription = Some(first);
+    let mut subscription = Some((first, servers.generation()));
     let mut failures: u32 = 0;
     let mut next = 0;
     loop {
-        let pubsub = match subscription.take() {
-            Some(pubsub) => pubsub,
-            None => match subscribe(&clients[next % clients.len()], &broadcast, &own).await {
-                Ok(pubsub) => {
-                    failures = 0;
-                    if let Some(home) = &home {
-                        *home.lock() = clients[next % clients.len()]
-                            .get_multiplexed_async_connection()
-                            .await
-                            .ok();
+        let (pubsub, generation) = match subscription.take() {
+            Some(open) => open,
+            None => {
+                let generation = servers.generation();
+                let opened = match servers.client(next).await {
+                    Ok(client) => subscribe(&client, &broadcast, &own)
+                        .await
+                        .map(|pubsub| (client, pubsub)),
+                    Err(error) => Err(error),
+                };
+                match opened {
+                    Ok((client, pubsub)) => {
+                        failures = 0;
+                        if let Some(home) = &home {
+                            *home.lock() = client.get_multiplexed_async_connection().await.ok();
+                        }
+                        tracing::info!("redis subscription open again");
+                        if !inbound.deliver(Inbound::LinkUp) {
+                            return;
+                        }
+                        (pubsub, generation)
                     }
-                    tracing::info!("redis subscription open again");
-                    if !inbound.deliver(Inbound::LinkUp) {
-                        return;
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        next += 1;
+                        let wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX);
+                        tracing::debug!(%error, ?wait, "redis subscription still down");
+                        // A failover announced meanwhile is worth trying at once.
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            () = servers.moved(generation) => {}
+                        }
+                        continue;
                     }
-                    pubsub
                 }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    next += 1;
-                    let wait = backoff(failures, BACKOFF_BASE, BACKOFF_MAX);
-                    tracing::debug!(%error, ?wait, "redis subscription still down");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-            },
+            }
         };
         let mut messages = pubsub.into_on_message();
-        while let Some(message) = messages.next().await {
-            let frame = Bytes::copy_from_slice(message.get_payload_bytes());
-            if !inbound.deliver(Inbound::Frame(frame)) {
-                return;
+        let why = loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => {
+                        let frame = Bytes::copy_from_slice(message.get_payload_bytes());
+                        if !inbound.deliver(Inbound::Frame(frame)) {
+                            return;
+                        }
+                    }
+                    None => break "the subscription connection dropped",
+                },
+                () = servers.moved(generation) => {
+                    break "the sentinels failed the master over";
+                }
             }
-        }
-        tracing::warn!("redis subscription connection lost; reconnecting");
+        };
+        tracing::warn!("redis: {why}; subscribing again");
         if let Some(home) = &home {
             *home.lock() = None;
         }
         next += 1;
-        if !inbound.deliver(Inbound::LinkDown(
-            "Redis: the subscription connection dropped; reconnecting".into(),
-        )) {
+        if !inbound.deliver(Inbound::LinkDown(format!("Redis: {why}; reconnecting"))) {
             return;
         }
     }
@@ -279,6 +335,13 @@ pub(crate) enum Publisher {
     Pool {
         pool: Pool,
         kept: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    },
+    /// The master the sentinels name: the connection is kept while it works
+    /// and no failover was announced since it was made (the generation of
+    /// [`sentinel::Sentinel`] it was made in).
+    Sentinel {
+        sentinel: Arc<sentinel::Sentinel>,
+        kept: parking_lot::Mutex<Option<(u64, MultiplexedConnection)>>,
     },
     /// A cluster. A classic `PUBLISH` reaches every subscriber of the cluster
     /// whichever server takes it, but one taken by another server than the
@@ -316,7 +379,7 @@ impl RedisTransport {
         let failed = |error: redis::RedisError| format!("PUBLISH failed: {error}");
         let publish = async {
             match &self.publisher {
-                Publisher::Pool { .. } => {
+                Publisher::Pool { .. } | Publisher::Sentinel { .. } => {
                     let mut connection = self.kept_connection().await?;
                     command
                         .query_async::<i64>(&mut connection)
@@ -350,29 +413,48 @@ impl RedisTransport {
             Ok(result) => result.map(|_| ()),
             Err(_) => Err(format!("PUBLISH took over {:?}", self.timeout)),
         };
-        if result.is_err()
-            && let Publisher::Pool { kept, .. } = &self.publisher
-        {
-            // The next publish takes a fresh, checked connection from the pool.
-            *kept.lock() = None;
+        if result.is_err() {
+            // The next publish takes a fresh connection (from the pool, or
+            // to the master the sentinels name then).
+            match &self.publisher {
+                Publisher::Pool { kept, .. } => *kept.lock() = None,
+                Publisher::Sentinel { kept, .. } => *kept.lock() = None,
+                Publisher::Cluster { .. } => {}
+            }
         }
         result.map_err(down)
     }
 
     async fn kept_connection(&self) -> Result<MultiplexedConnection, String> {
-        let Publisher::Pool { pool, kept } = &self.publisher else {
-            unreachable!("only a single server has a pool");
-        };
-        if let Some(connection) = kept.lock().clone() {
-            return Ok(connection);
+        match &self.publisher {
+            Publisher::Pool { pool, kept } => {
+                if let Some(connection) = kept.lock().clone() {
+                    return Ok(connection);
+                }
+                let pooled = pool
+                    .get()
+                    .await
+                    .map_err(|error| format!("no connection: {error}"))?;
+                let connection = deadpool_redis::Connection::take(pooled);
+                *kept.lock() = Some(connection.clone());
+                Ok(connection)
+            }
+            Publisher::Sentinel { sentinel, kept } => {
+                let generation = sentinel.generation();
+                if let Some((made_in, connection)) = kept.lock().clone()
+                    && made_in == generation
+                {
+                    return Ok(connection);
+                }
+                let connection = sentinel
+                    .connection()
+                    .await
+                    .map_err(|error| format!("no connection to the master: {error}"))?;
+                *kept.lock() = Some((generation, connection.clone()));
+                Ok(connection)
+            }
+            Publisher::Cluster { .. } => unreachable!("a cluster keeps no single connection"),
         }
-        let pooled = pool
-            .get()
-            .await
-            .map_err(|error| format!("no connection: {error}"))?;
-        let connection = deadpool_redis::Connection::take(pooled);
-        *kept.lock() = Some(connection.clone());
-        Ok(connection)
     }
 }
 
@@ -400,15 +482,19 @@ impl Transport for RedisTransport {
         for reader in &self.readers {
             reader.abort();
         }
-        if let Publisher::Pool { pool, .. } = &self.publisher {
-            pool.close();
+        match &self.publisher {
+            Publisher::Pool { pool, .. } => pool.close(),
+            Publisher::Sentinel { sentinel, .. } => sentinel.close(),
+            Publisher::Cluster { .. } => {}
         }
     }
 }
 
 mod cluster;
+mod sentinel;
 mod shard;
 pub use cluster::connect_cluster;
+pub use sentinel::{SENTINEL_NAME, connect_sentinel};
 
 #[cfg(test)]
 mod tests {

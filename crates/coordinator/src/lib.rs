@@ -67,6 +67,11 @@ pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
             let link = coordinator_redis::connect_cluster(cluster, &settings).await?;
             Node::start(settings, coordinator_redis::CLUSTER_NAME, link)
         }
+        #[cfg(feature = "redis")]
+        CarrierConfig::RedisSentinel(sentinel) => {
+            let link = coordinator_redis::connect_sentinel(sentinel, &settings).await?;
+            Node::start(settings, coordinator_redis::SENTINEL_NAME, link)
+        }
         other => Err(unavailable(other.name())),
     }
 }
@@ -112,7 +117,7 @@ fn unavailable(name: &'static str) -> Error {
         "Nats" => carrier_status!("nats", coordinator_nats),
         "Zenoh" => carrier_status!("zenoh", coordinator_zenoh),
         "Redis" => carrier_status!("redis", coordinator_redis),
-        "RedisCluster" => {
+        "RedisCluster" | "RedisSentinel" => {
             let (built, _) = carrier_status!("redis", coordinator_redis);
             #[cfg(feature = "redis")]
             let implemented = coordinator_redis::CLUSTER_IMPLEMENTED;

@@ -29,6 +29,7 @@ pub enum CarrierConfig {
     Zenoh(ZenohConfig),
     Redis(RedisConfig),
     RedisCluster(RedisClusterConfig),
+    RedisSentinel(RedisSentinelConfig),
     Native(NativeConfig),
 }
 
@@ -42,6 +43,7 @@ impl CarrierConfig {
             CarrierConfig::Zenoh(_) => "Zenoh",
             CarrierConfig::Redis(_) => "Redis",
             CarrierConfig::RedisCluster(_) => "RedisCluster",
+            CarrierConfig::RedisSentinel(_) => "RedisSentinel",
             CarrierConfig::Native(_) => "Native",
         }
     }
@@ -56,7 +58,7 @@ impl CarrierConfig {
             None => {
                 reader.error(
                     "@type",
-                    "is required: one of Disabled, Kafka, Nats, Zenoh, Redis, RedisCluster, Native",
+                    "is required: one of Disabled, Kafka, Nats, Zenoh, Redis, RedisCluster, RedisSentinel, Native",
                 );
                 return None;
             }
@@ -70,6 +72,9 @@ impl CarrierConfig {
             "RedisCluster" => {
                 CarrierConfig::RedisCluster(RedisClusterConfig::read(reader, "redisCluster"))
             }
+            "RedisSentinel" => {
+                CarrierConfig::RedisSentinel(RedisSentinelConfig::read(reader, "redisSentinel"))
+            }
             "Native" => CarrierConfig::Native(NativeConfig::read(reader, "native")),
             "Default" => {
                 reader.error(
@@ -79,19 +84,11 @@ impl CarrierConfig {
                 );
                 return None;
             }
-            "RedisSentinel" => {
-                reader.error(
-                    "@type",
-                    "\"RedisSentinel\" is not supported yet: point \"Redis\" at the master's url, \
-                     or use \"RedisCluster\"",
-                );
-                return None;
-            }
             other => {
                 reader.error(
                     "@type",
                     format!(
-                        "unknown carrier {other:?}; expected one of Disabled, Kafka, Nats, Zenoh, Redis, RedisCluster, Native"
+                        "unknown carrier {other:?}; expected one of Disabled, Kafka, Nats, Zenoh, Redis, RedisCluster, RedisSentinel, Native"
                     ),
                 );
                 return None;
@@ -385,6 +382,22 @@ pub enum RedisProtocol {
     Resp3,
 }
 
+impl RedisProtocol {
+    fn read(v: &mut ObjectReader<'_>) -> Self {
+        match v.string("protocolVersion").as_deref() {
+            None | Some("resp2") | Some("RESP2") => RedisProtocol::Resp2,
+            Some("resp3") | Some("RESP3") => RedisProtocol::Resp3,
+            Some(other) => {
+                v.error(
+                    "protocolVersion",
+                    format!("expected \"resp2\" or \"resp3\", found {other:?}"),
+                );
+                RedisProtocol::Resp2
+            }
+        }
+    }
+}
+
 /// A Redis Cluster.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -421,17 +434,7 @@ impl RedisClusterConfig {
             for (index, url) in urls.iter().enumerate() {
                 check_redis_url(v, &format!("urls[{index}]"), url);
             }
-            let protocol_version = match v.string("protocolVersion").as_deref() {
-                None | Some("resp2") | Some("RESP2") => RedisProtocol::Resp2,
-                Some("resp3") | Some("RESP3") => RedisProtocol::Resp3,
-                Some(other) => {
-                    v.error(
-                        "protocolVersion",
-                        format!("expected \"resp2\" or \"resp3\", found {other:?}"),
-                    );
-                    RedisProtocol::Resp2
-                }
-            };
+            let protocol_version = RedisProtocol::read(v);
             let config = Self {
                 urls,
                 timeout: v.duration_or("timeout", secs(10), millis(1), DAY),
@@ -452,6 +455,74 @@ impl RedisClusterConfig {
             {
                 v.error("minRetryWait", "must not be longer than maxRetryWait");
             }
+            config
+        })
+    }
+}
+
+/// A Redis master found through Redis Sentinel, and followed when the
+/// sentinels fail it over to a replica.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSentinelConfig {
+    /// The sentinels (`redis://host:26379`; `rediss://` for TLS, to the
+    /// sentinels and to the Redis servers they name).
+    pub urls: Vec<String>,
+    /// The name the sentinels monitor the master under.
+    pub service_name: String,
+    #[serde(with = "serde_text")]
+    pub timeout: Duration,
+    /// The user and password for the Redis servers.
+    pub auth_username: Option<String>,
+    pub auth_secret: Secret,
+    /// The user and password for the sentinels themselves.
+    pub sentinel_username: Option<String>,
+    pub sentinel_secret: Secret,
+    pub protocol_version: RedisProtocol,
+    /// A PEM file of the certificate authorities that sign the sentinels' and
+    /// servers' certificates, for `rediss://` URLs (the system's roots when absent).
+    pub tls_ca_path: Option<String>,
+    #[serde(flatten)]
+    pub pool: PoolConfig,
+}
+
+impl RedisSentinelConfig {
+    fn read(reader: &mut ObjectReader<'_>, name: &'static str) -> Self {
+        reader.with_prefix(name, |v| {
+            let urls = v.strings_min("urls", Some(vec!["redis://127.0.0.1:26379".into()]), 1);
+            for (index, url) in urls.iter().enumerate() {
+                check_redis_url(v, &format!("urls[{index}]"), url);
+                if url.starts_with("redis+unix://") || url.starts_with("unix://") {
+                    v.error(
+                        &format!("urls[{index}]"),
+                        "a sentinel is reached over TCP: expected redis:// or rediss://",
+                    );
+                }
+            }
+            let tls = |url: &String| url.starts_with("rediss://") || url.starts_with("valkeys://");
+            if urls.iter().any(tls) && !urls.iter().all(tls) {
+                v.error(
+                    "urls",
+                    "mixes TLS (rediss://) and plain (redis://) sentinels: use one or the other",
+                );
+            }
+            let service_name = v.string("serviceName").unwrap_or_else(|| "mymaster".into());
+            if service_name.is_empty() {
+                v.error("serviceName", "must not be empty");
+            }
+            let config = Self {
+                urls,
+                service_name,
+                timeout: v.duration_or("timeout", secs(10), millis(1), DAY),
+                auth_username: v.string("authUsername"),
+                auth_secret: v.secret("authSecret"),
+                sentinel_username: v.string("sentinelUsername"),
+                sentinel_secret: v.secret("sentinelSecret"),
+                protocol_version: RedisProtocol::read(v),
+                tls_ca_path: v.string("tlsCaPath"),
+                pool: PoolConfig::read(v),
+            };
+            check_tls_ca_path(v, &config.tls_ca_path, &config.urls);
             config
         })
     }

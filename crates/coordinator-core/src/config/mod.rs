@@ -165,7 +165,8 @@ impl CoordinatorConfig {
     /// What is accepted but will not do what it may seem to: a NATS
     /// `authUsername` without an `authSecret` is ignored (as Stalwart ignores
     /// the user name of its defaults), and so is a token beside a user name
-    /// and secret (Stalwart's order). `check-config` prints these.
+    /// and secret (Stalwart's order); the same for a Redis user name without
+    /// its secret. `check-config` prints these.
     pub fn warnings(&self) -> Vec<FieldError> {
         let mut warnings = Vec::new();
         if let CarrierConfig::Nats(nats) = &self.carrier {
@@ -190,6 +191,34 @@ impl CoordinatorConfig {
                 }
             }
         }
+        let mut user_without_secret = |path: &str, user: &Option<String>, secret: &Secret| {
+            if user.is_some() && secret.is_none() {
+                warnings.push(FieldError {
+                    path: path.into(),
+                    message: "ignored: there is no secret to go with it".into(),
+                });
+            }
+        };
+        match &self.carrier {
+            CarrierConfig::RedisCluster(cluster) => user_without_secret(
+                "redisCluster.authUsername",
+                &cluster.auth_username,
+                &cluster.auth_secret,
+            ),
+            CarrierConfig::RedisSentinel(sentinel) => {
+                user_without_secret(
+                    "redisSentinel.authUsername",
+                    &sentinel.auth_username,
+                    &sentinel.auth_secret,
+                );
+                user_without_secret(
+                    "redisSentinel.sentinelUsername",
+                    &sentinel.sentinel_username,
+                    &sentinel.sentinel_secret,
+                );
+            }
+            _ => {}
+        }
         warnings
     }
 
@@ -205,6 +234,13 @@ impl CoordinatorConfig {
             }
             CarrierConfig::RedisCluster(cluster) => {
                 secrets.push(("redisCluster.authSecret".into(), &cluster.auth_secret));
+            }
+            CarrierConfig::RedisSentinel(sentinel) => {
+                secrets.push(("redisSentinel.authSecret".into(), &sentinel.auth_secret));
+                secrets.push((
+                    "redisSentinel.sentinelSecret".into(),
+                    &sentinel.sentinel_secret,
+                ));
             }
             _ => {}
         }

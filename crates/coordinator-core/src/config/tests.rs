@@ -238,7 +238,7 @@ fn missing_or_unknown_type_is_explained() {
     assert_eq!(
         errors(json!({})),
         vec![
-            "@type: is required: one of Disabled, Kafka, Nats, Zenoh, Redis, RedisCluster, Native"
+            "@type: is required: one of Disabled, Kafka, Nats, Zenoh, Redis, RedisCluster, RedisSentinel, Native"
         ]
     );
     assert!(errors(json!({"@type": "Mqtt"}))[0].contains("unknown carrier \"Mqtt\""));
@@ -581,14 +581,96 @@ fn a_nats_user_name_without_a_secret_is_ignored_with_a_warning() {
 }
 
 #[test]
-fn stalwarts_carriers_this_library_lacks_are_refused_by_name() {
-    let found = errors(json!({"@type": "RedisSentinel", "serviceName": "mymaster"}));
-    assert!(
-        found[0].starts_with("@type: \"RedisSentinel\" is not supported yet"),
-        "{found:?}"
-    );
+fn stalwarts_default_store_is_refused_by_name() {
     let found = errors(json!({"@type": "Default"}));
     assert!(found[0].contains("Stalwart's in-memory store"), "{found:?}");
+}
+
+#[test]
+fn redis_sentinel_reads_stalwarts_fields_and_defaults() {
+    let config = CoordinatorConfig::from_value(json!({
+        "@type": "RedisSentinel",
+        "urls": {"redis://10.0.0.1:26379": true, "redis://10.0.0.2:26379": true},
+        "serviceName": "mail",
+        "timeout": 2500,
+        "authUsername": "app",
+        "authSecret": {"@type": "Value", "secret": "pw"},
+        "sentinelUsername": "watcher",
+        "sentinelSecret": {"@type": "Value", "secret": "spw"},
+        "protocolVersion": "resp3",
+        "poolMaxConnections": 4
+    }))
+    .unwrap();
+    let CarrierConfig::RedisSentinel(sentinel) = &config.carrier else {
+        panic!("{:?}", config.carrier)
+    };
+    assert_eq!(
+        sentinel.urls,
+        vec!["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"]
+    );
+    assert_eq!(sentinel.service_name, "mail");
+    assert_eq!(sentinel.timeout, Duration::from_millis(2500));
+    assert_eq!(sentinel.protocol_version, RedisProtocol::Resp3);
+    assert_eq!(sentinel.pool.pool_max_connections, 4);
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    let secrets: Vec<String> = config.secrets().into_iter().map(|(path, _)| path).collect();
+    assert!(secrets.contains(&"redisSentinel.sentinelSecret".to_string()));
+    // Nothing given: Stalwart's defaults.
+    let config = CoordinatorConfig::from_value(json!({"@type": "RedisSentinel"})).unwrap();
+    let CarrierConfig::RedisSentinel(sentinel) = &config.carrier else {
+        panic!("{:?}", config.carrier)
+    };
+    assert_eq!(sentinel.urls, vec!["redis://127.0.0.1:26379"]);
+    assert_eq!(sentinel.service_name, "mymaster");
+    assert_eq!(sentinel.timeout, Duration::from_secs(10));
+    // A user name without its secret is ignored, with a warning.
+    let config = CoordinatorConfig::from_value(
+        json!({"@type": "RedisSentinel", "authUsername": "stalwart", "sentinelUsername": "s"}),
+    )
+    .unwrap();
+    let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "redisSentinel.authUsername: ignored: there is no secret to go with it",
+            "redisSentinel.sentinelUsername: ignored: there is no secret to go with it",
+        ]
+    );
+}
+
+#[test]
+fn redis_sentinel_refuses_what_cannot_reach_a_sentinel() {
+    let found = errors(json!({
+        "@type": "RedisSentinel",
+        "urls": ["redis+unix:///tmp/s.sock", "http://10.0.0.1"],
+        "serviceName": ""
+    }));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("redisSentinel.urls[0]: a sentinel is reached over TCP")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with("redisSentinel.urls[1]: expected a redis://")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e == "redisSentinel.serviceName: must not be empty"),
+        "{found:?}"
+    );
+    let found = errors(json!({
+        "@type": "RedisSentinel",
+        "urls": ["redis://10.0.0.1:26379", "rediss://10.0.0.2:26379"]
+    }));
+    assert!(
+        found[0].starts_with("redisSentinel.urls: mixes TLS"),
+        "{found:?}"
+    );
 }
 
 #[test]
