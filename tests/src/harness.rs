@@ -71,6 +71,7 @@ pub struct EngineHarness<C: Connector> {
     cluster: String,
     faults: Arc<Faults>,
     nodes: HashMap<NodeId, Arc<Node>>,
+    heartbeats: bool,
 }
 
 impl<C: Connector> EngineHarness<C> {
@@ -81,7 +82,14 @@ impl<C: Connector> EngineHarness<C> {
             cluster: "conformance".into(),
             faults: Faults::new(),
             nodes: HashMap::new(),
+            heartbeats: true,
         }
+    }
+
+    /// Nodes started from now on send no heartbeats (`heartbeats: false`).
+    pub fn without_heartbeats(mut self) -> Self {
+        self.heartbeats = false;
+        self
     }
 
     /// Faults on every link for the whole test (e.g. duplication and re-ordering).
@@ -108,6 +116,7 @@ impl<C: Connector> EngineHarness<C> {
             .cluster_key(CLUSTER_KEY)
             .timing(t.heartbeat, t.suspect, t.dead)
             .reorder_timeout(t.reorder)
+            .heartbeats(self.heartbeats)
     }
 }
 

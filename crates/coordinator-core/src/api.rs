@@ -135,6 +135,23 @@ pub enum Event {
     SendFailed { messages: u64, detail: String },
 }
 
+/// Where a node's member states come from ([`Coordinator::failure_detection`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub enum FailureDetection {
+    /// Heartbeats through the carrier: a silent member is suspected after
+    /// `suspectTimeout` and declared dead after `deadTimeout`.
+    Heartbeats,
+    /// The carrier's own failure detector (Native's gossip, Zenoh's
+    /// liveliness tokens).
+    Carrier,
+    /// None: `heartbeats` is off on a carrier without a detector of its own.
+    /// Members are the nodes heard from (their join, their answer to this
+    /// node's join, any message) until they leave or restart; a crashed
+    /// node stays listed, and what is sent to it goes unanswered.
+    Off,
+}
+
 /// The one interface every carrier offers. Object safe: use `Arc<dyn Coordinator>`.
 #[async_trait]
 pub trait Coordinator: Send + Sync {
@@ -156,6 +173,11 @@ pub trait Coordinator: Send + Sync {
 
     /// The members this node knows, itself included, ordered by id.
     fn members(&self) -> Vec<Member>;
+
+    /// Where the states of [`Coordinator::members`] come from.
+    fn failure_detection(&self) -> FailureDetection {
+        FailureDetection::Heartbeats
+    }
 
     /// Membership changes from now on.
     fn member_events(&self) -> EventStream<MemberEvent>;

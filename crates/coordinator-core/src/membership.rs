@@ -57,6 +57,9 @@ pub struct Membership {
     detection: Detection,
     /// States come from the carrier's reports, not from silence.
     carrier_reports: bool,
+    /// No failure detection at all: members are those heard from, until
+    /// they leave or restart (heartbeats off on a carrier without reports).
+    undetected: bool,
     /// The carrier's last report per node, members or not yet.
     carrier_view: BTreeMap<NodeId, (u64, MemberState)>,
     peers: BTreeMap<NodeId, Peer>,
@@ -74,6 +77,7 @@ impl Membership {
             local_incarnation,
             detection,
             carrier_reports: false,
+            undetected: false,
             carrier_view: BTreeMap::new(),
             peers: BTreeMap::new(),
             max_peers: MAX_PEERS,
@@ -97,6 +101,18 @@ impl Membership {
     pub fn reported_by_carrier(mut self) -> Self {
         self.carrier_reports = true;
         self
+    }
+
+    /// Membership without failure detection: silence makes no member
+    /// suspect or dead (nothing periodic is sent to break it).
+    pub fn undetected(mut self) -> Self {
+        self.undetected = true;
+        self
+    }
+
+    /// Whether silence decides states (heartbeats are sent and read).
+    fn by_silence(&self) -> bool {
+        !self.carrier_reports && !self.undetected
     }
 
     /// The carrier's failure detector says `id` (run `incarnation`) is now in `state`.
@@ -224,6 +240,7 @@ impl Membership {
             }
             return Heard::New;
         }
+        let by_silence = self.by_silence();
         let peer = self.peers.get_mut(&from).expect("listed: checked above");
         if incarnation < peer.incarnation || peer.state == MemberState::Left {
             return Heard::Stale;
@@ -235,7 +252,7 @@ impl Membership {
             peer.counter = counter;
         }
         peer.last_heard = peer.last_heard.max(now);
-        if !self.carrier_reports && matches!(peer.state, MemberState::Suspect | MemberState::Dead) {
+        if by_silence && matches!(peer.state, MemberState::Suspect | MemberState::Dead) {
             peer.state = MemberState::Alive;
             peer.since = now;
             events.push(event(from, peer, MemberChange::Recovered));
@@ -289,7 +306,7 @@ impl Membership {
     /// Moves silent members to suspect and dead, and forgets old ones.
     pub fn tick(&mut self, now: Instant, events: &mut Vec<MemberEvent>) {
         let detection = self.detection;
-        let by_silence = !self.carrier_reports;
+        let by_silence = self.by_silence();
         let mut forgotten = Vec::new();
         for (&id, peer) in self.peers.iter_mut() {
             let silence = now.saturating_duration_since(peer.last_heard);
@@ -323,8 +340,7 @@ impl Membership {
         self.peers
             .values()
             .filter_map(|peer| match peer.state {
-                MemberState::Alive if self.carrier_reports => None,
-                MemberState::Suspect if self.carrier_reports => None,
+                MemberState::Alive | MemberState::Suspect if !self.by_silence() => None,
                 MemberState::Alive => Some(peer.last_heard + d.suspect_after),
                 MemberState::Suspect => Some(peer.last_heard + d.dead_after),
                 MemberState::Dead | MemberState::Left => Some(peer.since + d.forget_after),

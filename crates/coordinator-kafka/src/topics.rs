@@ -47,8 +47,12 @@ pub async fn ensure(
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|(name, partitions)| {
+                // Retention deletes whole segments only: one rolled every
+                // `retention` keeps heartbeats and old messages at most about
+                // two of it (the broker's default rolls weekly or at 1 GiB).
                 NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
                     .set("retention.ms", &retention)
+                    .set("segment.ms", &retention)
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(config.timeout_session));

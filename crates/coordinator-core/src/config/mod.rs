@@ -51,6 +51,13 @@ pub struct ClusterConfig {
     pub cluster_key: Secret,
     /// Also encrypt payloads (needs `clusterKey`).
     pub encrypt: bool,
+    /// Whether nodes send heartbeats through the carrier (on by default).
+    /// Off, a node that needs only broadcasts and messages sends nothing
+    /// periodic: membership is then what the carrier's own failure detector
+    /// reports (Native, Zenoh) or, on a broker, the nodes heard from
+    /// (joins, answers to joins, messages) until they leave or restart, with
+    /// no failure detection ([`crate::FailureDetection::Off`]).
+    pub heartbeats: bool,
     /// How often a node tells the others it is alive.
     #[serde(with = "duration::serde_text")]
     pub heartbeat_interval: Duration,
@@ -75,6 +82,7 @@ impl Default for ClusterConfig {
             cluster: DEFAULT_CLUSTER.into(),
             cluster_key: Secret::None,
             encrypt: false,
+            heartbeats: true,
             heartbeat_interval: Duration::from_millis(250),
             suspect_timeout: Duration::from_millis(750),
             dead_timeout: Duration::from_millis(1250),
@@ -191,6 +199,20 @@ impl CoordinatorConfig {
                 }
             }
         }
+        let detector = matches!(
+            self.carrier,
+            CarrierConfig::Native(_) | CarrierConfig::Zenoh(_) | CarrierConfig::Disabled
+        );
+        if !self.cluster.heartbeats && !detector {
+            warnings.push(FieldError {
+                path: "heartbeats".into(),
+                message: format!(
+                    "off: the {} carrier has no failure detector of its own, so no member \
+                     will be suspected or declared dead (a crashed node stays listed)",
+                    self.carrier.name()
+                ),
+            });
+        }
         let mut user_without_secret = |path: &str, user: &Option<String>, secret: &Secret| {
             if user.is_some() && secret.is_none() {
                 warnings.push(FieldError {
@@ -293,6 +315,7 @@ impl ClusterConfig {
             reader.error("encrypt", "needs clusterKey to be set");
         }
         let millis = Duration::from_millis;
+        let heartbeats = reader.bool_or("heartbeats", defaults.heartbeats);
         let heartbeat_interval = reader.duration_or(
             "heartbeatInterval",
             defaults.heartbeat_interval,
@@ -334,6 +357,7 @@ impl ClusterConfig {
             cluster,
             cluster_key,
             encrypt,
+            heartbeats,
             heartbeat_interval,
             suspect_timeout,
             dead_timeout,

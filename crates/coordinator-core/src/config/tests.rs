@@ -700,3 +700,24 @@ fn nats_tokens_one_at_a_time_and_after_a_password() {
         ]
     );
 }
+
+#[test]
+fn heartbeats_can_be_turned_off_and_check_config_says_what_that_costs() {
+    let config =
+        CoordinatorConfig::from_value(json!({"@type": "Nats", "heartbeats": false})).unwrap();
+    assert!(!config.cluster.heartbeats);
+    let warnings: Vec<String> = config.warnings().iter().map(ToString::to_string).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("heartbeats: off: the Nats carrier has no failure detector")),
+        "{warnings:?}"
+    );
+    // Native keeps its own detector: nothing to warn of.
+    let config =
+        CoordinatorConfig::from_value(json!({"@type": "Native", "heartbeats": false})).unwrap();
+    assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    let config = CoordinatorConfig::from_value(json!({"@type": "Nats"})).unwrap();
+    assert!(config.cluster.heartbeats);
+    assert!(errors(json!({"@type": "Nats", "heartbeats": "no"}))[0].starts_with("heartbeats:"));
+}

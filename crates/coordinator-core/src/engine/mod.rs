@@ -80,6 +80,13 @@ impl NodeBuilder {
         let Link { transport, inbound } = link;
         let incarnation = settings.incarnation.unwrap_or_else(new_incarnation);
         let core = Core::new(&settings, incarnation, transport.reports_membership());
+        if core.failure_detection() == FailureDetection::Off {
+            tracing::info!(
+                node = settings.node_id,
+                carrier,
+                "heartbeats are off: members are the nodes heard from, and no failure is detected"
+            );
+        }
         let (inbox_sender, inbox_receiver) =
             queue(settings.queue_capacity, settings.max_queue_bytes);
         let span = tracing::info_span!("coordinator", node = settings.node_id, carrier);
@@ -87,6 +94,7 @@ impl NodeBuilder {
             id: settings.node_id,
             incarnation,
             carrier,
+            failure_detection: core.failure_detection(),
             codec: core.codec().clone(),
             stats: core.stats().clone(),
             transport,
@@ -211,6 +219,7 @@ pub(crate) struct Inner {
     id: NodeId,
     incarnation: u64,
     carrier: &'static str,
+    failure_detection: FailureDetection,
     settings: Settings,
     codec: Arc<crate::envelope::Codec>,
     stats: Arc<Stats>,
@@ -816,6 +825,10 @@ impl Coordinator for Node {
 
     fn carrier(&self) -> &'static str {
         self.inner.carrier
+    }
+
+    fn failure_detection(&self) -> FailureDetection {
+        self.inner.failure_detection
     }
 
     async fn broadcast(&self, topic: &str, payload: Bytes) -> Result<(), Error> {

@@ -13,6 +13,8 @@ pub struct Settings {
     pub cluster: String,
     pub cluster_key: Option<SecretString>,
     pub encrypt: bool,
+    /// Heartbeats through the carrier (`heartbeats` of the configuration).
+    pub heartbeats: bool,
     pub heartbeat_interval: Duration,
     pub suspect_timeout: Duration,
     pub dead_timeout: Duration,
@@ -73,6 +75,7 @@ impl Settings {
             cluster: config.cluster.clone(),
             encrypt: config.encrypt && cluster_key.is_some(),
             cluster_key,
+            heartbeats: config.heartbeats,
             heartbeat_interval: config.heartbeat_interval,
             suspect_timeout: config.suspect_timeout,
             dead_timeout: config.dead_timeout,
@@ -106,6 +109,12 @@ impl Settings {
         self.heartbeat_interval = heartbeat;
         self.suspect_timeout = suspect;
         self.dead_timeout = dead;
+        self
+    }
+
+    /// Turns heartbeats off (or on again): see [`ClusterConfig::heartbeats`].
+    pub fn heartbeats(mut self, on: bool) -> Self {
+        self.heartbeats = on;
         self
     }
 

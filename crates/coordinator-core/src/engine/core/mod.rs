@@ -212,6 +212,9 @@ pub struct Core {
     incarnation: u64,
     codec: Arc<Codec>,
     heartbeat_interval: Duration,
+    /// Whether heartbeats are sent (`heartbeats` of the configuration).
+    heartbeats: bool,
+    detection: FailureDetection,
     reorder_timeout: Duration,
     send_timeout: Duration,
     max_held_bytes: usize,
@@ -277,9 +280,15 @@ impl Core {
         };
         let mut membership = Membership::new(settings.node_id, incarnation, detection)
             .with_max_peers(settings.max_members);
-        if carrier_reports {
+        let detection = if carrier_reports {
             membership = membership.reported_by_carrier();
-        }
+            FailureDetection::Carrier
+        } else if settings.heartbeats {
+            FailureDetection::Heartbeats
+        } else {
+            membership = membership.undetected();
+            FailureDetection::Off
+        };
         let outbox = Outbox::new(
             (settings.node_id, incarnation),
             codec.batch_limit(),
@@ -291,6 +300,8 @@ impl Core {
             max_payload: codec.max_payload(0),
             codec,
             heartbeat_interval: settings.heartbeat_interval,
+            heartbeats: settings.heartbeats,
+            detection,
             reorder_timeout: settings.reorder_timeout,
             send_timeout: settings.send_timeout,
             max_held_bytes: settings.max_held_bytes,
@@ -375,9 +386,17 @@ impl Core {
         self.outbox.is_drained()
     }
 
-    /// Starts the node: announces it (a `Join`) and starts its heartbeats.
+    /// Where member states come from.
+    pub fn failure_detection(&self) -> FailureDetection {
+        self.detection
+    }
+
+    /// Starts the node: announces it (a `Join`) and starts its heartbeats
+    /// (unless they are off).
     pub fn start(&mut self, now: Instant) {
-        self.next_heartbeat = Some(now + self.heartbeat_interval);
+        if self.heartbeats {
+            self.next_heartbeat = Some(now + self.heartbeat_interval);
+        }
         self.control(Kind::Join, None);
         self.wake_by(now);
     }
@@ -892,6 +911,12 @@ impl Core {
             None => {
                 tracing::info!("carrier link up");
                 self.outputs.push_back(Output::Event(Event::LinkUp));
+                if self.detection == FailureDetection::Off {
+                    // Without heartbeats, a join is how nodes that came or
+                    // restarted while the link was down learn of this one,
+                    // and it of them (they answer it).
+                    self.control(Kind::Join, None);
+                }
             }
         }
     }

@@ -341,3 +341,59 @@ fn what_a_restarted_sender_sent_and_was_missed_is_reported_not_dropped() {
     );
     assert_eq!(core.memory().held_bytes, 0);
 }
+
+/// Every frame `from` has to send, each reported sent.
+fn drain(from: &mut Core, now: Instant) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    while let Some(t) = from.poll_transmit().or_else(|| from.poll_batch()) {
+        from.sent(now, t.token, Ok(()));
+        frames.push(t.frame);
+    }
+    frames
+}
+
+#[test]
+fn without_heartbeats_nothing_periodic_is_sent_and_a_link_back_up_joins_again() {
+    let t0 = Instant::now();
+    let quiet = |id| settings(id).heartbeats(false);
+    let (mut a, mut c) = (
+        Core::new(&quiet(1), 10, false),
+        Core::new(&quiet(3), 30, false),
+    );
+    assert_eq!(a.failure_detection(), FailureDetection::Off);
+    assert_eq!(
+        Core::new(&settings(2), 20, false).failure_detection(),
+        FailureDetection::Heartbeats
+    );
+    a.start(t0);
+    c.start(t0);
+    // Both joins are lost: node 1's link was down.
+    drain(&mut a, t0);
+    drain(&mut c, t0);
+    a.handle_link(Some("the broker went away".into()));
+    a.handle_link(None);
+    // Node 1 joins again once its link is up; node 3 answers it.
+    for _ in 0..3 {
+        for frame in drain(&mut a, t0) {
+            c.handle_frame(t0, frame);
+        }
+        for frame in drain(&mut c, t0) {
+            a.handle_frame(t0, frame);
+        }
+    }
+    let ids = |core: &Core| core.members().iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(ids(&a), vec![1, 3]);
+    assert_eq!(ids(&c), vec![1, 3]);
+    // A minute of silence: no heartbeat is due, and nobody is suspected.
+    let later = t0 + Duration::from_secs(60);
+    a.handle_timeout(later);
+    assert!(
+        drain(&mut a, later).is_empty(),
+        "something periodic was sent"
+    );
+    assert!(
+        a.members().iter().all(|m| m.state == MemberState::Alive),
+        "{:?}",
+        a.members()
+    );
+}
