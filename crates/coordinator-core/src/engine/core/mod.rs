@@ -215,6 +215,8 @@ pub struct Core {
     /// Whether heartbeats are sent (`heartbeats` of the configuration).
     heartbeats: bool,
     detection: FailureDetection,
+    /// The carrier reported its link down, and not up since.
+    link_down: bool,
     reorder_timeout: Duration,
     send_timeout: Duration,
     max_held_bytes: usize,
@@ -302,6 +304,7 @@ impl Core {
             heartbeat_interval: settings.heartbeat_interval,
             heartbeats: settings.heartbeats,
             detection,
+            link_down: false,
             reorder_timeout: settings.reorder_timeout,
             send_timeout: settings.send_timeout,
             max_held_bytes: settings.max_held_bytes,
@@ -904,6 +907,7 @@ impl Core {
         match down {
             Some(detail) => {
                 Stats::inc(&self.stats.link_downs);
+                self.link_down = true;
                 tracing::warn!(%detail, "carrier link down");
                 self.outputs
                     .push_back(Output::Event(Event::LinkDown { detail }));
@@ -911,7 +915,7 @@ impl Core {
             None => {
                 tracing::info!("carrier link up");
                 self.outputs.push_back(Output::Event(Event::LinkUp));
-                if self.detection == FailureDetection::Off {
+                if self.detection == FailureDetection::Off && std::mem::take(&mut self.link_down) {
                     // Without heartbeats, a join is how nodes that came or
                     // restarted while the link was down learn of this one,
                     // and it of them (they answer it).
