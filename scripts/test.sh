@@ -56,6 +56,7 @@ install_tools
 
 log "cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --manifest-path tests/crypto-providers/Cargo.toml --check
 
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -73,6 +74,12 @@ cargo test --workspace --doc --locked --quiet
 
 log "tests"
 cargo nextest run --workspace --locked --no-fail-fast -E 'not binary(netfaults)' "$@"
+
+# A process that links rustls with both ring and aws-lc-rs: a workspace of
+# its own, so that the aws-lc-rs feature stays out of the other tests.
+log "crypto-provider neutrality"
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" \
+    cargo test --manifest-path tests/crypto-providers/Cargo.toml --locked
 
 # The network fault suite measures failure detection in real time: it runs
 # alone, after the rest, so that no other test competes for the two cores.

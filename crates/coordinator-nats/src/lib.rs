@@ -168,6 +168,7 @@ async fn options(
         .subscription_capacity(config.capacity_subscription as usize)
         .max_reconnects(config.max_reconnects.map(|n| n as usize))
         .require_tls(config.use_tls)
+        .tls_client_config(tls_config())
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let inbound = inbound.clone();
@@ -177,6 +178,24 @@ async fn options(
         options = options.no_echo();
     }
     authenticate(options, config)
+}
+
+/// The TLS configuration for a server that asks for TLS (or `useTls`): this
+/// library's own, on ring and the system's authorities. async-nats would
+/// otherwise make one with `ClientConfig::builder()`, which takes the process
+/// default crypto provider, and panics in a process that links two and
+/// installed neither.
+fn tls_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_native_certs::load_native_certs().certs {
+        // One unusable system certificate does not stop the others.
+        let _ = roots.add(certificate);
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// Truncated exponential backoff with jitter: 50 ms × 2ⁿ, at most 5 s.

@@ -63,16 +63,39 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
         roots.as_deref(),
         "redis.tlsCaPath",
     )?;
-    let client = redis::Client::open(info.clone())
-        .map_err(|error| Error::Start(format!("redis.url: {error}")))?;
-    let pool = pool(config, info)?;
+    let dialer = tls::TlsDialer::new(
+        &info,
+        roots.as_deref(),
+        "redis.url",
+        config.pool.pool_timeout_create.unwrap_or(config.timeout),
+        config.timeout,
+    )?
+    .map(Arc::new);
+    let (servers, publisher) = match &dialer {
+        Some(dialer) => (
+            Servers::Tls(dialer.clone()),
+            Publisher::Tls {
+                dialer: dialer.clone(),
+                kept: parking_lot::Mutex::new(None),
+            },
+        ),
+        None => {
+            let client = redis::Client::open(info.clone())
+                .map_err(|error| Error::Start(format!("redis.url: {error}")))?;
+            let publisher = Publisher::Pool {
+                pool: pool(config, info)?,
+                kept: parking_lot::Mutex::new(None),
+            };
+            (Servers::Listed(vec![client]), publisher)
+        }
+    };
     let channels = Routes::new(&settings.cluster);
     let own = channels.node(settings.node_id);
     // The first subscription is made here, so that a wrong URL or a server
     // that is down stops the start with a clear error.
-    let subscription = tokio::time::timeout(
+    let (subscription, _) = tokio::time::timeout(
         config.timeout,
-        subscribe(&client, &channels.broadcast, &own),
+        servers.subscribe(0, &channels.broadcast, &own),
     )
     .await
     .map_err(|_| unreachable(config, "timed out"))?
@@ -81,7 +104,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
     let span = tracing::info_span!("redis", node = settings.node_id);
     let reader = tokio::spawn(tracing::Instrument::instrument(
         read(
-            Servers::Listed(vec![client]),
+            servers,
             subscription,
             channels.broadcast.clone(),
             own,
@@ -93,10 +116,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
     tracing::info!(url = %redacted(&config.url), broadcast = %channels.broadcast, "redis carrier connected");
     Ok(Link {
         transport: Arc::new(RedisTransport {
-            publisher: Publisher::Pool {
-                pool,
-                kept: parking_lot::Mutex::new(None),
-            },
+            publisher,
             carrier: NAME,
             channels,
             timeout: config.timeout,
@@ -220,29 +240,44 @@ pub(crate) enum Servers {
     /// The master the sentinels name at the time, left when they announce a
     /// failover.
     Sentinel(Arc<sentinel::Sentinel>),
+    /// One server reached over this library's own TLS (see `tls.rs`).
+    Tls(Arc<tls::TlsDialer>),
 }
 
 impl Servers {
-    /// The server to subscribe on at the `attempt`-th try.
-    async fn client(&self, attempt: usize) -> redis::RedisResult<redis::Client> {
-        match self {
-            Servers::Listed(clients) => Ok(clients[attempt % clients.len()].clone()),
-            Servers::Sentinel(sentinel) => sentinel.master().await,
-        }
+    /// Subscribes `broadcast` and `own` at the server of the `attempt`-th
+    /// try; with the client for that server, where there is one.
+    async fn subscribe(
+        &self,
+        attempt: usize,
+        broadcast: &str,
+        own: &str,
+    ) -> redis::RedisResult<(redis::aio::PubSub, Option<redis::Client>)> {
+        let client = match self {
+            Servers::Listed(clients) => clients[attempt % clients.len()].clone(),
+            Servers::Sentinel(sentinel) => sentinel.master().await?,
+            Servers::Tls(dialer) => {
+                let mut pubsub = dialer.pubsub().await?;
+                pubsub.subscribe(&[broadcast, own]).await?;
+                return Ok((pubsub, None));
+            }
+        };
+        let pubsub = subscribe(&client, broadcast, own).await?;
+        Ok((pubsub, Some(client)))
     }
 
     /// Resolves when the subscription should move though its connection
     /// still works: the sentinels failed the master over.
     async fn moved(&self, generation: u64) {
         match self {
-            Servers::Listed(_) => std::future::pending().await,
+            Servers::Listed(_) | Servers::Tls(_) => std::future::pending().await,
             Servers::Sentinel(sentinel) => sentinel.failed_over_since(generation).await,
         }
     }
 
     fn generation(&self) -> u64 {
         match self {
-            Servers::Listed(_) => 0,
+            Servers::Listed(_) | Servers::Tls(_) => 0,
             Servers::Sentinel(sentinel) => sentinel.generation(),
         }
     }
@@ -268,16 +303,10 @@ pub(crate) async fn read(
             Some(open) => open,
             None => {
                 let generation = servers.generation();
-                let opened = match servers.client(next).await {
-                    Ok(client) => subscribe(&client, &broadcast, &own)
-                        .await
-                        .map(|pubsub| (client, pubsub)),
-                    Err(error) => Err(error),
-                };
-                match opened {
-                    Ok((client, pubsub)) => {
+                match servers.subscribe(next, &broadcast, &own).await {
+                    Ok((pubsub, client)) => {
                         failures = 0;
-                        if let Some(home) = &home {
+                        if let (Some(home), Some(client)) = (&home, client) {
                             *home.lock() = client.get_multiplexed_async_connection().await.ok();
                         }
                         tracing::info!("redis subscription open again");
@@ -343,6 +372,12 @@ pub(crate) enum Publisher {
         sentinel: Arc<sentinel::Sentinel>,
         kept: parking_lot::Mutex<Option<(u64, MultiplexedConnection)>>,
     },
+    /// One server over this library's own TLS: the connection is kept while
+    /// it works.
+    Tls {
+        dialer: Arc<tls::TlsDialer>,
+        kept: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    },
     /// A cluster. A classic `PUBLISH` reaches every subscriber of the cluster
     /// whichever server takes it, but one taken by another server than the
     /// subscribers' crosses the cluster bus, where back-to-back messages can
@@ -379,7 +414,7 @@ impl RedisTransport {
         let failed = |error: redis::RedisError| format!("PUBLISH failed: {error}");
         let publish = async {
             match &self.publisher {
-                Publisher::Pool { .. } | Publisher::Sentinel { .. } => {
+                Publisher::Pool { .. } | Publisher::Sentinel { .. } | Publisher::Tls { .. } => {
                     let mut connection = self.kept_connection().await?;
                     command
                         .query_async::<i64>(&mut connection)
@@ -419,6 +454,7 @@ impl RedisTransport {
             match &self.publisher {
                 Publisher::Pool { kept, .. } => *kept.lock() = None,
                 Publisher::Sentinel { kept, .. } => *kept.lock() = None,
+                Publisher::Tls { kept, .. } => *kept.lock() = None,
                 Publisher::Cluster { .. } => {}
             }
         }
@@ -453,6 +489,17 @@ impl RedisTransport {
                 *kept.lock() = Some((generation, connection.clone()));
                 Ok(connection)
             }
+            Publisher::Tls { dialer, kept } => {
+                if let Some(connection) = kept.lock().clone() {
+                    return Ok(connection);
+                }
+                let connection = dialer
+                    .multiplexed()
+                    .await
+                    .map_err(|error| format!("no connection: {error}"))?;
+                *kept.lock() = Some(connection.clone());
+                Ok(connection)
+            }
             Publisher::Cluster { .. } => unreachable!("a cluster keeps no single connection"),
         }
     }
@@ -485,7 +532,7 @@ impl Transport for RedisTransport {
         match &self.publisher {
             Publisher::Pool { pool, .. } => pool.close(),
             Publisher::Sentinel { sentinel, .. } => sentinel.close(),
-            Publisher::Cluster { .. } => {}
+            Publisher::Tls { .. } | Publisher::Cluster { .. } => {}
         }
     }
 }
@@ -493,6 +540,7 @@ impl Transport for RedisTransport {
 mod cluster;
 mod sentinel;
 mod shard;
+mod tls;
 pub use cluster::connect_cluster;
 pub use sentinel::{SENTINEL_NAME, connect_sentinel};
 
