@@ -65,6 +65,26 @@ enum Command {
         /// service manager) and runs until SIGTERM or SIGINT.
         #[arg(long)]
         stdin: bool,
+        /// Serve the node's Prometheus metrics (GET /metrics) and its view of
+        /// the members (GET /members, read by `coordinator members`) over
+        /// HTTP on this address, such as 127.0.0.1:9464.
+        #[arg(long, alias = "metrics", value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+    },
+    /// List the members as a running node sees them (its --admin address): id, state, incarnation, address, for how long.
+    Members {
+        /// The node's admin address (`coordinator node --admin ADDR`).
+        #[arg(long, value_name = "ADDR")]
+        admin: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Keep watching, printing each change, until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch asks.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
     },
 }
 
@@ -103,7 +123,14 @@ fn main() -> ExitCode {
                 config,
                 topic,
                 stdin,
-            } => cli::node::run(&config, &topic, stdin).await,
+                admin,
+            } => cli::node::run(&config, &topic, stdin, admin).await,
+            Command::Members {
+                admin,
+                json,
+                watch,
+                interval,
+            } => cli::members::run(&admin, json, watch, interval).await,
         }
     });
     match result {

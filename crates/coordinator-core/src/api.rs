@@ -37,6 +37,13 @@ pub struct Member {
     pub state: MemberState,
     /// This is the local node.
     pub local: bool,
+    /// Since when it is in `state` (the local node: since it started).
+    #[serde(skip)]
+    pub since: std::time::Instant,
+    /// Where the carrier reaches it, where the carrier knows (Native: its
+    /// advertised address); brokers do not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// What changed about a member.

@@ -65,6 +65,8 @@ pub struct Membership {
     peers: BTreeMap<NodeId, Peer>,
     /// Other nodes known at most (members, dead or departed ones remembered).
     max_peers: usize,
+    /// When this membership began: the local member's `since`.
+    created: Instant,
 }
 
 /// Nodes a membership knows at most, unless told otherwise.
@@ -81,6 +83,7 @@ impl Membership {
             carrier_view: BTreeMap::new(),
             peers: BTreeMap::new(),
             max_peers: MAX_PEERS,
+            created: Instant::now(),
         }
     }
 
@@ -356,12 +359,7 @@ impl Membership {
             .filter(|(_, peer)| peer.state != MemberState::Left)
             .map(|(&id, peer)| member(id, peer))
             .collect();
-        let local = Member {
-            id: self.local,
-            incarnation: self.local_incarnation,
-            state: MemberState::Alive,
-            local: true,
-        };
+        let local = self.local_member();
         let at = members.partition_point(|m| m.id < self.local);
         members.insert(at, local);
         members
@@ -370,14 +368,20 @@ impl Membership {
     /// One member as known here (the local node included).
     pub fn get(&self, id: NodeId) -> Option<Member> {
         if id == self.local {
-            return Some(Member {
-                id,
-                incarnation: self.local_incarnation,
-                state: MemberState::Alive,
-                local: true,
-            });
+            return Some(self.local_member());
         }
         self.peers.get(&id).map(|peer| member(id, peer))
+    }
+
+    fn local_member(&self) -> Member {
+        Member {
+            id: self.local,
+            incarnation: self.local_incarnation,
+            state: MemberState::Alive,
+            local: true,
+            since: self.created,
+            address: None,
+        }
     }
 }
 
@@ -387,6 +391,8 @@ fn member(id: NodeId, peer: &Peer) -> Member {
         incarnation: peer.incarnation,
         state: peer.state,
         local: false,
+        since: peer.since,
+        address: None,
     }
 }
 

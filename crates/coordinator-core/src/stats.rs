@@ -8,17 +8,24 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Stats {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// How long requests took to get their reply.
+            pub request_latency: Latency,
         }
 
         /// A copy of the counters at one moment.
         #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
         pub struct StatsSnapshot {
             $($(#[$doc])* pub $name: u64,)*
+            /// How long requests took to get their reply.
+            pub request_latency: LatencySnapshot,
         }
 
         impl Stats {
             pub fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+                StatsSnapshot {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                    request_latency: self.request_latency.snapshot(),
+                }
             }
         }
     };
@@ -67,6 +74,82 @@ counters! {
     requests_timed_out,
     /// Times the carrier reported its link down.
     link_downs,
+    /// Times the carrier reported its link up again.
+    link_ups,
+    /// Bytes of the frames this node handed to the carrier.
+    bytes_sent,
+    /// Bytes of the frames the carrier handed to this node.
+    bytes_received,
+}
+
+/// Upper bounds of [`Latency`]'s buckets, in microseconds: 100 µs to 10 s.
+pub const LATENCY_BOUNDS_MICROS: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A histogram of durations with fixed buckets, updated without locks.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Counts per bucket of [`LATENCY_BOUNDS_MICROS`], the last one for
+    /// what is longer than all of them.
+    buckets: [AtomicU64; LATENCY_BOUNDS_MICROS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A copy of a [`Latency`]: cumulative counts per upper bound, as
+/// Prometheus histograms have them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LatencySnapshot {
+    /// `(upper bound in microseconds, how many took at most that)`.
+    pub cumulative: Vec<(u64, u64)>,
+    /// How many in all (the `+Inf` bucket).
+    pub count: u64,
+    pub sum_micros: u64,
+}
+
+impl Latency {
+    pub fn record(&self, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_MICROS.partition_point(|&bound| bound < micros);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let mut total = 0;
+        let mut cumulative = Vec::with_capacity(LATENCY_BOUNDS_MICROS.len());
+        for (bound, bucket) in LATENCY_BOUNDS_MICROS.iter().zip(&self.buckets) {
+            total += bucket.load(Ordering::Relaxed);
+            cumulative.push((*bound, total));
+        }
+        total += self.buckets[LATENCY_BOUNDS_MICROS.len()].load(Ordering::Relaxed);
+        LatencySnapshot {
+            cumulative,
+            count: total,
+            sum_micros: self.sum_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latencies_fall_in_cumulative_buckets() {
+        let latency = Latency::default();
+        latency.record(Duration::from_micros(100));
+        latency.record(Duration::from_micros(101));
+        latency.record(Duration::from_secs(60));
+        let snapshot = latency.snapshot();
+        assert_eq!(snapshot.count, 3);
+        assert_eq!(snapshot.cumulative[0], (100, 1));
+        assert_eq!(snapshot.cumulative[1], (250, 2));
+        assert_eq!(snapshot.cumulative.last(), Some(&(10_000_000, 2)));
+        assert_eq!(snapshot.sum_micros, 60_000_201);
+    }
 }
 
 impl Stats {

@@ -30,6 +30,11 @@ pub trait Transport: Send + Sync + 'static {
     fn reports_membership(&self) -> bool {
         false
     }
+
+    /// Where the carrier reaches node `node` (this node included), if it knows.
+    fn address_of(&self, _node: NodeId) -> Option<String> {
+        None
+    }
 }
 
 /// What a carrier hands to the engine.

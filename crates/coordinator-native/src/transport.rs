@@ -542,6 +542,16 @@ impl Transport for NativeTransport {
     fn reports_membership(&self) -> bool {
         true
     }
+
+    fn address_of(&self, node: NodeId) -> Option<String> {
+        if node == self.id {
+            return Some(self.advertise_addr().to_string());
+        }
+        self.swim
+            .lock()
+            .last_address(node)
+            .map(|addr| addr.to_string())
+    }
 }
 
 impl NativeTransport {

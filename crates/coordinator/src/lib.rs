@@ -25,6 +25,9 @@ pub use coordinator_core::stats::StatsSnapshot;
 pub use coordinator_core::testing;
 pub use coordinator_core::{Error, Node, NodeBuilder, Settings, TransportError, new_incarnation};
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
+
 /// Starts this node on the carrier the configuration selects.
 ///
 /// Secrets are read and the node id resolved here; a carrier that this build

@@ -1,8 +1,10 @@
+pub mod admin;
 pub mod bench;
 pub mod check_config;
 pub mod demo;
 #[cfg(feature = "native")]
 pub mod gen_cert;
+pub mod members;
 pub mod node;
 pub mod raft_bench;
 #[cfg(feature = "kafka")]

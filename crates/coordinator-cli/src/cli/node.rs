@@ -6,15 +6,42 @@ use coordinator::{Coordinator, CoordinatorConfig, Received, SubscribeOptions};
 use std::path::Path;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// Stops the admin server with the node.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs one node until SIGTERM or SIGINT (or, with `stdin`, the end of
 /// standard input), then leaves the cluster gracefully.
-pub async fn run(file: &Path, topic: &str, stdin: bool) -> anyhow::Result<()> {
+pub async fn run(
+    file: &Path,
+    topic: &str,
+    stdin: bool,
+    admin: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     super::init_logging("info");
     let config = CoordinatorConfig::from_file(file)
         .map_err(|errors| anyhow::anyhow!("{}:\n{errors}", file.display()))?;
-    let node = coordinator::start(&config)
-        .await
-        .context("starting the node")?;
+    let node: std::sync::Arc<dyn Coordinator> = std::sync::Arc::new(
+        coordinator::start(&config)
+            .await
+            .context("starting the node")?,
+    );
+    let admin = match admin {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--admin {addr}"))?;
+            let bound = listener.local_addr()?;
+            let server = tokio::spawn(super::admin::serve(listener, node.clone()));
+            Some((AbortOnDrop(server), bound))
+        }
+        None => None,
+    };
     if stdin {
         println!(
             "node {} up on {}; type a line to broadcast it on {topic:?}, Ctrl-D or Ctrl-C to leave",
@@ -27,6 +54,9 @@ pub async fn run(file: &Path, topic: &str, stdin: bool) -> anyhow::Result<()> {
             node.node_id(),
             node.carrier()
         );
+    }
+    if let Some((_, bound)) = &admin {
+        println!("admin: http://{bound}/metrics and http://{bound}/members");
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;

@@ -800,6 +800,7 @@ impl InboundHandler for Inner {
             Inbound::Frame(frame) => {
                 // Decoding and checking the seal need no state: done before
                 // taking the core.
+                crate::stats::Stats::add(&self.stats.bytes_received, frame.len() as u64);
                 let opened = Opened::open(&self.codec, frame);
                 self.with_core(|core, now| core.handle_opened(now, opened));
             }
@@ -863,7 +864,11 @@ impl Coordinator for Node {
     }
 
     fn members(&self) -> Vec<Member> {
-        self.inner.engine.lock().core.members()
+        let mut members = self.inner.engine.lock().core.members();
+        for member in &mut members {
+            member.address = self.inner.transport.address_of(member.id);
+        }
+        members
     }
 
     fn member_events(&self) -> EventStream<MemberEvent> {

@@ -278,6 +278,11 @@ impl Swim {
             .map(|e| e.update.addr)
     }
 
+    /// The address a member was last known at, live or not.
+    pub fn last_address(&self, id: NodeId) -> Option<SocketAddr> {
+        self.members.get(&id).map(|e| e.update.addr)
+    }
+
     /// The state of a member as known here.
     pub fn state_of(&self, id: NodeId) -> Option<(u64, State)> {
         self.members

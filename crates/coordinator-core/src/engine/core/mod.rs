@@ -217,6 +217,8 @@ pub struct Core {
     detection: FailureDetection,
     /// The carrier reported its link down, and not up since.
     link_down: bool,
+    /// When the frame being handled arrived (replies are timed with it).
+    last_frame_at: Instant,
     reorder_timeout: Duration,
     send_timeout: Duration,
     max_held_bytes: usize,
@@ -305,6 +307,7 @@ impl Core {
             heartbeats: settings.heartbeats,
             detection,
             link_down: false,
+            last_frame_at: Instant::now(),
             reorder_timeout: settings.reorder_timeout,
             send_timeout: settings.send_timeout,
             max_held_bytes: settings.max_held_bytes,
@@ -408,7 +411,9 @@ impl Core {
 
     /// The next frame to transmit (point-to-point, control), if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let transmit = self.transmits.pop_front()?;
+        Stats::add(&self.stats.bytes_sent, transmit.frame.len() as u64);
+        Some(transmit)
     }
 
     /// The next batch of queued broadcasts, sealed, once the carrier is free
@@ -421,6 +426,7 @@ impl Core {
             Stats::inc(&self.stats.batches_sent);
         }
         let frame = self.codec.seal_batch(batch);
+        Stats::add(&self.stats.bytes_sent, frame.len() as u64);
         Some(self.transmit(
             None,
             frame,
@@ -913,6 +919,7 @@ impl Core {
                     .push_back(Output::Event(Event::LinkDown { detail }));
             }
             None => {
+                Stats::inc(&self.stats.link_ups);
                 tracing::info!("carrier link up");
                 self.outputs.push_back(Output::Event(Event::LinkUp));
                 if self.detection == FailureDetection::Off && std::mem::take(&mut self.link_down) {
@@ -951,12 +958,14 @@ impl Core {
 
     /// A frame from the carrier.
     pub fn handle_frame(&mut self, now: Instant, frame: Bytes) {
+        Stats::add(&self.stats.bytes_received, frame.len() as u64);
         let opened = Opened::open(&self.codec, frame);
         self.handle_opened(now, opened);
     }
 
     /// A frame opened with [`Opened::open`].
     pub fn handle_opened(&mut self, now: Instant, opened: Opened) {
+        self.last_frame_at = now;
         Stats::inc(&self.stats.frames_received);
         match opened {
             Opened::Bad { error, from: None } => {
@@ -1202,7 +1211,12 @@ impl Core {
     fn complete_request(&mut self, envelope: Envelope) {
         // A reply must come from the node the request went to.
         match self.pending.get(&envelope.aux) {
-            Some(pending) if pending.node == envelope.from => {}
+            Some(pending) if pending.node == envelope.from => {
+                let sent = pending.deadline - pending.timeout;
+                self.stats
+                    .request_latency
+                    .record(self.last_frame_at.saturating_duration_since(sent));
+            }
             _ => return,
         }
         self.forget_request(envelope.aux);
