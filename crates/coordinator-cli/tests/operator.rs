@@ -26,7 +26,9 @@ fn free_port() -> u16 {
 /// A `coordinator node` process, its standard output read line by line.
 struct NodeProcess {
     child: Child,
-    lines: mpsc::Receiver<String>,
+    /// Kept so that the reading thread goes on (a node whose output pipe
+    /// filled up would block).
+    _lines: mpsc::Receiver<String>,
     admin: String,
 }
 
@@ -108,7 +110,7 @@ fn start_node(dir: &std::path::Path, id: u64, ports: &[u16]) -> NodeProcess {
         .to_string();
     NodeProcess {
         child,
-        lines,
+        _lines: lines,
         admin,
     }
 }
@@ -143,16 +145,16 @@ fn scrape(admin: &str) -> prometheus_parse::Scrape {
 }
 
 fn value(scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> Option<f64> {
-    scrape.samples.iter().find_map(|sample| {
-        (sample.metric == name && sample.labels.get(label.0) == Some(label.1)).then(|| match sample
-            .value
-        {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-    })
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == name && sample.labels.get(label.0) == Some(label.1))?;
+    match sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => Some(v),
+        _ => None,
+    }
 }
 
 #[test]

@@ -132,6 +132,16 @@ impl Latency {
     }
 }
 
+impl Stats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,15 +159,5 @@ mod tests {
         assert_eq!(snapshot.cumulative[1], (250, 2));
         assert_eq!(snapshot.cumulative.last(), Some(&(10_000_000, 2)));
         assert_eq!(snapshot.sum_micros, 60_000_201);
-    }
-}
-
-impl Stats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
