@@ -288,3 +288,98 @@ fn members_and_metrics_of_a_running_three_node_cluster() {
     drop(nodes);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An outsider floods a node's port with junk datagrams and connections:
+/// the node counts every one, its log warns a few times and says how many
+/// it left out, and every line it logs names the node and its carrier.
+#[test]
+fn junk_from_outside_is_counted_but_cannot_flood_the_log() {
+    let dir = std::env::temp_dir().join(format!("coordinator-junk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let path = dir.join("node.json");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"@type":"Native","nodeId":1,"bindAddr":"127.0.0.1","port":{port},
+                "clusterKey":{{"@type":"Value","secret":"junk-test"}}}}"#
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args([
+            "node",
+            "--config",
+            path.to_str().unwrap(),
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = spawn_lines(&mut child);
+    let admin = wait_line(&lines, LONG, |line| line.starts_with("admin: http://"))
+        .trim_start_matches("admin: http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // 2,000 junk datagrams and 50 junk connections.
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    for i in 0..2_000u32 {
+        let _ = socket.send_to(&i.to_be_bytes().repeat(16), (Ipv4Addr::LOCALHOST, port));
+        // In bursts the socket's receive buffer holds (what overflows it is
+        // lost before the node sees it).
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for _ in 0..50 {
+        if let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+            let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\nnot a TLS client hello");
+        }
+    }
+    // Counted: wait until the drops show in the metrics.
+    let started = Instant::now();
+    let dropped = loop {
+        let metrics = scrape(&admin);
+        let dropped: f64 = ["malformed", "unauthenticated", "too_large"]
+            .iter()
+            .filter_map(|reason| value(&metrics, "coordinator_dropped_total", ("reason", reason)))
+            .sum();
+        if dropped >= 1_000.0 || started.elapsed() > LONG {
+            break dropped;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(dropped >= 1_000.0, "only {dropped} drops counted");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let _ = child.wait();
+    let warnings = log.lines().filter(|l| l.contains("frame dropped")).count();
+    eprintln!("{dropped} junk frames counted, {warnings} warnings logged");
+    assert!(
+        (1..=20).contains(&warnings),
+        "{warnings} warnings for {dropped} junk frames:\n{log}"
+    );
+    for line in log.lines().filter(|line| !line.trim().is_empty()) {
+        assert!(
+            line.contains("node=1") && (line.contains("native") || line.contains("Native")),
+            "a log line without its node and carrier: {line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

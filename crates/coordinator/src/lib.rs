@@ -34,6 +34,17 @@ pub mod metrics;
 /// does not include, or that is not implemented yet, is a clear error.
 pub async fn start(config: &CoordinatorConfig) -> Result<Node, Error> {
     let settings = Settings::from_config(&config.cluster)?;
+    // What is logged while the carrier connects names the node and carrier,
+    // as everything the node logs afterwards does (its tasks have spans).
+    let span = tracing::info_span!(
+        "coordinator",
+        node = settings.node_id,
+        carrier = config.carrier.name()
+    );
+    tracing::Instrument::instrument(start_in_span(config, settings), span).await
+}
+
+async fn start_in_span(config: &CoordinatorConfig, settings: Settings) -> Result<Node, Error> {
     match &config.carrier {
         CarrierConfig::Disabled => Node::alone(settings),
         #[cfg(feature = "native")]

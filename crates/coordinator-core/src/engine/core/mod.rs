@@ -195,6 +195,56 @@ struct Pending {
     timeout: Duration,
 }
 
+/// Whether a warning is logged.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Log it, saying how many of its kind were not logged before it.
+    Log {
+        suppressed: u64,
+    },
+    Quiet,
+}
+
+/// At most [`DropWarnings::PER_WINDOW`] warnings per kind of dropped frame
+/// in each [`DropWarnings::WINDOW`]; the first one logged after a quiet spell
+/// says how many were not. Logging only: every drop is still counted and
+/// raised as an event.
+#[derive(Debug, Default)]
+struct DropWarnings {
+    /// Per reason: the window's start, warnings logged in it, and how many
+    /// were not logged since the last one that was.
+    windows: Vec<(DropReason, Instant, u32, u64)>,
+}
+
+impl DropWarnings {
+    const PER_WINDOW: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn admit(&mut self, reason: DropReason, now: Instant) -> Admit {
+        let index = match self.windows.iter().position(|w| w.0 == reason) {
+            Some(index) => index,
+            None => {
+                self.windows.push((reason, now, 0, 0));
+                self.windows.len() - 1
+            }
+        };
+        let (_, start, logged, suppressed) = &mut self.windows[index];
+        if now.saturating_duration_since(*start) >= Self::WINDOW {
+            *start = now;
+            *logged = 0;
+        }
+        if *logged < Self::PER_WINDOW {
+            *logged += 1;
+            Admit::Log {
+                suppressed: std::mem::take(suppressed),
+            }
+        } else {
+            *suppressed += 1;
+            Admit::Quiet
+        }
+    }
+}
+
 #[cfg(test)]
 thread_local! {
     /// Puts back the defect the simulator must find (numbers given back after
@@ -217,6 +267,8 @@ pub struct Core {
     detection: FailureDetection,
     /// The carrier reported its link down, and not up since.
     link_down: bool,
+    /// Limits the warnings an outsider's junk can cause.
+    drop_warnings: DropWarnings,
     /// When the frame being handled arrived (replies are timed with it).
     last_frame_at: Instant,
     reorder_timeout: Duration,
@@ -307,6 +359,7 @@ impl Core {
             heartbeats: settings.heartbeats,
             detection,
             link_down: false,
+            drop_warnings: DropWarnings::default(),
             last_frame_at: Instant::now(),
             reorder_timeout: settings.reorder_timeout,
             send_timeout: settings.send_timeout,
@@ -1417,7 +1470,20 @@ impl Core {
             DropReason::Malformed | DropReason::Unauthenticated | DropReason::TooLarge
         ) {
             let detail = detail();
-            tracing::warn!(?reason, %detail, "frame dropped");
+            // Anyone who can reach the carrier can send junk: the log says
+            // so a few times per window, then how much it did not say.
+            match self.drop_warnings.admit(reason, Instant::now()) {
+                Admit::Log { suppressed: 0 } => {
+                    tracing::warn!(?reason, %detail, "frame dropped")
+                }
+                Admit::Log { suppressed } => tracing::warn!(
+                    ?reason,
+                    %detail,
+                    suppressed,
+                    "frame dropped ({suppressed} more of this kind were not logged)"
+                ),
+                Admit::Quiet => {}
+            }
             self.outputs
                 .push_back(Output::Event(Event::Dropped { reason, detail }));
         }

@@ -397,3 +397,33 @@ fn without_heartbeats_nothing_periodic_is_sent_and_a_link_back_up_joins_again() 
         a.members()
     );
 }
+
+#[test]
+fn warnings_of_dropped_frames_are_limited_per_window_and_say_what_they_left_out() {
+    let t0 = Instant::now();
+    let mut warnings = DropWarnings::default();
+    for _ in 0..DropWarnings::PER_WINDOW {
+        assert_eq!(
+            warnings.admit(DropReason::Malformed, t0),
+            Admit::Log { suppressed: 0 }
+        );
+    }
+    for _ in 0..1000 {
+        assert_eq!(warnings.admit(DropReason::Malformed, t0), Admit::Quiet);
+    }
+    // Another kind has its own allowance.
+    assert_eq!(
+        warnings.admit(DropReason::Unauthenticated, t0),
+        Admit::Log { suppressed: 0 }
+    );
+    // The next window's first warning counts what was left out.
+    let later = t0 + DropWarnings::WINDOW;
+    assert_eq!(
+        warnings.admit(DropReason::Malformed, later),
+        Admit::Log { suppressed: 1000 }
+    );
+    assert_eq!(
+        warnings.admit(DropReason::Malformed, later),
+        Admit::Log { suppressed: 0 }
+    );
+}
