@@ -331,6 +331,8 @@ pub(crate) async fn read(
             }
         };
         let mut messages = pubsub.into_on_message();
+        let moved = servers.moved(generation);
+        tokio::pin!(moved);
         let why = loop {
             tokio::select! {
                 message = messages.next() => match message {
@@ -342,7 +344,7 @@ pub(crate) async fn read(
                     }
                     None => break "the subscription connection dropped",
                 },
-                () = servers.moved(generation) => {
+                () = &mut moved => {
                     break "the sentinels failed the master over";
                 }
             }

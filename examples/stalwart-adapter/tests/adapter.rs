@@ -76,7 +76,18 @@ async fn publish_subscribe_and_resync(object: &Value, broker: &mut Broker, gap_e
     let message = within("b's own message", stream.next()).await.unwrap();
     assert_eq!(message.payload(), b"from b");
     // Nothing periodic is sent: heartbeats are off for Stalwart. (The
-    // counter also counts joins and answers to joins.)
+    // counter also counts joins and answers to joins: once both nodes know
+    // each other, and node 1's answer to node 2's join is out, it stays.)
+    within("the nodes to know each other", async {
+        while [&a, &b]
+            .iter()
+            .any(|node| node.node().unwrap().members().len() < 2)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let control = a.node().unwrap().stats().heartbeats_sent;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(a.node().unwrap().stats().heartbeats_sent, control);
