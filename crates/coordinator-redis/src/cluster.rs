@@ -160,6 +160,7 @@ pub async fn connect_cluster(
         read(
             crate::Servers::Listed(subscribers),
             first,
+            0,
             channels.broadcast.clone(),
             own,
             inbound,

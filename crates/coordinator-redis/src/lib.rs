@@ -106,6 +106,7 @@ pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, 
         read(
             servers,
             subscription,
+            0,
             channels.broadcast.clone(),
             own,
             inbound,
@@ -286,16 +287,18 @@ impl Servers {
 /// Hands what arrives on this node's channels to the engine, and opens the
 /// subscription again whenever its connection drops (on the next server of
 /// `servers`, for a cluster, whose `home` then moves there too; on the master
-/// of the moment, for a sentinel-watched one).
+/// of the moment, for a sentinel-watched one). `first` was opened in
+/// failover generation `first_generation` of `servers`.
 pub(crate) async fn read(
     servers: Servers,
     first: redis::aio::PubSub,
+    first_generation: u64,
     broadcast: String,
     own: String,
     inbound: InboundSender,
     home: Option<Home>,
 ) {
-    let mut subscription = Some((first, servers.generation()));
+    let mut subscription = Some((first, first_generation));
     let mut failures: u32 = 0;
     let mut next = 0;
     loop {

@@ -268,6 +268,8 @@ pub async fn connect_sentinel(
     let own = channels.node(settings.node_id);
     // The first subscription is made here, so that wrong sentinels, a wrong
     // service name or a master that is down stop the start with a clear error.
+    // (No failover can be announced before the watch below starts.)
+    let generation = sentinel.generation();
     let first = tokio::time::timeout(config.timeout, async {
         let master = sentinel.master().await?;
         subscribe(&master, &channels.broadcast, &own).await
@@ -285,6 +287,7 @@ pub async fn connect_sentinel(
         read(
             Servers::Sentinel(sentinel.clone()),
             first,
+            generation,
             channels.broadcast.clone(),
             own,
             inbound,
