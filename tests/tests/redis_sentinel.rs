@@ -235,3 +235,37 @@ async fn a_failover_that_keeps_the_old_master_running_is_followed() {
         node.leave().await.unwrap();
     }
 }
+
+/// A service the sentinels do not know, and sentinels that do not answer,
+/// stop the start with an error that names the field and the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_service_or_no_sentinel_is_a_clear_start_error() {
+    let sentinels = tokio::task::spawn_blocking(tests::brokers::RedisSentinels::start)
+        .await
+        .unwrap();
+    let start = |urls: Vec<String>, service: &str| {
+        let urls: Vec<String> = urls.iter().map(|url| format!("{url:?}")).collect();
+        let text = format!(
+            r#"{{"@type": "RedisSentinel", "nodeId": 1, "urls": [{}], "serviceName": {service:?}, "timeout": "2s"}}"#,
+            urls.join(", ")
+        );
+        async move {
+            let config = coordinator::CoordinatorConfig::from_json(&text).unwrap();
+            match coordinator::start(&config).await {
+                Ok(_) => panic!("started with {text}"),
+                Err(error) => error.to_string(),
+            }
+        }
+    };
+    let error = start(sentinels.urls(), "no-such-service").await;
+    assert!(
+        error.contains("redisSentinel.urls") && error.contains("no-such-service"),
+        "{error}"
+    );
+    let closed = format!("redis://127.0.0.1:{}", tests::brokers::free_port());
+    let error = start(vec![closed.clone()], "mymaster").await;
+    assert!(
+        error.contains("redisSentinel.urls") && error.contains(&closed),
+        "{error}"
+    );
+}

@@ -69,6 +69,33 @@ fn wait_line(
     panic!("no such line within {limit:?}");
 }
 
+/// `coordinator node --config PATH --admin 127.0.0.1:0` with `env`, its
+/// standard output read line by line until it prints its admin address.
+fn spawn_node(path: &std::path::Path, env: &[(&str, &str)], stderr: Stdio) -> NodeProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["node", "--config", path.to_str().unwrap()])
+        .args(["--admin", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let lines = spawn_lines(&mut child);
+    let line = wait_line(&lines, LONG, |line| line.starts_with("admin: http://"));
+    let admin = line
+        .trim_start_matches("admin: http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    NodeProcess {
+        child,
+        _lines: lines,
+        admin,
+    }
+}
+
 fn start_node(dir: &std::path::Path, id: u64, ports: &[u16]) -> NodeProcess {
     let seeds: Vec<String> = ports
         .iter()
@@ -87,32 +114,7 @@ fn start_node(dir: &std::path::Path, id: u64, ports: &[u16]) -> NodeProcess {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args([
-            "node",
-            "--config",
-            path.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = spawn_lines(&mut child);
-    let line = wait_line(&lines, LONG, |line| line.starts_with("admin: http://"));
-    let admin = line
-        .trim_start_matches("admin: http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    NodeProcess {
-        child,
-        _lines: lines,
-        admin,
-    }
+    spawn_node(&path, &[], Stdio::null())
 }
 
 fn members(args: &[&str]) -> String {
@@ -129,16 +131,22 @@ fn members(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-fn scrape(admin: &str) -> prometheus_parse::Scrape {
+/// Sends `request` to the admin address; the answer's head and body (empty
+/// when the node cut the connection off: a reset is no answer).
+fn ask(admin: &str, request: &str) -> (String, String) {
     let mut stream = TcpStream::connect(admin).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let _ = stream.write_all(request.as_bytes());
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let _ = stream.read_to_string(&mut answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (head.to_string(), body.to_string())
+}
+
+fn scrape(admin: &str) -> prometheus_parse::Scrape {
+    let (head, body) = ask(
+        admin,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     prometheus_parse::Scrape::parse(body.lines().map(|line| Ok(line.to_string())))
         .expect("Prometheus text")
@@ -256,6 +264,33 @@ fn members_and_metrics_of_a_running_three_node_cluster() {
         "no request histogram"
     );
 
+    // What the admin address does not serve is refused, with a reason; a
+    // request head that never ends is cut off, and the node goes on.
+    let (head, _) = ask(&admin, "GET /nothing HTTP/1.1\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = ask(&admin, "DELETE /members HTTP/1.1\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    let (head, body) = ask(&admin, &"X".repeat(64 * 1024));
+    assert!(
+        head.is_empty() && body.is_empty(),
+        "answered an endless head: {head}"
+    );
+    assert!(
+        scrape(&admin)
+            .samples
+            .iter()
+            .any(|s| s.metric == "coordinator_members")
+    );
+    // `members` against an address where nothing listens names it.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let output = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["members", "--admin", &closed])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains(&closed), "{error}");
+
     // `--watch` while node 3 is killed: the change is printed.
     let mut watch = Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .args([
@@ -306,27 +341,8 @@ fn junk_from_outside_is_counted_but_cannot_flood_the_log() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args([
-            "node",
-            "--config",
-            path.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = spawn_lines(&mut child);
-    let admin = wait_line(&lines, LONG, |line| line.starts_with("admin: http://"))
-        .trim_start_matches("admin: http://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let mut node = spawn_node(&path, &[("RUST_LOG", "info")], Stdio::piped());
+    let admin = node.admin.clone();
     // 2,000 junk datagrams and 50 junk connections.
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     for i in 0..2_000u32 {
@@ -357,18 +373,18 @@ fn junk_from_outside_is_counted_but_cannot_flood_the_log() {
     };
     assert!(dropped >= 1_000.0, "only {dropped} drops counted");
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &node.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let mut log = String::new();
-    child
+    node.child
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
-    let _ = child.wait();
+    let _ = node.child.wait();
     let warnings = log.lines().filter(|l| l.contains("frame dropped")).count();
     eprintln!("{dropped} junk frames counted, {warnings} warnings logged");
     assert!(

@@ -2,7 +2,7 @@
 //! plain pub/sub connection to one node at a time (see the crate's docs).
 
 use crate::shard::{OpenError, ShardedSender, ShardedSubscriber};
-use crate::{CLUSTER_NAME, Publisher, RedisTransport, read, redacted, subscribe};
+use crate::{CLUSTER_NAME, Publisher, RedisTransport, read, redacted_list, subscribe};
 use coordinator_core::config::{RedisClusterConfig, RedisProtocol};
 use coordinator_core::routes::Routes;
 use coordinator_core::transport::Link;
@@ -62,12 +62,7 @@ pub async fn connect_cluster(
     let client = builder
         .build()
         .map_err(|error| Error::Start(format!("redisCluster.urls: {error}")))?;
-    let servers_named = config
-        .urls
-        .iter()
-        .map(|url| redacted(url))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let servers_named = redacted_list(&config.urls);
     let unreachable = |error: &dyn std::fmt::Display| {
         Error::Start(format!(
             "redisCluster.urls: cannot reach {servers_named}: {error}"

@@ -144,6 +144,14 @@ pub(crate) fn redacted(url: &str) -> String {
     }
 }
 
+/// URLs without their passwords, comma-separated, for messages.
+pub(crate) fn redacted_list(urls: &[String]) -> String {
+    urls.iter()
+        .map(|url| redacted(url))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Parses `url` (named `field` in errors) into connection settings with
 /// `TCP_NODELAY` on. redis-rs leaves Nagle's algorithm on by default: two
 /// commands written back to back on one connection (two requests at once,

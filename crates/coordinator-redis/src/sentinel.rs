@@ -14,7 +14,7 @@
 //! subscribing fails and is tried again with backoff (at once when the
 //! failover is announced).
 
-use crate::{Publisher, RedisTransport, Servers, read, redacted, subscribe};
+use crate::{Publisher, RedisTransport, Servers, read, redacted_list, subscribe};
 use coordinator_core::config::{RedisProtocol, RedisSentinelConfig};
 use coordinator_core::routes::{Routes, backoff};
 use coordinator_core::transport::Link;
@@ -252,12 +252,7 @@ pub async fn connect_sentinel(
         named: parking_lot::Mutex::new(None),
         watcher: parking_lot::Mutex::new(None),
     });
-    let named = config
-        .urls
-        .iter()
-        .map(|url| redacted(url))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let named = redacted_list(&config.urls);
     let unreachable = |error: &dyn std::fmt::Display| {
         Error::Start(format!(
             "redisSentinel.urls: no master {:?} to subscribe on through {named}: {error}",

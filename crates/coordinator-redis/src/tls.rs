@@ -69,6 +69,11 @@ impl TlsDialer {
                         .add(certificate)
                         .map_err(|error| failed(format!("tlsCaPath: {error}")))?;
                 }
+                if store.is_empty() {
+                    return Err(failed(
+                        "tlsCaPath: no certificate in it (expected PEM)".into(),
+                    ));
+                }
             }
             None => {
                 let found = rustls_native_certs::load_native_certs();
@@ -135,5 +140,32 @@ impl TlsDialer {
                 .await?;
         tokio::spawn(driver);
         Ok(connection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialer(url: &str, roots: Option<&[u8]>) -> Result<Option<TlsDialer>, Error> {
+        let info = crate::connection_info(url, "redis.url")?;
+        let second = Duration::from_secs(1);
+        TlsDialer::new(&info, roots, "redis.url", second, second)
+    }
+
+    #[test]
+    fn only_tls_addresses_get_a_dialer_and_unchecked_tls_is_refused_by_name() {
+        assert!(dialer("redis://127.0.0.1:6379", None).unwrap().is_none());
+        let Err(Error::Start(message)) = dialer("rediss://127.0.0.1:6379/#insecure", None) else {
+            panic!("#insecure was accepted");
+        };
+        assert!(
+            message.starts_with("redis.url: ") && message.contains("#insecure"),
+            "{message}"
+        );
+        let Err(Error::Start(message)) = dialer("rediss://127.0.0.1:6379", Some(b"not PEM")) else {
+            panic!("an authority file without a certificate was accepted");
+        };
+        assert!(message.starts_with("redis.url: "), "{message}");
     }
 }
