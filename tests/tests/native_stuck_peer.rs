@@ -63,6 +63,8 @@ struct Receiver {
     seen: Mutex<HashSet<u64>>,
     duplicates: AtomicU64,
     gate: Gate,
+    /// The carrier's `LinkDown` details.
+    link_downs: Mutex<Vec<String>>,
 }
 
 impl Receiver {
@@ -71,6 +73,7 @@ impl Receiver {
             seen: Mutex::new(HashSet::new()),
             duplicates: AtomicU64::new(0),
             gate: Gate::default(),
+            link_downs: Mutex::new(Vec::new()),
         })
     }
 
@@ -90,6 +93,7 @@ impl InboundHandler for Receiver {
             Inbound::Frame(frame) => frame,
             Inbound::LinkDown(detail) => {
                 println!("link down: {detail}");
+                self.link_downs.lock().push(detail);
                 return;
             }
             _ => return,
@@ -260,6 +264,20 @@ async fn a_stuck_peer_costs_the_others_one_deadline_and_gets_messages_again_once
         receivers[1].duplicates.load(Ordering::Relaxed),
         0,
         "the healthy node got messages twice"
+    );
+    // A healthy node that reads more slowly than node 1 writes is not taken
+    // for a stalled one (its answers were once more than `deadTimeout` behind
+    // the megabytes that socket buffers held ahead of them).
+    let healthy_downs: Vec<String> = receivers[0]
+        .link_downs
+        .lock()
+        .iter()
+        .filter(|detail| detail.contains("node 2 "))
+        .cloned()
+        .collect();
+    assert!(
+        healthy_downs.is_empty(),
+        "the healthy node's connection was taken for a stalled one: {healthy_downs:?}"
     );
     stuck_runtime.shutdown_background();
 }

@@ -10,10 +10,19 @@
 //! The peer answers on the same connection: a `Pong` to each keep-alive
 //! `Ping` (with the count of messages it has read), and a `ProbeAck` to each
 //! gossip probe sent over TCP. While messages are unconfirmed, a `Ping` goes
-//! out every heartbeat interval; a connection on which nothing is confirmed
-//! for `deadTimeout` is stalled: it is dropped and dialed again, and the
-//! messages it held unconfirmed are reported (the receiver reports those it
-//! missed as a gap).
+//! out every heartbeat interval, and after every [`PING_BYTES`] written; a
+//! connection on which nothing is confirmed for `deadTimeout` is stalled: it
+//! is dropped and dialed again, and the messages it held unconfirmed are
+//! written again (the receiver drops those it already has).
+//!
+//! At most [`WINDOW_BYTES`] (and [`WINDOW_FRAMES`]) of messages are written
+//! and unconfirmed at once; the next waits in the queue for a `Pong`. Without
+//! that bound the kernel's socket buffers (megabytes on loopback) held so
+//! much ahead of a `Ping` that a slow but live reader answered later than
+//! `deadTimeout`, and its connection was taken for a stalled one again and
+//! again. With it, a `Pong` is at most a window's reading behind, and every
+//! unconfirmed message fits the buffer that is written again on a new
+//! connection.
 
 use crate::frame::{FrameError, FrameType, read_frame, write_frame};
 use crate::swim::{Update, decode_probe, encode_probe};
@@ -61,6 +70,12 @@ struct Shared {
     /// Microseconds since `epoch` since when messages have waited for
     /// confirmation without progress (0: none waiting).
     unconfirmed_since: AtomicU64,
+    /// `written` when the last `Ping` was written.
+    pinged: AtomicU64,
+    /// Message bytes written since the last `Ping`.
+    since_ping: AtomicUsize,
+    /// Told when the peer confirms messages (the window opens).
+    opened: Notify,
     /// Messages written and not yet confirmed, with their number on the
     /// connection: written again on the next connection to the same run of
     /// the peer if this one fails (the receiver drops what it already has).
@@ -84,6 +99,9 @@ impl Shared {
             written: AtomicU64::new(0),
             confirmed: AtomicU64::new(0),
             unconfirmed_since: AtomicU64::new(0),
+            pinged: AtomicU64::new(0),
+            since_ping: AtomicUsize::new(0),
+            opened: Notify::new(),
             resend: parking_lot::Mutex::new(Resend::default()),
         }
     }
@@ -96,8 +114,9 @@ impl Shared {
         self.last_write.store(self.micros(), Ordering::Relaxed);
     }
 
-    /// A message was written on the connection.
-    fn wrote(&self, frame: &Bytes) {
+    /// A message was written on the connection; `true` when a `Ping` is due
+    /// after it ([`PING_BYTES`] written since the last).
+    fn wrote(&self, frame: &Bytes) -> bool {
         let before = self.written.fetch_add(1, Ordering::AcqRel);
         {
             let mut resend = self.resend.lock();
@@ -118,6 +137,30 @@ impl Shared {
                 Ordering::Relaxed,
             );
         }
+        let size = frame.len() + HEADER_BYTES;
+        self.since_ping.fetch_add(size, Ordering::AcqRel) + size >= PING_BYTES
+    }
+
+    /// Whether a message of `len` bytes may be written now: the window holds
+    /// what is written and unconfirmed (the resend buffer, which it fits).
+    fn window_open(&self, len: usize) -> bool {
+        let resend = self.resend.lock();
+        resend.frames.is_empty()
+            || (resend.frames.len() < WINDOW_FRAMES && resend.bytes + len <= WINDOW_BYTES)
+    }
+
+    /// Whether messages were written since the last `Ping`.
+    fn ping_owed(&self) -> bool {
+        self.pinged.load(Ordering::Acquire) < self.written.load(Ordering::Acquire)
+    }
+
+    /// Puts a `Ping` in the writer's buffer (the caller flushes).
+    async fn ping(&self, writer: &mut Writer) -> std::io::Result<()> {
+        write_frame(writer, FrameType::Ping, &[]).await?;
+        self.pinged
+            .store(self.written.load(Ordering::Acquire), Ordering::Release);
+        self.since_ping.store(0, Ordering::Release);
+        Ok(())
     }
 
     /// The peer has read `count` messages of this connection.
@@ -136,6 +179,7 @@ impl Shared {
             self.micros()
         };
         self.unconfirmed_since.store(waiting, Ordering::Release);
+        self.opened.notify_one();
     }
 
     /// The messages the last connection left unconfirmed, and how many
@@ -159,6 +203,8 @@ impl Shared {
         self.written.store(0, Ordering::Release);
         self.confirmed.store(0, Ordering::Release);
         self.unconfirmed_since.store(0, Ordering::Release);
+        self.pinged.store(0, Ordering::Release);
+        self.since_ping.store(0, Ordering::Release);
     }
 
     /// How long messages have waited for confirmation without progress.
@@ -205,6 +251,15 @@ const QUEUE_UNIT: usize = 1024;
 /// Unconfirmed messages kept to be written again on a new connection.
 const RESEND_FRAMES: usize = QUEUE_UNITS;
 const RESEND_BYTES: usize = 16 * 1024 * 1024;
+/// Messages written and not yet confirmed, at most (a larger one is written
+/// alone, once everything before it is confirmed). Within the resend
+/// buffer's bounds, so that a replaced connection loses nothing it wrote.
+pub(crate) const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const WINDOW_FRAMES: usize = RESEND_FRAMES;
+/// A `Ping` follows every this many bytes of messages written, so that
+/// confirmations come back before the window is full.
+const PING_BYTES: usize = WINDOW_BYTES / 4;
+const _: () = assert!(WINDOW_BYTES <= RESEND_BYTES && WINDOW_FRAMES <= RESEND_FRAMES);
 /// First backoff step.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// The longest wait between dials of a peer the gossip holds live (at most
@@ -402,14 +457,24 @@ impl PeerLink {
             return false;
         };
         // Checked under the lock: the worker writes queued frames under it too.
+        // Room for the frame and a `Ping` after it.
         if self.shared.queued.load(Ordering::Acquire) != 0
-            || writer.buffer().len() + HEADER_BYTES + frame.len() > BUFFER_BYTES
+            || writer.buffer().len() + 2 * HEADER_BYTES + frame.len() > BUFFER_BYTES
+            || !self.shared.window_open(frame.len())
         {
             return false;
         }
         // The frame fits in the buffer, so it is copied whole without waiting.
         let result = buffer_frame(writer, FrameType::Message, frame).and_then(|()| {
-            self.shared.wrote(frame);
+            if self.shared.wrote(frame) {
+                // Room for it was checked above.
+                match poll_once(self.shared.ping(writer)) {
+                    std::task::Poll::Ready(result) => result?,
+                    std::task::Poll::Pending => {
+                        unreachable!("a Ping that fits the buffer is copied at once")
+                    }
+                }
+            }
             self.shared.touch();
             // One attempt to flush; what the socket does not take now, the
             // worker flushes (with the stall watchdog over it).
@@ -565,8 +630,8 @@ impl Worker {
                             let detail = format!(
                                 "connection to node {} ({addr}) stalled: nothing confirmed for {} ms; \
                                  reconnecting, to write again the {unconfirmed} messages it left \
-                                 unconfirmed (the node drops any it already has, and reports a gap \
-                                 for any that cannot be sent again)",
+                                 unconfirmed (the node drops any it already has; if it restarted \
+                                 meanwhile, they are dropped and it reports the gap)",
                                 self.id,
                                 after.as_millis()
                             );
@@ -637,13 +702,17 @@ impl Worker {
             // What the last connection left unconfirmed goes first, in order;
             // it stays in the buffer until this connection confirms it.
             for frame in &resend {
+                // (A `Ping` follows the replay.)
                 self.shared.wrote(frame);
             }
             let stall_after = self.transport.stall_after;
+            let shared = &self.shared;
             let replay = async {
                 for frame in &resend {
                     write_frame(&mut writer, FrameType::Message, frame).await?;
                 }
+                // Confirmation of the replay is asked for at once.
+                shared.ping(&mut writer).await?;
                 writer.flush().await
             };
             match tokio::time::timeout(stall_after, replay).await {
@@ -741,48 +810,67 @@ impl Worker {
         let idle_check = tokio::time::sleep(idle);
         let mut idle_check = std::pin::pin!(idle_check);
         loop {
+            // A message the window has no room for waits for a confirmation,
+            // which a `Ping` after the last message written asks for.
+            let blocked = matches!(pending, Some((FrameType::Message, body)) if !shared.window_open(body.len()));
+            if blocked && shared.ping_owed() {
+                let mut guard = shared.writer.lock().await;
+                let Some(writer) = guard.as_mut() else {
+                    return Err(std::io::ErrorKind::ConnectionReset.into());
+                };
+                shared.ping(writer).await?;
+                writer.flush().await?;
+            }
             let frame = match pending.take() {
-                Some(frame) => Some(frame),
-                None => tokio::select! {
-                    biased;
-                    end = &mut answers => {
-                        return Err(end.err().unwrap_or_else(|| std::io::ErrorKind::ConnectionReset.into()));
-                    }
-                    // Ahead of the queue, which under sustained load is always
-                    // ready: a busy connection must still ask for confirmation,
-                    // or it would be taken for a stalled one.
-                    _ = ping.tick() => {
-                        if shared.unconfirmed() == 0 {
+                Some(frame) if !blocked => Some(frame),
+                held => {
+                    *pending = held;
+                    let waiting = pending.is_some();
+                    tokio::select! {
+                        biased;
+                        end = &mut answers => {
+                            return Err(end.err().unwrap_or_else(|| std::io::ErrorKind::ConnectionReset.into()));
+                        }
+                        // Ahead of the queue, which under sustained load is always
+                        // ready: a busy connection must still ask for confirmation,
+                        // or it would be taken for a stalled one.
+                        _ = ping.tick() => {
+                            if shared.unconfirmed() == 0 {
+                                continue;
+                            }
+                            // Messages wait for confirmation: ask for it.
+                            let mut guard = shared.writer.lock().await;
+                            let Some(writer) = guard.as_mut() else {
+                                return Err(std::io::ErrorKind::ConnectionReset.into());
+                            };
+                            shared.ping(writer).await?;
+                            writer.flush().await?;
                             continue;
                         }
-                        // Messages wait for confirmation: ask for it.
-                        let mut guard = shared.writer.lock().await;
-                        let Some(writer) = guard.as_mut() else {
-                            return Err(std::io::ErrorKind::ConnectionReset.into());
-                        };
-                        write_frame(writer, FrameType::Ping, &[]).await?;
-                        writer.flush().await?;
-                        continue;
-                    }
-                    frame = self.next_frame() => match frame {
-                        Some(frame) => Some(frame),
-                        None => return Ok(()),
-                    },
-                    _ = shared.flush.notified() => None,
-                    _ = &mut idle_check => {
-                        let quiet = shared.idle_for();
-                        if quiet >= idle {
-                            return Ok(());
+                        // The peer confirmed messages: the window may have room.
+                        _ = shared.opened.notified(), if waiting => continue,
+                        frame = self.next_frame(), if !waiting => match frame {
+                            Some(frame) => Some(frame),
+                            None => return Ok(()),
+                        },
+                        _ = shared.flush.notified() => None,
+                        _ = &mut idle_check, if !waiting => {
+                            let quiet = shared.idle_for();
+                            if quiet >= idle {
+                                return Ok(());
+                            }
+                            idle_check.as_mut().reset(tokio::time::Instant::now() + (idle - quiet));
+                            continue;
                         }
-                        idle_check.as_mut().reset(tokio::time::Instant::now() + (idle - quiet));
-                        continue;
                     }
-                },
+                }
             };
             let mut guard = shared.writer.lock().await;
             let Some(writer) = guard.as_mut() else {
                 // A sending task saw the connection fail.
-                *pending = frame;
+                if frame.is_some() {
+                    *pending = frame;
+                }
                 return Err(std::io::ErrorKind::ConnectionReset.into());
             };
             if let Some((kind, body)) = frame {
@@ -790,18 +878,25 @@ impl Worker {
                 write_frame(writer, kind, &body).await?;
                 *pending = None;
                 self.dequeued();
-                if kind == FrameType::Message {
-                    shared.wrote(&body);
-                }
+                let mut ping_due = kind == FrameType::Message && shared.wrote(&body);
                 while writer.buffer().len() < BATCH_BYTES {
                     let Some((kind, body)) = self.try_next() else {
                         break;
                     };
+                    if kind == FrameType::Message && !shared.window_open(body.len()) {
+                        // Waits, still counted as queued, for the window.
+                        *pending = Some((kind, body));
+                        ping_due |= shared.ping_owed();
+                        break;
+                    }
                     write_frame(writer, kind, &body).await?;
                     self.dequeued();
                     if kind == FrameType::Message {
-                        shared.wrote(&body);
+                        ping_due |= shared.wrote(&body);
                     }
+                }
+                if ping_due {
+                    shared.ping(writer).await?;
                 }
             }
             writer.flush().await?;
@@ -839,6 +934,43 @@ mod tests {
         assert_eq!(shared.unconfirmed(), 0);
         assert!(shared.unconfirmed_for().is_none(), "nothing waits");
         assert_eq!(shared.take_unconfirmed(), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn the_window_bounds_what_is_unconfirmed_and_a_ping_follows_every_quarter() {
+        let shared = Shared::new();
+        let big = Bytes::from(vec![0u8; 256 * 1024]);
+        let (mut written, mut first_ping) = (0, None);
+        while shared.window_open(big.len()) {
+            written += 1;
+            if shared.wrote(&big) && first_ping.is_none() {
+                first_ping = Some(written);
+            }
+        }
+        assert_eq!(
+            written * big.len(),
+            WINDOW_BYTES,
+            "the window is filled, not more"
+        );
+        assert_eq!(
+            first_ping,
+            Some(4),
+            "a Ping is due after a quarter of the window"
+        );
+        // A confirmation of part of it opens the window by as much.
+        shared.confirm(2);
+        assert!(shared.window_open(2 * big.len()));
+        assert!(!shared.window_open(2 * big.len() + 1));
+        // Frames count too.
+        let shared = Shared::new();
+        for n in 0..WINDOW_FRAMES as u32 {
+            assert!(shared.window_open(4));
+            shared.wrote(&frame(n));
+        }
+        assert!(!shared.window_open(4));
+        // A frame larger than the window goes once nothing is unconfirmed.
+        let shared = Shared::new();
+        assert!(shared.window_open(WINDOW_BYTES * 2));
     }
 
     #[test]
