@@ -2,6 +2,7 @@
 //! plain pub/sub connection to one node at a time (see the crate's docs).
 
 use crate::shard::{OpenError, ShardedSender, ShardedSubscriber};
+use crate::tls::{self, Server};
 use crate::{CLUSTER_NAME, Publisher, RedisTransport, read, redacted_list, subscribe};
 use coordinator_core::config::{RedisClusterConfig, RedisProtocol};
 use coordinator_core::routes::Routes;
@@ -27,13 +28,14 @@ pub async fn connect_cluster(
         .map_err(|error| Error::Start(error.to_string()))?
         .map(|secret| secret.expose().to_string());
     let roots = crate::tls_roots(config.tls_ca_path.as_deref(), "redisCluster.tlsCaPath")?;
+    let create = config.pool.pool_timeout_create.unwrap_or(config.timeout);
     let mut builder = ClusterClientBuilder::new(config.urls.clone())
         .use_protocol(match config.protocol_version {
             RedisProtocol::Resp2 => redis::ProtocolVersion::RESP2,
             RedisProtocol::Resp3 => redis::ProtocolVersion::RESP3,
         })
         .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
-        .connection_timeout(config.pool.pool_timeout_create.unwrap_or(config.timeout))
+        .connection_timeout(create)
         .response_timeout(config.timeout);
     if let Some(user) = &config.auth_username {
         builder = builder.username(user);
@@ -50,12 +52,29 @@ pub async fn connect_cluster(
     if let Some(wait) = config.max_retry_wait {
         builder = builder.max_retry_wait(wait.as_millis() as u64);
     }
-    if let Some(roots) = &roots {
-        builder = builder.certs(redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(roots.clone()),
-        });
+    // The servers of `urls`, with credentials.
+    let mut servers = Vec::new();
+    for (index, url) in config.urls.iter().enumerate() {
+        let info = crate::connection_info(url, &format!("redisCluster.urls[{index}]"))?;
+        let mut redis = info.redis_settings().clone();
+        if let Some(user) = &config.auth_username {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &password {
+            redis = redis.set_password(password);
+        }
+        servers.push(info.set_redis_settings(redis));
     }
+    // TLS with this library's configuration, for the cluster client too (no
+    // certificates are given to redis-rs, which would make its own).
+    let tls = match tls::config_for(&servers, roots.as_deref(), "redisCluster.tlsCaPath")? {
+        Some(_) => Some(tls::cluster_config(
+            roots.as_deref(),
+            "redisCluster.tlsCaPath",
+            create,
+        )?),
+        None => None,
+    };
     if config.read_from_replicas {
         builder = builder.read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy);
     }
@@ -68,33 +87,24 @@ pub async fn connect_cluster(
             "redisCluster.urls: cannot reach {servers_named}: {error}"
         ))
     };
-    let connection = tokio::time::timeout(config.timeout, client.get_async_connection())
-        .await
-        .map_err(|_| unreachable(&"timed out"))?
-        .map_err(|error| unreachable(&error))?;
+    let connection = tokio::time::timeout(
+        config.timeout,
+        client.get_async_generic_connection::<tls::NodeConnection>(),
+    )
+    .await
+    .map_err(|_| unreachable(&"timed out"))?
+    .map_err(|error| unreachable(&error))?;
 
-    // One plain pub/sub client per node of `urls`, tried in turn.
+    // One plain pub/sub connection to a server of `urls`, tried in turn.
     let mut subscribers = Vec::new();
-    let mut servers = Vec::new();
-    for (index, url) in config.urls.iter().enumerate() {
-        let info = crate::connection_info(url, &format!("redisCluster.urls[{index}]"))?;
-        let mut redis = info.redis_settings().clone();
-        if let Some(user) = &config.auth_username {
-            redis = redis.set_username(user);
-        }
-        if let Some(password) = &password {
-            redis = redis.set_password(password);
-        }
-        let info = crate::with_roots(
-            info.set_redis_settings(redis),
-            roots.as_deref(),
-            "redisCluster.tlsCaPath",
-        )?;
-        servers.push(info.clone());
-        subscribers.push(
-            redis::Client::open(info)
-                .map_err(|error| Error::Start(format!("redisCluster.urls[{index}]: {error}")))?,
-        );
+    for (index, info) in servers.iter().enumerate() {
+        subscribers.push(Server::new(
+            info.clone(),
+            tls.as_ref(),
+            &format!("redisCluster.urls[{index}]"),
+            create,
+            config.timeout,
+        )?);
     }
     let channels = Routes::new(&settings.cluster);
     let own = channels.node(settings.node_id);
@@ -126,11 +136,14 @@ pub async fn connect_cluster(
     let span = tracing::info_span!("redis-cluster", node = settings.node_id);
     // `subscribers` was rotated: the first is the server subscribed on.
     let home: crate::Home = Arc::new(parking_lot::Mutex::new(
-        subscribers[0].get_multiplexed_async_connection().await.ok(),
+        subscribers[0]
+            .multiplexed(&redis::AsyncConnectionConfig::new())
+            .await
+            .ok(),
     ));
     let mut readers = Vec::new();
     if config.sharded_pub_sub {
-        let subscriber = ShardedSubscriber::new(servers, own.clone(), config.timeout);
+        let subscriber = ShardedSubscriber::new(servers, tls.clone(), own.clone(), config.timeout);
         let first = match tokio::time::timeout(config.timeout, subscriber.open(None)).await {
             Ok(Ok(subscription)) => Some(subscription),
             // `run` tries once more, says so and stops.
@@ -173,6 +186,7 @@ pub async fn connect_cluster(
                 home,
                 cluster: connection,
                 sharded,
+                _tls: tls,
             },
             carrier: CLUSTER_NAME,
             channels,

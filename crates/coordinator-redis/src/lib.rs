@@ -58,37 +58,27 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// `settings.node_id`'s channels.
 pub async fn connect(config: &RedisConfig, settings: &Settings) -> Result<Link, Error> {
     let roots = tls_roots(config.tls_ca_path.as_deref(), "redis.tlsCaPath")?;
-    let info = with_roots(
-        connection_info(&config.url, "redis.url")?,
-        roots.as_deref(),
-        "redis.tlsCaPath",
-    )?;
-    let dialer = tls::TlsDialer::new(
-        &info,
-        roots.as_deref(),
+    let info = connection_info(&config.url, "redis.url")?;
+    let tls = tls::config_for([&info], roots.as_deref(), "redis.tlsCaPath")?;
+    let create = config.pool.pool_timeout_create.unwrap_or(config.timeout);
+    let server = Server::new(
+        info.clone(),
+        tls.as_ref(),
         "redis.url",
-        config.pool.pool_timeout_create.unwrap_or(config.timeout),
+        create,
         config.timeout,
-    )?
-    .map(Arc::new);
-    let (servers, publisher) = match &dialer {
-        Some(dialer) => (
-            Servers::Tls(dialer.clone()),
-            Publisher::Tls {
-                dialer: dialer.clone(),
-                kept: parking_lot::Mutex::new(None),
-            },
-        ),
-        None => {
-            let client = redis::Client::open(info.clone())
-                .map_err(|error| Error::Start(format!("redis.url: {error}")))?;
-            let publisher = Publisher::Pool {
-                pool: pool(config, info)?,
-                kept: parking_lot::Mutex::new(None),
-            };
-            (Servers::Listed(vec![client]), publisher)
-        }
+    )?;
+    let publisher = match &server {
+        Server::Tls(dialer) => Publisher::Tls {
+            dialer: dialer.clone(),
+            kept: parking_lot::Mutex::new(None),
+        },
+        Server::Plain(_) => Publisher::Pool {
+            pool: pool(config, info)?,
+            kept: parking_lot::Mutex::new(None),
+        },
     };
+    let servers = Servers::Listed(vec![server]);
     let channels = Routes::new(&settings.cluster);
     let own = channels.node(settings.node_id);
     // The first subscription is made here, so that a wrong URL or a server
@@ -183,29 +173,6 @@ pub(crate) fn tls_roots(path: Option<&str>, field: &str) -> Result<Option<Vec<u8
     Ok(Some(pem))
 }
 
-/// `info`, trusting the certificate authorities of `roots` (PEM) instead of
-/// the system's when it is a TLS address (`rediss://`).
-pub(crate) fn with_roots(
-    info: redis::ConnectionInfo,
-    roots: Option<&[u8]>,
-    field: &str,
-) -> Result<redis::ConnectionInfo, Error> {
-    match (info.addr(), roots) {
-        (redis::ConnectionAddr::TcpTls { .. }, Some(roots)) => {
-            let client = redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(roots.to_vec()),
-                },
-            )
-            .map_err(|error| Error::Start(format!("{field}: {error}")))?;
-            Ok(client.get_connection_info().clone())
-        }
-        _ => Ok(info),
-    }
-}
-
 fn pool(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<Pool, Error> {
     let failed = |error: &dyn std::fmt::Display| {
         Error::Start(format!("redis: cannot make the connection pool: {error}"))
@@ -228,11 +195,11 @@ fn pool(config: &RedisConfig, info: redis::ConnectionInfo) -> Result<Pool, Error
 }
 
 pub(crate) async fn subscribe(
-    client: &redis::Client,
+    server: &Server,
     broadcast: &str,
     own: &str,
 ) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = server.pubsub().await?;
     pubsub.subscribe(&[broadcast, own]).await?;
     Ok(pubsub)
 }
@@ -245,48 +212,41 @@ pub(crate) type Home = Arc<parking_lot::Mutex<Option<MultiplexedConnection>>>;
 pub(crate) enum Servers {
     /// These servers, tried in turn: one for `Redis`, the cluster's for
     /// `RedisCluster`.
-    Listed(Vec<redis::Client>),
+    Listed(Vec<Server>),
     /// The master the sentinels name at the time, left when they announce a
     /// failover.
     Sentinel(Arc<sentinel::Sentinel>),
-    /// One server reached over this library's own TLS (see `tls.rs`).
-    Tls(Arc<tls::TlsDialer>),
 }
 
 impl Servers {
     /// Subscribes `broadcast` and `own` at the server of the `attempt`-th
-    /// try; with the client for that server, where there is one.
+    /// try; with that server.
     async fn subscribe(
         &self,
         attempt: usize,
         broadcast: &str,
         own: &str,
-    ) -> redis::RedisResult<(redis::aio::PubSub, Option<redis::Client>)> {
-        let client = match self {
-            Servers::Listed(clients) => clients[attempt % clients.len()].clone(),
+    ) -> redis::RedisResult<(redis::aio::PubSub, Server)> {
+        let server = match self {
+            Servers::Listed(servers) => servers[attempt % servers.len()].clone(),
             Servers::Sentinel(sentinel) => sentinel.master().await?,
-            Servers::Tls(dialer) => {
-                let mut pubsub = dialer.pubsub().await?;
-                pubsub.subscribe(&[broadcast, own]).await?;
-                return Ok((pubsub, None));
-            }
         };
-        let pubsub = subscribe(&client, broadcast, own).await?;
-        Ok((pubsub, Some(client)))
+        let pubsub = subscribe(&server, broadcast, own).await?;
+        Ok((pubsub, server))
     }
 
     /// Resolves when the subscription should move though its connection
     /// still works: the sentinels failed the master over.
     async fn moved(&self, generation: u64) {
         match self {
-            Servers::Listed(_) | Servers::Tls(_) => std::future::pending().await,
+            Servers::Listed(_) => std::future::pending().await,
             Servers::Sentinel(sentinel) => sentinel.failed_over_since(generation).await,
         }
     }
 
     fn generation(&self) -> u64 {
         match self {
-            Servers::Listed(_) | Servers::Tls(_) => 0,
+            Servers::Listed(_) => 0,
             Servers::Sentinel(sentinel) => sentinel.generation(),
         }
     }
@@ -315,10 +275,13 @@ pub(crate) async fn read(
             None => {
                 let generation = servers.generation();
                 match servers.subscribe(next, &broadcast, &own).await {
-                    Ok((pubsub, client)) => {
+                    Ok((pubsub, server)) => {
                         failures = 0;
-                        if let (Some(home), Some(client)) = (&home, client) {
-                            *home.lock() = client.get_multiplexed_async_connection().await.ok();
+                        if let Some(home) = &home {
+                            *home.lock() = server
+                                .multiplexed(&redis::AsyncConnectionConfig::new())
+                                .await
+                                .ok();
                         }
                         tracing::info!("redis subscription open again");
                         if !inbound.deliver(Inbound::LinkUp) {
@@ -400,7 +363,10 @@ pub(crate) enum Publisher {
     /// there is no such connection.
     Cluster {
         home: Home,
-        cluster: redis::cluster_async::ClusterConnection,
+        cluster: tls::ClusterConnection,
+        /// The TLS configuration its cluster client dials with, kept while
+        /// the carrier runs (see [`tls::cluster_config`]).
+        _tls: Option<Arc<rustls::ClientConfig>>,
         /// Node channels are sharded too (see [`shard`]), unless
         /// `shardedPubSub` is off.
         sharded: Option<shard::ShardedSender>,
@@ -556,6 +522,7 @@ mod shard;
 mod tls;
 pub use cluster::connect_cluster;
 pub use sentinel::{SENTINEL_NAME, connect_sentinel};
+use tls::Server;
 
 #[cfg(test)]
 mod tests {

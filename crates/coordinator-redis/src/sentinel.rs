@@ -1,9 +1,12 @@
 //! `RedisSentinel`: the `Redis` carrier on the master that Redis Sentinel
 //! names.
 //!
-//! The sentinels are asked for the master of `serviceName` (redis-rs checks
-//! with `ROLE` that the server named is a master) whenever a connection to it
-//! is made: the subscription, and the connection publishes are written on.
+//! The sentinels are asked for the master of `serviceName`
+//! (`SENTINEL get-master-addr-by-name`, on each sentinel in turn until one
+//! answers; `ROLE` then checks that the server named is a master) whenever a
+//! connection to it is made: the subscription, and the connection publishes
+//! are written on. Over TLS, sentinels and master are dialed with this
+//! library's configuration (see `tls.rs`).
 //! One task listens to the sentinels' `+switch-master` announcements. When
 //! the master of this service moves, every connection made before is left:
 //! the subscription is opened again on the new master (`LinkDown`, then
@@ -14,6 +17,7 @@
 //! subscribing fails and is tried again with backoff (at once when the
 //! failover is announced).
 
+use crate::tls::{self, Server};
 use crate::{Publisher, RedisTransport, Servers, read, redacted_list, subscribe};
 use coordinator_core::config::{RedisProtocol, RedisSentinelConfig};
 use coordinator_core::routes::{Routes, backoff};
@@ -21,8 +25,8 @@ use coordinator_core::transport::Link;
 use coordinator_core::{Error, Settings};
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{AsyncConnectionConfig, ConnectionAddr, TlsCertificates, TlsMode};
+use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -40,9 +44,17 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The sentinels of one service, and the failovers they announced.
 pub(crate) struct Sentinel {
-    client: tokio::sync::Mutex<SentinelClient>,
+    sentinels: Vec<Server>,
+    /// The sentinel asked first: the last that answered.
+    first: AtomicUsize,
     service: String,
-    /// Timeouts of the connections made to the master.
+    /// Credentials and protocol for the master.
+    master: RedisConnectionInfo,
+    /// The TLS configuration, when the sentinels (and so the master) speak TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    /// Timeouts of the connections made to sentinels and master.
     connect: AsyncConnectionConfig,
     /// Counts the failovers announced since the start: a connection made in
     /// an earlier generation is left.
@@ -54,19 +66,93 @@ pub(crate) struct Sentinel {
 }
 
 impl Sentinel {
-    /// A client for the master the sentinels name now.
-    pub(crate) async fn master(&self) -> redis::RedisResult<redis::Client> {
-        let client = self.client.lock().await.async_get_client().await?;
-        *self.named.lock() = address(client.get_connection_info().addr());
-        Ok(client)
+    /// The master's address as the first sentinel that answers names it.
+    async fn ask(&self) -> redis::RedisResult<(String, u16)> {
+        let count = self.sentinels.len();
+        let start = self.first.load(Ordering::Relaxed);
+        let mut last = None;
+        for index in (start..start + count).map(|index| index % count) {
+            let asked = async {
+                let mut connection = self.sentinels[index].multiplexed(&self.connect).await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.service)
+                    .query_async::<Option<(String, u16)>>(&mut connection)
+                    .await
+            };
+            match asked.await {
+                Ok(Some(address)) => {
+                    self.first.store(index, Ordering::Relaxed);
+                    return Ok(address);
+                }
+                Ok(None) => {
+                    last = Some(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the sentinels know no master by that name",
+                        format!("{:?}", self.service),
+                    )))
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Client, "no sentinel to ask"))
+        }))
+    }
+
+    /// The master the sentinels name now, and a connection to it on which
+    /// `ROLE` said it is one.
+    async fn checked_master(&self) -> redis::RedisResult<(Server, MultiplexedConnection)> {
+        let (host, port) = self.ask().await?;
+        let addr = match self.tls {
+            Some(_) => ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            None => ConnectionAddr::Tcp(host.clone(), port),
+        };
+        let info = addr
+            .into_connection_info()?
+            .set_redis_settings(self.master.clone())
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let server = Server::new(
+            info,
+            self.tls.as_ref(),
+            "redisSentinel",
+            self.connect_timeout,
+            self.response_timeout,
+        )
+        .map_err(|error| {
+            redis::RedisError::from((redis::ErrorKind::Client, "master", error.to_string()))
+        })?;
+        let mut connection = server.multiplexed(&self.connect).await?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut connection).await?;
+        let role = match role.first() {
+            Some(redis::Value::BulkString(role)) => String::from_utf8_lossy(role).into_owned(),
+            Some(redis::Value::SimpleString(role)) => role.clone(),
+            _ => String::new(),
+        };
+        if role != "master" {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the server the sentinels name is not a master (yet)",
+                format!("{host}:{port} is {role:?}"),
+            )));
+        }
+        *self.named.lock() = Some((host, port));
+        Ok((server, connection))
+    }
+
+    /// The master the sentinels name now.
+    pub(crate) async fn master(&self) -> redis::RedisResult<Server> {
+        Ok(self.checked_master().await?.0)
     }
 
     /// A connection to the master the sentinels name now.
     pub(crate) async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        self.master()
-            .await?
-            .get_multiplexed_async_connection_with_config(&self.connect)
-            .await
+        Ok(self.checked_master().await?.1)
     }
 
     /// How many failovers have been announced.
@@ -100,15 +186,6 @@ impl Drop for Sentinel {
     }
 }
 
-fn address(addr: &ConnectionAddr) -> Option<(String, u16)> {
-    match addr {
-        ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-            Some((host.clone(), *port))
-        }
-        _ => None,
-    }
-}
-
 /// Follows the sentinels' `+switch-master` announcements for `sentinel`'s
 /// service, on one sentinel at a time, until `sentinel` is dropped.
 async fn watch(sentinel: Weak<Sentinel>) {
@@ -119,19 +196,15 @@ async fn watch(sentinel: Weak<Sentinel>) {
             return;
         };
         let opened = async {
-            let client = strong
-                .client
-                .lock()
-                .await
-                .async_get_sentinel_client()
-                .await?;
-            let mut pubsub = client.get_async_pubsub().await?;
+            let index = strong.first.load(Ordering::Relaxed) % strong.sentinels.len();
+            let sentinel = &strong.sentinels[(index + failures as usize) % strong.sentinels.len()];
+            let mut pubsub = sentinel.pubsub().await?;
             pubsub.subscribe(SWITCH_MASTER).await?;
             // A failover announced while no sentinel was listened to.
             let named: Option<(String, u16)> = redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
                 .arg(&strong.service)
-                .query_async(&mut client.get_multiplexed_async_connection().await?)
+                .query_async(&mut sentinel.multiplexed(&strong.connect).await?)
                 .await?;
             redis::RedisResult::Ok((pubsub, named))
         }
@@ -193,58 +266,51 @@ pub async fn connect_sentinel(
     let password = secret(&config.auth_secret, "redisSentinel.authSecret")?;
     let sentinel_password = secret(&config.sentinel_secret, "redisSentinel.sentinelSecret")?;
     let roots = crate::tls_roots(config.tls_ca_path.as_deref(), "redisSentinel.tlsCaPath")?;
-    let mut sentinels = Vec::new();
+    let create = config.pool.pool_timeout_create.unwrap_or(config.timeout);
+    let mut infos = Vec::new();
     for (index, url) in config.urls.iter().enumerate() {
         let info = crate::connection_info(url, &format!("redisSentinel.urls[{index}]"))?;
-        sentinels.push(info.addr().clone());
+        // A user name without its secret is ignored, as Stalwart does (its
+        // defaults carry one); `check-config` warns of it.
+        let mut redis = info.redis_settings().clone();
+        if let Some(password) = &sentinel_password {
+            if let Some(user) = &config.sentinel_username {
+                redis = redis.set_username(user);
+            }
+            redis = redis.set_password(password);
+        }
+        infos.push(info.set_redis_settings(redis));
     }
-    let tls = sentinels
-        .iter()
-        .any(|addr| matches!(addr, ConnectionAddr::TcpTls { .. }));
-    let nodelay = redis::io::tcp::TcpSettings::default().set_nodelay(true);
-    let start = |error: redis::RedisError| Error::Start(format!("redisSentinel: {error}"));
-    let mut builder =
-        SentinelClientBuilder::new(sentinels, &config.service_name, SentinelServerType::Master)
-            .map_err(start)?
-            .set_client_to_redis_tcp_settings(nodelay.clone())
-            .set_client_to_sentinel_tcp_settings(nodelay)
-            .set_client_to_redis_protocol(match config.protocol_version {
-                RedisProtocol::Resp2 => redis::ProtocolVersion::RESP2,
-                RedisProtocol::Resp3 => redis::ProtocolVersion::RESP3,
-            });
-    // A user name without its secret is ignored, as Stalwart does (its
-    // defaults carry one); `check-config` warns of it.
+    // The master speaks TLS when the sentinels do.
+    let tls = tls::config_for(&infos, roots.as_deref(), "redisSentinel.tlsCaPath")?;
+    let mut sentinels = Vec::new();
+    for (index, info) in infos.into_iter().enumerate() {
+        sentinels.push(Server::new(
+            info,
+            tls.as_ref(),
+            &format!("redisSentinel.urls[{index}]"),
+            create,
+            config.timeout,
+        )?);
+    }
+    let mut master = RedisConnectionInfo::default().set_protocol(match config.protocol_version {
+        RedisProtocol::Resp2 => redis::ProtocolVersion::RESP2,
+        RedisProtocol::Resp3 => redis::ProtocolVersion::RESP3,
+    });
     if let Some(password) = &password {
         if let Some(user) = &config.auth_username {
-            builder = builder.set_client_to_redis_username(user);
+            master = master.set_username(user);
         }
-        builder = builder.set_client_to_redis_password(password);
+        master = master.set_password(password);
     }
-    if let Some(password) = &sentinel_password {
-        if let Some(user) = &config.sentinel_username {
-            builder = builder.set_client_to_sentinel_username(user);
-        }
-        builder = builder.set_client_to_sentinel_password(password);
-    }
-    if tls {
-        builder = builder
-            .set_client_to_redis_tls_mode(TlsMode::Secure)
-            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-        if let Some(roots) = &roots {
-            let certificates = || TlsCertificates {
-                client_tls: None,
-                root_cert: Some(roots.clone()),
-            };
-            builder = builder
-                .set_client_to_redis_certificates(certificates())
-                .set_client_to_sentinel_certificates(certificates());
-        }
-    }
-    let client = builder.build().map_err(start)?;
-    let create = config.pool.pool_timeout_create.unwrap_or(config.timeout);
     let sentinel = Arc::new(Sentinel {
-        client: tokio::sync::Mutex::new(client),
+        sentinels,
+        first: AtomicUsize::new(0),
         service: config.service_name.clone(),
+        master,
+        tls,
+        connect_timeout: create,
+        response_timeout: config.timeout,
         connect: AsyncConnectionConfig::new()
             .set_connection_timeout(Some(create))
             .set_response_timeout(Some(config.timeout)),

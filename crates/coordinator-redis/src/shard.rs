@@ -26,6 +26,7 @@
 //! redis-rs reads sharded messages only as RESP3 pushes, and every server
 //! with sharded pub/sub (Redis 7 and later) speaks RESP3.
 
+use crate::tls::Server;
 use bytes::Bytes;
 use coordinator_core::NodeId;
 use coordinator_core::routes::backoff;
@@ -34,6 +35,7 @@ use redis::aio::MultiplexedConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, PushInfo, PushKind, RedisError, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -108,7 +110,7 @@ impl ShardedSender {
     /// caller must publish it on the classic route.
     pub(crate) async fn publish(
         &self,
-        cluster: &redis::cluster_async::ClusterConnection,
+        cluster: &crate::tls::ClusterConnection,
         node: NodeId,
         channel: &str,
         frame: &Bytes,
@@ -165,6 +167,8 @@ impl ShardedSender {
 pub(crate) struct ShardedSubscriber {
     /// The servers of `urls`, with credentials, speaking RESP3.
     servers: Vec<ConnectionInfo>,
+    /// The TLS configuration, when they speak TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
     channel: String,
     timeout: Duration,
 }
@@ -229,7 +233,12 @@ fn at(server: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
 impl ShardedSubscriber {
     /// `servers` are the cluster's `urls` with credentials; the subscriber
     /// reads `channel` on the master that owns its slot.
-    pub(crate) fn new(servers: Vec<ConnectionInfo>, channel: String, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        servers: Vec<ConnectionInfo>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        channel: String,
+        timeout: Duration,
+    ) -> Self {
         let servers = servers
             .into_iter()
             .map(|server| {
@@ -242,6 +251,7 @@ impl ShardedSubscriber {
             .collect();
         Self {
             servers,
+            tls,
             channel,
             timeout,
         }
@@ -280,9 +290,16 @@ impl ShardedSubscriber {
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
             .set_push_sender(sender);
-        let client = redis::Client::open(server.clone()).map_err(|error| failed(&error))?;
+        let client = Server::new(
+            server.clone(),
+            self.tls.as_ref(),
+            &name,
+            self.timeout,
+            self.timeout,
+        )
+        .map_err(|error| failed(&error))?;
         let mut connection = client
-            .get_multiplexed_async_connection_with_config(&config)
+            .multiplexed(&config)
             .await
             .map_err(|error| failed(&error))?;
         match ssubscribe(&mut connection, &self.channel).await {
