@@ -33,7 +33,7 @@ use coordinator_core::{NodeId, TransportError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, BufWriter, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -254,11 +254,11 @@ const RESEND_BYTES: usize = 16 * 1024 * 1024;
 /// Messages written and not yet confirmed, at most (a larger one is written
 /// alone, once everything before it is confirmed). Within the resend
 /// buffer's bounds, so that a replaced connection loses nothing it wrote.
-pub(crate) const WINDOW_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 pub(crate) const WINDOW_FRAMES: usize = RESEND_FRAMES;
 /// A `Ping` follows every this many bytes of messages written, so that
 /// confirmations come back before the window is full.
-const PING_BYTES: usize = WINDOW_BYTES / 4;
+const PING_BYTES: usize = WINDOW_BYTES / 8;
 const _: () = assert!(WINDOW_BYTES <= RESEND_BYTES && WINDOW_FRAMES <= RESEND_FRAMES);
 /// First backoff step.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -751,33 +751,13 @@ impl Worker {
                 }
             }
         };
-        let result = tokio::select! {
-            result = self.serve(&mut reader, pending, idle, keepalive) => result.map_err(End::Io),
-            stalled = watchdog => Err(stalled),
-        };
-        self.connected.store(false, Ordering::Relaxed);
-        if let Some(mut writer) = self.shared.writer.lock().await.take()
-            && result.is_ok()
-        {
-            let _ = tokio::time::timeout(keepalive, writer.shutdown()).await;
-        }
-        result
-    }
-
-    async fn serve(
-        &mut self,
-        reader: &mut ReadHalf<tokio_rustls::TlsStream<TcpStream>>,
-        pending: &mut Option<Item>,
-        idle: Duration,
-        keepalive: Duration,
-    ) -> std::io::Result<()> {
-        let shared = self.shared.clone();
         let answers_shared = self.shared.clone();
         let transport = self.transport.clone();
         let id = self.id;
+        let reader = &mut reader;
         // The peer writes on this connection only to answer: a Pong to each
         // Ping, a ProbeAck to each gossip probe. A read ends when it closes.
-        let mut answers = std::pin::pin!(async move {
+        let answers = async move {
             loop {
                 match read_frame(reader, MAX_ANSWER).await {
                     Ok((FrameType::Pong, body)) => {
@@ -804,7 +784,32 @@ impl Worker {
                     }
                 }
             }
-        });
+        };
+        // The answers are read beside the writes, so that confirmations are
+        // taken in while a write waits on the socket, not only between writes.
+        let result = tokio::select! {
+            result = self.serve(pending, idle, keepalive) => result.map_err(End::Io),
+            end = answers => Err(End::Io(
+                end.err().unwrap_or_else(|| std::io::ErrorKind::ConnectionReset.into()),
+            )),
+            stalled = watchdog => Err(stalled),
+        };
+        self.connected.store(false, Ordering::Relaxed);
+        if let Some(mut writer) = self.shared.writer.lock().await.take()
+            && result.is_ok()
+        {
+            let _ = tokio::time::timeout(keepalive, writer.shutdown()).await;
+        }
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        pending: &mut Option<Item>,
+        idle: Duration,
+        keepalive: Duration,
+    ) -> std::io::Result<()> {
+        let shared = self.shared.clone();
         let mut ping = tokio::time::interval(keepalive);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let idle_check = tokio::time::sleep(idle);
@@ -828,9 +833,6 @@ impl Worker {
                     let waiting = pending.is_some();
                     tokio::select! {
                         biased;
-                        end = &mut answers => {
-                            return Err(end.err().unwrap_or_else(|| std::io::ErrorKind::ConnectionReset.into()));
-                        }
                         // Ahead of the queue, which under sustained load is always
                         // ready: a busy connection must still ask for confirmation,
                         // or it would be taken for a stalled one.
