@@ -67,13 +67,17 @@ pub async fn connect_cluster(
     }
     // TLS with this library's configuration, for the cluster client too (no
     // certificates are given to redis-rs, which would make its own).
-    let tls = match tls::config_for(&servers, roots.as_deref(), "redisCluster.tlsCaPath")? {
-        Some(_) => Some(tls::cluster_config(
+    let tls = if servers
+        .iter()
+        .any(|info| matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }))
+    {
+        Some(tls::cluster_config(
             roots.as_deref(),
             "redisCluster.tlsCaPath",
             create,
-        )?),
-        None => None,
+        )?)
+    } else {
+        None
     };
     if config.read_from_replicas {
         builder = builder.read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy);

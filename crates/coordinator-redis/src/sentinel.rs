@@ -266,6 +266,9 @@ pub async fn connect_sentinel(
     let password = secret(&config.auth_secret, "redisSentinel.authSecret")?;
     let sentinel_password = secret(&config.sentinel_secret, "redisSentinel.sentinelSecret")?;
     let roots = crate::tls_roots(config.tls_ca_path.as_deref(), "redisSentinel.tlsCaPath")?;
+    if config.urls.is_empty() {
+        return Err(Error::Start("redisSentinel.urls: no sentinel given".into()));
+    }
     let create = config.pool.pool_timeout_create.unwrap_or(config.timeout);
     let mut infos = Vec::new();
     for (index, url) in config.urls.iter().enumerate() {
