@@ -11,15 +11,17 @@ use bytes::Bytes;
 use coordinator_core::engine::core::{Broadcasting, Core, Output, Sending};
 use coordinator_core::envelope::{Codec, Envelope, Kind};
 use coordinator_core::{MemberState, Settings};
-use coordinator_native::frame::{FrameType, read_frame_limited};
+use coordinator_native::frame::{FrameDecoder, FrameType};
 use coordinator_native::handshake::{self, AuthKey, Hello};
 use coordinator_native::swim::{self, GossipCodec, Swim, SwimConfig};
+use futures_util::StreamExt;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::codec::FramedRead;
 
 /// The cluster the targets' nodes belong to, and its key: seeds sealed with
 /// them reach past authentication.
@@ -392,7 +394,6 @@ pub fn engine(data: &[u8]) {
 /// Reads frames off a byte stream, as the listener does on an accepted
 /// connection once the handshake is done, until the stream or a frame ends it.
 pub fn frames(data: &[u8]) {
-    let mut reader = data;
     block_on(async {
         // The listener's limits, checked before a body is read, with the
         // largest `maxMessageSize` a node accepts: a frame that only
@@ -403,8 +404,9 @@ pub fn frames(data: &[u8]) {
             FrameType::SyncRequest => 1 << 20,
             _ => 1024,
         };
+        let mut frames = FramedRead::new(data, FrameDecoder::new(limit));
         for _ in 0..1024 {
-            let Ok((kind, body)) = read_frame_limited(&mut reader, limit).await else {
+            let Some(Ok((kind, body))) = frames.next().await else {
                 return;
             };
             match kind {

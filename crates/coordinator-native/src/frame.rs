@@ -1,8 +1,9 @@
 //! TCP frames: `length u32 | type u8 | body`, big-endian; `length` counts the
 //! type byte and the body. See `docs/PROTOCOL.md`.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::Decoder;
 
 /// Frame types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +104,54 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     Ok((kind, body.freeze()))
 }
 
+/// Frames read out of one buffer that large reads fill (tokio-util's
+/// `FramedRead`): a body is a slice of that buffer, not a copy of it. Each
+/// type's limit is checked on the header, before the body is read, and the
+/// buffer grows for a large body only as its bytes arrive. A body keeps the
+/// allocation it was read into alive while it lives (one read buffer, 64
+/// KiB, or the frame itself if larger).
+pub struct FrameDecoder<L> {
+    limit: L,
+}
+
+impl<L: Fn(FrameType) -> usize> FrameDecoder<L> {
+    /// Frames whose bodies are at most `limit(type)` bytes.
+    pub fn new(limit: L) -> Self {
+        Self { limit }
+    }
+}
+
+impl<L: Fn(FrameType) -> usize> Decoder for FrameDecoder<L> {
+    type Item = (FrameType, Bytes);
+    type Error = FrameError;
+
+    fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Self::Item>, FrameError> {
+        if buffer.len() < HEADER {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes(buffer[..4].try_into().expect("four bytes")) as usize;
+        if length == 0 {
+            return Err(FrameError::Empty);
+        }
+        let kind = FrameType::from_byte(buffer[4]).ok_or(FrameError::UnknownType(buffer[4]))?;
+        let size = length - 1;
+        let max = (self.limit)(kind);
+        if size > max {
+            return Err(FrameError::TooLarge { kind, size, max });
+        }
+        let missing = (HEADER + size).saturating_sub(buffer.len());
+        if missing > 0 {
+            buffer.reserve(missing.min(BODY_STEP));
+            return Ok(None);
+        }
+        buffer.advance(HEADER);
+        Ok(Some((kind, buffer.split_to(size).freeze())))
+    }
+}
+
+/// Frame header: length and type.
+const HEADER: usize = 5;
+
 /// Writes one frame (not flushed).
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     writer: &mut W,
@@ -119,6 +168,89 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
+    use tokio_util::codec::FramedRead;
+
+    /// A reader that hands out `chunk` bytes at a time.
+    struct Chunks<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+    }
+
+    impl tokio::io::AsyncRead for Chunks<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.chunk.min(self.bytes.len()).min(buf.remaining());
+            buf.put_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_decoder_reads_what_read_frame_reads_however_the_bytes_arrive() {
+        let mut wire = Vec::new();
+        let bodies: Vec<Vec<u8>> = (0..40u32)
+            .map(|n| (0..(n * 997 % 70_000)).map(|i| (i ^ n) as u8).collect())
+            .collect();
+        for (n, body) in bodies.iter().enumerate() {
+            let kind = if n % 3 == 0 {
+                FrameType::Ping
+            } else {
+                FrameType::Message
+            };
+            write_frame(&mut wire, kind, body).await.unwrap();
+        }
+        let limit = |_: FrameType| 70_000;
+        let mut expected = Vec::new();
+        let mut reader = &wire[..];
+        while let Ok(frame) = read_frame_limited(&mut reader, limit).await {
+            expected.push(frame);
+        }
+        assert_eq!(expected.len(), bodies.len());
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let frames = FramedRead::new(
+                Chunks {
+                    bytes: &wire,
+                    chunk,
+                },
+                FrameDecoder::new(limit),
+            );
+            let read: Vec<_> = frames.map(Result::unwrap).collect().await;
+            assert_eq!(read, expected, "{chunk}-byte reads");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_decoder_refuses_on_the_header_before_the_body_arrives() {
+        // Only the header of a frame that announces 1 GiB.
+        let mut header = ((1u32 << 30) + 1).to_be_bytes().to_vec();
+        header.push(FrameType::Message as u8);
+        let mut frames = FramedRead::new(&header[..], FrameDecoder::new(|_| 1024));
+        assert!(matches!(
+            frames.next().await,
+            Some(Err(FrameError::TooLarge {
+                kind: FrameType::Message,
+                max: 1024,
+                ..
+            }))
+        ));
+        let mut frames = FramedRead::new(&[0u8, 0, 0, 1, 99][..], FrameDecoder::new(|_| 10));
+        assert!(matches!(
+            frames.next().await,
+            Some(Err(FrameError::UnknownType(99)))
+        ));
+        let mut frames = FramedRead::new(&[0u8, 0, 0, 0, 3][..], FrameDecoder::new(|_| 10));
+        assert!(matches!(frames.next().await, Some(Err(FrameError::Empty))));
+        // A frame announced within its limit but cut short is an error, not a frame.
+        let mut cut = 11u32.to_be_bytes().to_vec();
+        cut.extend([FrameType::Message as u8, 1, 2, 3]);
+        let mut frames = FramedRead::new(&cut[..], FrameDecoder::new(|_| 10));
+        assert!(matches!(frames.next().await, Some(Err(FrameError::Io(_)))));
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_oversized_ones_are_refused_before_reading_them() {

@@ -2,12 +2,13 @@
 //! finish TLS and the cluster-key handshake in time, then reads frames; and
 //! full state exchanges, both ends.
 
-use crate::frame::{FrameError, FrameType, read_frame, read_frame_limited, write_frame};
+use crate::frame::{FrameDecoder, FrameError, FrameType, read_frame, write_frame};
 use crate::handshake::{self, HandshakeError};
 use crate::swim::{decode_probe, decode_state, encode_probe, encode_state};
 use crate::transport::{NativeTransport, exporter};
 use coordinator_core::DropReason;
 use coordinator_core::transport::Inbound;
+use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsStream;
+use tokio_util::codec::FramedRead;
 
 /// Largest full-state frame (about 25,000 members).
 const MAX_STATE_FRAME: usize = 1024 * 1024;
@@ -124,12 +126,19 @@ async fn serve(
         FrameType::SyncRequest => MAX_STATE_FRAME,
         _ => MAX_CONTROL_FRAME,
     };
-    // Frames are read out of one buffer filled by large reads (writes pass through).
-    let mut stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
+    // Frames are read out of one buffer filled by large reads, and a body is
+    // a slice of it (writes go to the stream itself).
+    let mut frames = FramedRead::with_capacity(stream, FrameDecoder::new(limit), READ_BUFFER);
     // Messages read on this connection, for the dialer's keep-alives.
     let mut received: u64 = 0;
     loop {
-        let read = tokio::time::timeout(idle, read_frame_limited(&mut stream, limit));
+        let next = async {
+            frames
+                .next()
+                .await
+                .unwrap_or_else(|| Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())))
+        };
+        let read = tokio::time::timeout(idle, next);
         let read = tokio::select! {
             read = read => read,
             _ = shutdown.changed() => {
@@ -173,10 +182,10 @@ async fn serve(
                 }
             }
             (FrameType::Ping, _) => {
-                if write_frame(&mut stream, FrameType::Pong, &received.to_be_bytes())
+                if write_frame(frames.get_mut(), FrameType::Pong, &received.to_be_bytes())
                     .await
                     .is_err()
-                    || stream.flush().await.is_err()
+                    || frames.get_mut().flush().await.is_err()
                 {
                     return;
                 }
@@ -199,13 +208,13 @@ async fn serve(
                     continue;
                 }
                 if write_frame(
-                    &mut stream,
+                    frames.get_mut(),
                     FrameType::ProbeAck,
                     &encode_probe(seq, &answer),
                 )
                 .await
                 .is_err()
-                    || stream.flush().await.is_err()
+                    || frames.get_mut().flush().await.is_err()
                 {
                     return;
                 }
@@ -225,10 +234,10 @@ async fn serve(
                     swim.merge_state(Instant::now(), updates);
                     encode_state(&swim.full_state())
                 });
-                if write_frame(&mut stream, FrameType::SyncReply, &reply)
+                if write_frame(frames.get_mut(), FrameType::SyncReply, &reply)
                     .await
                     .is_err()
-                    || stream.flush().await.is_err()
+                    || frames.get_mut().flush().await.is_err()
                 {
                     return;
                 }
