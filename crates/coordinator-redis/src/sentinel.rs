@@ -380,3 +380,25 @@ pub async fn connect_sentinel(
         inbound: receiver,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coordinator_core::config::{CarrierConfig, CoordinatorConfig};
+
+    #[tokio::test]
+    async fn an_empty_sentinel_list_is_refused_by_name() {
+        // The configuration reader refuses it; a configuration built in code
+        // reaches the carrier.
+        let config = CoordinatorConfig::from_json(r#"{"@type": "RedisSentinel"}"#).unwrap();
+        let CarrierConfig::RedisSentinel(mut sentinel) = config.carrier else {
+            panic!("a RedisSentinel configuration");
+        };
+        sentinel.urls.clear();
+        let Err(Error::Start(message)) = connect_sentinel(&sentinel, &Settings::new(1)).await
+        else {
+            panic!("no sentinel was accepted");
+        };
+        assert!(message.starts_with("redisSentinel.urls: "), "{message}");
+    }
+}

@@ -44,6 +44,16 @@ async fn start(config: &str) -> std::sync::Arc<dyn Coordinator> {
     std::sync::Arc::new(node)
 }
 
+/// Nodes 1 and 2 of the carrier that `fields` describe (a JSON object's
+/// members, without `nodeId`).
+async fn two_nodes(fields: &str) -> Vec<std::sync::Arc<dyn Coordinator>> {
+    let mut nodes = Vec::new();
+    for id in [1, 2] {
+        nodes.push(start(&format!(r#"{{"nodeId": {id}, "timeout": "5s", {fields}}}"#)).await);
+    }
+    nodes
+}
+
 /// Node 1 broadcasts until node 2 has one.
 async fn a_broadcast_crosses(nodes: &[std::sync::Arc<dyn Coordinator>]) {
     let mut subscription = nodes[1]
@@ -239,16 +249,10 @@ async fn redis_nodes_speak_tls_without_a_default_provider() {
     let port = free_port();
     let _server = authority.run("redis-server", port, "");
     let ca = authority.path("ca.pem");
-    let mut nodes = Vec::new();
-    for id in [1, 2] {
-        nodes.push(
-            start(&format!(
-                r#"{{"@type": "Redis", "nodeId": {id}, "url": "rediss://127.0.0.1:{port}",
-                    "tlsCaPath": {ca:?}, "timeout": "5s"}}"#
-            ))
-            .await,
-        );
-    }
+    let nodes = two_nodes(&format!(
+        r#""@type": "Redis", "url": "rediss://127.0.0.1:{port}", "tlsCaPath": {ca:?}"#
+    ))
+    .await;
     messages_cross_and_no_default_appears(nodes).await;
 }
 
@@ -294,16 +298,10 @@ async fn redis_cluster_nodes_speak_tls_without_a_default_provider() {
         .map(|address| format!("rediss://{address}"))
         .collect();
     let ca = authority.path("ca.pem");
-    let mut nodes = Vec::new();
-    for id in [1, 2] {
-        nodes.push(
-            start(&format!(
-                r#"{{"@type": "RedisCluster", "nodeId": {id}, "urls": {urls:?},
-                    "tlsCaPath": {ca:?}, "timeout": "5s"}}"#
-            ))
-            .await,
-        );
-    }
+    let nodes = two_nodes(&format!(
+        r#""@type": "RedisCluster", "urls": {urls:?}, "tlsCaPath": {ca:?}"#
+    ))
+    .await;
     messages_cross_and_no_default_appears(nodes).await;
 }
 
@@ -318,16 +316,10 @@ async fn redis_sentinel_nodes_speak_tls_without_a_default_provider() {
         &format!("sentinel monitor crypto 127.0.0.1 {master} 1\n"),
     );
     let ca = authority.path("ca.pem");
-    let mut nodes = Vec::new();
-    for id in [1, 2] {
-        nodes.push(
-            start(&format!(
-                r#"{{"@type": "RedisSentinel", "nodeId": {id},
-                    "urls": ["rediss://127.0.0.1:{sentinel}"], "serviceName": "crypto",
-                    "tlsCaPath": {ca:?}, "timeout": "5s"}}"#
-            ))
-            .await,
-        );
-    }
+    let nodes = two_nodes(&format!(
+        r#""@type": "RedisSentinel", "urls": ["rediss://127.0.0.1:{sentinel}"],
+           "serviceName": "crypto", "tlsCaPath": {ca:?}"#
+    ))
+    .await;
     messages_cross_and_no_default_appears(nodes).await;
 }
