@@ -72,7 +72,7 @@ pub fn envelope(data: &[u8]) {
         Codec::new(CLUSTER, Some(CLUSTER_KEY.as_bytes()), true, MAX_FRAME),
     ] {
         if let Ok(envelope) = codec.decode(frame.clone())
-            && envelope.kind == Kind::Batch
+            && matches!(envelope.kind, Kind::Batch | Kind::DirectBatch)
         {
             let _ = codec.unbatch(&envelope);
         }
@@ -184,7 +184,7 @@ fn member_state(byte: u8) -> MemberState {
 }
 
 fn kind(byte: u8) -> Kind {
-    match byte % 10 {
+    match byte % 11 {
         0 => Kind::Broadcast,
         1 => Kind::Direct,
         2 => Kind::Request,
@@ -194,7 +194,8 @@ fn kind(byte: u8) -> Kind {
         6 => Kind::Join,
         7 => Kind::Announce,
         8 => Kind::Leave,
-        _ => Kind::Batch,
+        9 => Kind::Batch,
+        _ => Kind::DirectBatch,
     }
 }
 

@@ -29,6 +29,7 @@ macro_rules! conformance_suite {
                 restarted_node_is_never_listed_twice,
                 node_that_left_can_come_back,
                 point_to_point_is_fifo_per_pair,
+                concurrent_senders_to_one_node_keep_each_order,
                 request_gets_its_reply,
                 request_times_out_with_a_typed_error,
                 unknown_and_dead_nodes_fail_fast,

@@ -449,6 +449,79 @@ pub async fn point_to_point_is_fifo_per_pair(mut harness: impl Harness) {
     assert_eq!(next, HashMap::from([(1, COUNT), (2, COUNT)]));
 }
 
+/// Many tasks of one node sending to another at once (their messages share
+/// frames when the carrier is busy): every message arrives once, each task's
+/// in its order, and every request gets its own reply, answered by
+/// concurrent handlers.
+pub async fn concurrent_senders_to_one_node_keep_each_order(mut harness: impl Harness) {
+    const TASKS: usize = 16;
+    const EACH: usize = 100;
+    const REQUESTERS: usize = 8;
+    const REQUESTS: usize = 25;
+    let size = |task: usize, i: usize| 16 + (task * 7919 + i * 397) % 6000;
+    let nodes = cluster(&mut harness, &[1, 2, 3]).await;
+    let mut inbox = nodes[2].inbox().unwrap();
+    let mut senders = Vec::new();
+    for task in 0..TASKS {
+        let node = nodes[0].clone();
+        senders.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let mut payload = format!("{task:04}:{i:06}").into_bytes();
+                payload.resize(size(task, i), b'.');
+                node.send(3, Bytes::from(payload)).await.unwrap();
+            }
+        }));
+    }
+    let mut requesters = Vec::new();
+    for task in 0..REQUESTERS {
+        let node = nodes[0].clone();
+        requesters.push(tokio::spawn(async move {
+            for i in 0..REQUESTS {
+                let question = format!("q{task}:{i}");
+                let reply = node.request(3, Bytes::from(question.clone()), LONG).await;
+                assert_eq!(
+                    reply.unwrap(),
+                    question.to_uppercase(),
+                    "request {question}"
+                );
+            }
+        }));
+    }
+    let mut next = [0usize; TASKS];
+    within(LONG * 3, "every message and request", async {
+        let mut answered = 0;
+        while next.iter().sum::<usize>() < TASKS * EACH || answered < REQUESTERS * REQUESTS {
+            let incoming = inbox.recv().await.unwrap();
+            if incoming.is_request() {
+                answered += 1;
+                // Answered from tasks of their own: replies to node 1 are
+                // made at once too.
+                tokio::spawn(async move {
+                    let answer = Bytes::from(text(&incoming.payload).to_uppercase());
+                    incoming.reply(answer).await.unwrap();
+                });
+                continue;
+            }
+            let head = text(&incoming.payload.slice(..11));
+            let (task, i) = head.split_once(':').expect("task:index");
+            let (task, i): (usize, usize) = (task.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[task], "task {task}'s messages out of order");
+            assert_eq!(incoming.payload.len(), size(task, i), "message {head}");
+            next[task] += 1;
+        }
+    })
+    .await;
+    for task in senders.into_iter().chain(requesters) {
+        within(LONG, "the senders to finish", task).await.unwrap();
+    }
+    assert_eq!(nodes[2].stats().messages_lost, 0);
+    eprintln!(
+        "frames that carried several messages: node 1 {}, node 3 {}",
+        nodes[0].stats().batches_sent,
+        nodes[2].stats().batches_sent
+    );
+}
+
 /// A request gets its reply; an error reply and an unanswered request fail at once.
 pub async fn request_gets_its_reply(mut harness: impl Harness) {
     let nodes = cluster(&mut harness, &[1, 2]).await;

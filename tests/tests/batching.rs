@@ -397,7 +397,7 @@ async fn a_malformed_batch_is_dropped_whole_and_reported_with_its_sender() {
     };
     assert_eq!(reason, DropReason::Malformed);
     assert!(
-        detail.contains("from node 9") && detail.contains("broadcast 1 of the batch"),
+        detail.contains("from node 9") && detail.contains("message 1 of the batch"),
         "{detail}"
     );
     let stats = receiver.stats();

@@ -23,8 +23,9 @@
 //! ```
 //!
 //! A `Batch` envelope carries consecutive broadcasts of one sender in one
-//! carrier message, as compact records under the batch's one seal. See
-//! [`Batch`].
+//! carrier message, as compact records under the batch's one seal (see
+//! [`Batch`]); a `DirectBatch` envelope does the same for consecutive
+//! messages of one sender to one node (see [`DirectRecord`]).
 
 use crate::api::NodeId;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -75,6 +76,10 @@ pub enum Kind {
     /// Consecutive broadcasts of the sender under one seal: `seq` numbers
     /// the first, `aux` says how many (see [`Batch`]).
     Batch = 10,
+    /// Consecutive messages of the sender's direct stream to one node
+    /// (one-way messages, requests, replies) under one seal: `seq` numbers
+    /// the first, `aux` says how many (see [`DirectRecord`]).
+    DirectBatch = 11,
 }
 
 impl Kind {
@@ -90,6 +95,7 @@ impl Kind {
             8 => Kind::Announce,
             9 => Kind::Leave,
             10 => Kind::Batch,
+            11 => Kind::DirectBatch,
             _ => return None,
         })
     }
@@ -142,7 +148,7 @@ pub enum DecodeError {
     NoKey,
     #[error("authentication failed (wrong cluster key or tampered frame)")]
     BadTag,
-    #[error("broadcast {index} of the batch is malformed: {reason}")]
+    #[error("message {index} of the batch is malformed: {reason}")]
     BadBatch { index: usize, reason: String },
 }
 
@@ -315,6 +321,42 @@ impl Codec {
         self.seal(frame, BATCH_HEAD)
     }
 
+    /// Seals consecutive messages of this node's direct stream to one node
+    /// as one frame: `header` gives the sender, the recipient and the first
+    /// message's number (its `kind` and `aux` are the batch's own). One
+    /// message goes as a plain envelope of its kind; more go as a
+    /// `DirectBatch` (sizes checked with [`Codec::check`] and
+    /// [`DirectRecord::size`] against [`Codec::batch_limit`]).
+    pub fn seal_direct(&self, header: &Header, records: &[DirectRecord<'_>]) -> Bytes {
+        if let [one] = records {
+            let header = Header {
+                kind: one.kind,
+                aux: one.aux,
+                ..*header
+            };
+            return self.encode_parts(&header, &[], one.payload);
+        }
+        let payload_len: usize = records.iter().map(DirectRecord::size).sum();
+        let mut frame = BytesMut::with_capacity(BATCH_HEAD + payload_len + self.seal_len());
+        put_header(
+            &mut frame,
+            &Header {
+                kind: Kind::DirectBatch,
+                aux: records.len() as u64,
+                ..*header
+            },
+            &[],
+        );
+        frame.put_u32(payload_len as u32);
+        for record in records {
+            frame.put_u8(record.kind as u8);
+            frame.put_u64(record.aux);
+            frame.put_u32(record.payload.len() as u32);
+            frame.put_slice(record.payload);
+        }
+        self.seal(frame, BATCH_HEAD)
+    }
+
     /// Sets the flags of an unsealed frame and appends its seal; the payload
     /// starts at `payload_at`.
     fn seal(&self, mut frame: BytesMut, payload_at: usize) -> Bytes {
@@ -393,13 +435,31 @@ impl Codec {
         layout.envelope(&frame, payload)
     }
 
-    /// The broadcasts of a decoded (so verified) `Batch`, in order: numbers
-    /// `seq` to `seq + aux - 1` of the sender's broadcast stream. One bad
-    /// record refuses the whole batch.
+    /// The messages of a decoded (so verified) `Batch` or `DirectBatch`, in
+    /// order: numbers `seq` to `seq + aux - 1` of the sender's broadcast
+    /// stream, or of its direct stream to the recipient. One bad record
+    /// refuses the whole batch.
     pub fn unbatch(&self, batch: &Envelope) -> Result<Vec<Envelope>, DecodeError> {
         let bad = |index: usize, reason: String| DecodeError::BadBatch { index, reason };
-        if batch.seq == 0 || batch.to != 0 || batch.to_incarnation != 0 || !batch.topic.is_empty() {
+        let direct = match batch.kind {
+            Kind::Batch => false,
+            Kind::DirectBatch => true,
+            _ => {
+                return Err(bad(
+                    0,
+                    format!("a {:?} envelope is not a batch", batch.kind),
+                ));
+            }
+        };
+        // A broadcast batch names no recipient; a direct one does.
+        if batch.seq == 0 || (batch.to != 0) != direct || !batch.topic.is_empty() {
             return Err(bad(0, "header fields of a batch out of range".into()));
+        }
+        if !direct && batch.to_incarnation != 0 {
+            return Err(bad(0, "header fields of a batch out of range".into()));
+        }
+        if direct {
+            return unbatch_direct(batch);
         }
         let count = usize::try_from(batch.aux).unwrap_or(usize::MAX);
         let mut envelopes = Vec::with_capacity(count.min(batch.payload.len() / RECORD_MIN + 1));
@@ -432,6 +492,91 @@ impl Codec {
         }
         Ok(envelopes)
     }
+}
+
+/// The messages of a verified `DirectBatch` (header fields checked).
+fn unbatch_direct(batch: &Envelope) -> Result<Vec<Envelope>, DecodeError> {
+    let bad = |index: usize, reason: String| DecodeError::BadBatch { index, reason };
+    let count = usize::try_from(batch.aux).unwrap_or(usize::MAX);
+    let bytes = &batch.payload;
+    let mut envelopes = Vec::with_capacity(count.min(bytes.len() / DirectRecord::HEAD + 1));
+    let mut at = 0;
+    while at < bytes.len() {
+        let index = envelopes.len();
+        let Some(head) = bytes.get(at..at + DirectRecord::HEAD) else {
+            return Err(bad(index, "record runs past the batch".into()));
+        };
+        let kind = match Kind::from_byte(head[0]) {
+            Some(kind @ (Kind::Direct | Kind::Request | Kind::Reply | Kind::ReplyError)) => kind,
+            _ => {
+                return Err(bad(
+                    index,
+                    format!("kind {} cannot be in a direct batch", head[0]),
+                ));
+            }
+        };
+        let aux = u64::from_be_bytes(head[1..9].try_into().expect("8 bytes"));
+        let payload_len = u32::from_be_bytes(head[9..13].try_into().expect("4 bytes")) as usize;
+        let payload_at = at + DirectRecord::HEAD;
+        let end = payload_at
+            .checked_add(payload_len)
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| bad(index, "payload runs past the batch".into()))?;
+        let seq = batch
+            .seq
+            .checked_add(index as u64)
+            .ok_or_else(|| bad(index, "numbers past the end of the stream".into()))?;
+        envelopes.push(Envelope {
+            kind,
+            from: batch.from,
+            from_incarnation: batch.from_incarnation,
+            to: batch.to,
+            to_incarnation: batch.to_incarnation,
+            seq,
+            aux,
+            topic: Bytes::new(),
+            payload: bytes.slice(payload_at..end),
+        });
+        at = end;
+    }
+    if envelopes.len() != count {
+        return Err(bad(
+            envelopes.len(),
+            format!("{} messages where the batch says {count}", envelopes.len()),
+        ));
+    }
+    Ok(envelopes)
+}
+
+/// One message of a `DirectBatch`, for [`Codec::seal_direct`].
+///
+/// A `DirectBatch` envelope's payload is a run of records, one per message:
+/// `kind` (1 byte: `Direct`, `Request`, `Reply` or `ReplyError`), `aux`
+/// (8 bytes: the request id, 0 for `Direct`), `payload_len` (4 bytes), the
+/// payload. The batch's `seq` numbers the first; `aux` says how many.
+#[derive(Clone, Copy, Debug)]
+pub struct DirectRecord<'a> {
+    pub kind: Kind,
+    pub aux: u64,
+    pub payload: &'a [u8],
+}
+
+impl DirectRecord<'_> {
+    /// A record's bytes before its payload.
+    pub const HEAD: usize = 1 + 8 + 4;
+
+    /// What this message adds to a `DirectBatch`.
+    pub fn size(&self) -> usize {
+        Self::record_size(self.payload.len())
+    }
+
+    /// What a message of `payload_len` bytes adds to a `DirectBatch`.
+    pub fn record_size(payload_len: usize) -> usize {
+        Self::HEAD + payload_len
+    }
+
+    /// A `DirectBatch`'s bytes before its records.
+    pub const BATCH_HEAD: usize = BATCH_HEAD;
 }
 
 /// Consecutive broadcasts of one sender gathered for one frame, unsealed

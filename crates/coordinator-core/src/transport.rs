@@ -31,6 +31,13 @@ pub trait Transport: Send + Sync + 'static {
         false
     }
 
+    /// Whether this carrier answers a request on the request's own channel
+    /// (Zenoh's queries), so it must see each reply in a frame of its own.
+    /// Replies then never go in a `DirectBatch`; other messages still do.
+    fn replies_alone(&self) -> bool {
+        false
+    }
+
     /// Where the carrier reaches node `node` (this node included), if it knows.
     fn address_of(&self, _node: NodeId) -> Option<String> {
         None

@@ -498,6 +498,12 @@ impl Transport for ZenohTransport {
     fn reports_membership(&self) -> bool {
         true
     }
+
+    /// A reply answers its request's query (`send_to` finds the query by the
+    /// frame's request id), so it goes in a frame of its own.
+    fn replies_alone(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,45 @@
-//! Per destination, sans-IO: the direct stream's numbering and the frames
+//! Per destination, sans-IO: the direct stream's numbering and the messages
 //! waiting their turn.
 //!
 //! One frame per destination is with the carrier at a time, so the carrier
-//! sees each pair's frames in order; the others wait here, bounded in bytes
-//! and in time. A number is never given back: a send that failed, or whose
-//! outcome is unknown, may have arrived, so the next message carries the next
-//! number and the receiver reports a gap if it did not.
+//! sees each pair's frames in order; the messages behind it wait here,
+//! bounded in bytes and in time, and go out together, as one batch, once the
+//! carrier is done with it (the rule broadcasts follow: alone when the
+//! destination is idle, together under load). A number is never given back:
+//! a send that failed, or whose outcome is unknown, may have arrived, so the
+//! next message carries the next number and the receiver reports a gap if it
+//! did not.
 
 use crate::api::NodeId;
+use crate::envelope::{DirectRecord, Kind};
 use bytes::Bytes;
 use foldhash::HashMap;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// A numbered frame waiting for the one before it to leave the carrier.
+/// A numbered message, unsealed, waiting for the frame before it to leave
+/// the carrier.
 #[derive(Debug)]
 pub(super) struct Waiting {
     pub token: u64,
-    pub frame: Bytes,
+    pub kind: Kind,
+    /// The request id of a request or reply.
+    pub aux: u64,
+    pub seq: u64,
+    pub payload: Bytes,
+    /// What it counts for against the bound: its size as an envelope of its own.
+    pub bytes: usize,
     pub since: Instant,
+}
+
+impl Waiting {
+    pub fn record(&self) -> DirectRecord<'_> {
+        DirectRecord {
+            kind: self.kind,
+            aux: self.aux,
+            payload: &self.payload,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +123,11 @@ impl Lanes {
         })
     }
 
+    /// The run of `to` its lane numbers for.
+    pub fn incarnation(&self, to: NodeId) -> Option<u64> {
+        self.lanes.get(&to).map(|lane| lane.incarnation)
+    }
+
     /// The carrier has the frame `token` for `to` now.
     pub fn start(&mut self, to: NodeId, token: u64) {
         if let Some(lane) = self.lanes.get_mut(&to) {
@@ -109,26 +135,50 @@ impl Lanes {
         }
     }
 
-    /// Queues a numbered frame behind the one with the carrier.
+    /// Queues a numbered message behind the frame with the carrier.
     pub fn wait(&mut self, to: NodeId, waiting: Waiting) {
         if let Some(lane) = self.lanes.get_mut(&to) {
-            lane.waiting_bytes += waiting.frame.len();
+            lane.waiting_bytes += waiting.bytes;
             lane.waiting.push_back(waiting);
         }
     }
 
-    /// The carrier is done with frame `token` for `to`: the next waiting
-    /// frame, which the carrier has from now on.
-    pub fn finished(&mut self, to: NodeId, token: u64) -> Option<Waiting> {
-        let lane = self.lanes.get_mut(&to)?;
+    /// The carrier is done with frame `token` for `to`: the messages that go
+    /// out next, together, are put in `next` (as many as fit in a batch of
+    /// `batch_bytes` unsealed, and always the first; with `replies_alone`, a
+    /// reply goes in a frame of its own). If any, the caller hands them to
+    /// the carrier as one frame and says so with [`Lanes::start`]; if none,
+    /// the lane is free.
+    pub fn finished(
+        &mut self,
+        to: NodeId,
+        token: u64,
+        batch_bytes: usize,
+        replies_alone: bool,
+        next: &mut Vec<Waiting>,
+    ) {
+        let Some(lane) = self.lanes.get_mut(&to) else {
+            return;
+        };
         if lane.busy != Some(token) {
-            return None;
+            return;
         }
         lane.busy = None;
-        let next = lane.waiting.pop_front()?;
-        lane.waiting_bytes -= next.frame.len();
-        lane.busy = Some(next.token);
-        Some(next)
+        let mut size = DirectRecord::BATCH_HEAD;
+        while let Some(first) = lane.waiting.front() {
+            let record = DirectRecord::record_size(first.payload.len());
+            let alone = replies_alone && matches!(first.kind, Kind::Reply | Kind::ReplyError);
+            if !next.is_empty() && (size + record > batch_bytes || alone) {
+                break;
+            }
+            size += record;
+            let waiting = lane.waiting.pop_front().expect("checked non-empty");
+            lane.waiting_bytes -= waiting.bytes;
+            next.push(waiting);
+            if alone {
+                break;
+            }
+        }
     }
 
     /// The defect the simulator must find (tests only): the number of a
@@ -155,7 +205,7 @@ impl Lanes {
                 .is_some_and(|w| now.saturating_duration_since(w.since) >= timeout)
             {
                 let waiting = lane.waiting.pop_front().expect("checked non-empty");
-                lane.waiting_bytes -= waiting.frame.len();
+                lane.waiting_bytes -= waiting.bytes;
                 expired.push(waiting);
             }
         }
@@ -244,9 +294,19 @@ mod tests {
     fn waiting(token: u64, since: Instant) -> Waiting {
         Waiting {
             token,
-            frame: Bytes::from_static(&[0; 10]),
+            kind: Kind::Direct,
+            aux: 0,
+            seq: token,
+            payload: Bytes::from_static(&[0; 10]),
+            bytes: 10,
             since,
         }
+    }
+
+    fn finished(lanes: &mut Lanes, to: NodeId, token: u64, batch_bytes: usize) -> Vec<u64> {
+        let mut next = Vec::new();
+        lanes.finished(to, token, batch_bytes, false, &mut next);
+        next.iter().map(|w| w.token).collect()
     }
 
     #[test]
@@ -264,11 +324,77 @@ mod tests {
             lanes.number(2, 7, 10, &mut stale),
             Err(Refused::Full { waiting_bytes: 20 })
         );
-        // Message 1 failed: its number stays spent, 2 goes next.
-        assert_eq!(lanes.finished(2, 100).map(|w| w.token), Some(101));
-        assert_eq!(lanes.finished(2, 101).map(|w| w.token), Some(102));
-        assert!(lanes.finished(2, 102).is_none());
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((4, true)));
+        // Message 1 failed: its number stays spent; 2 and 3 go next, together.
+        assert_eq!(finished(&mut lanes, 2, 100, 1024), vec![101, 102]);
+        lanes.start(2, 200);
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((4, false)));
+        assert!(finished(&mut lanes, 2, 200, 1024).is_empty());
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((5, true)));
+    }
+
+    #[test]
+    fn what_waits_goes_out_in_batches_of_the_bound_and_in_order() {
+        let t0 = Instant::now();
+        let mut lanes = Lanes::new(1 << 20, 8);
+        let mut stale = Vec::new();
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.start(2, 1);
+        for token in 2..=8 {
+            lanes.number(2, 7, 10, &mut stale).unwrap();
+            lanes.wait(2, waiting(token, t0));
+        }
+        // Three records of 23 bytes fit behind the batch's head, not four.
+        let bound = DirectRecord::BATCH_HEAD + 3 * DirectRecord::record_size(10);
+        assert_eq!(finished(&mut lanes, 2, 1, bound), vec![2, 3, 4]);
+        // Only the frame with the carrier frees the lane.
+        assert!(finished(&mut lanes, 2, 1, bound).is_empty());
+        lanes.start(2, 9);
+        assert_eq!(finished(&mut lanes, 2, 9, bound), vec![5, 6, 7]);
+        lanes.start(2, 10);
+        // A message larger than the bound still goes, alone.
+        assert_eq!(finished(&mut lanes, 2, 10, 1), vec![8]);
+        lanes.start(2, 11);
+        assert!(finished(&mut lanes, 2, 11, bound).is_empty());
+        assert_eq!(lanes.max_waiting_bytes(), 0);
+    }
+
+    #[test]
+    fn a_carrier_that_answers_requests_itself_gets_each_reply_alone() {
+        let t0 = Instant::now();
+        let mut lanes = Lanes::new(1 << 20, 8);
+        let mut stale = Vec::new();
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.start(2, 1);
+        for (token, kind) in [
+            (2, Kind::Direct),
+            (3, Kind::Request),
+            (4, Kind::Reply),
+            (5, Kind::ReplyError),
+            (6, Kind::Direct),
+        ] {
+            lanes.number(2, 7, 10, &mut stale).unwrap();
+            lanes.wait(
+                2,
+                Waiting {
+                    kind,
+                    ..waiting(token, t0)
+                },
+            );
+        }
+        let mut took = Vec::new();
+        let mut last = 1;
+        loop {
+            let mut next = Vec::new();
+            lanes.finished(2, last, 1 << 16, true, &mut next);
+            if next.is_empty() {
+                break;
+            }
+            took.push(next.iter().map(|w| w.token).collect::<Vec<_>>());
+            last = 100 + took.len() as u64;
+            lanes.start(2, last);
+        }
+        // In order; replies each alone.
+        assert_eq!(took, vec![vec![2, 3], vec![4], vec![5], vec![6]]);
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl NodeBuilder {
         } = self;
         let Link { transport, inbound } = link;
         let incarnation = settings.incarnation.unwrap_or_else(new_incarnation);
-        let core = Core::new(&settings, incarnation, transport.reports_membership());
+        let core = Core::new(&settings, incarnation, transport.reports_membership())
+            .replies_alone(transport.replies_alone());
         if core.failure_detection() == FailureDetection::Off {
             tracing::info!(
                 node = settings.node_id,

@@ -287,6 +287,137 @@ fn a_batch_never_outgrows_the_frame_limit() {
     assert!(codec.decode(frame).is_ok());
 }
 
+fn direct(seq: u64, kind: Kind, aux: u64, payload: &'static [u8]) -> Envelope {
+    Envelope {
+        kind,
+        to: 3,
+        to_incarnation: 99,
+        seq,
+        aux,
+        topic: Bytes::new(),
+        payload: Bytes::from_static(payload),
+        ..sample()
+    }
+}
+
+fn seal_directs(codec: &Codec, envelopes: &[Envelope]) -> Bytes {
+    let records: Vec<DirectRecord<'_>> = envelopes
+        .iter()
+        .map(|e| DirectRecord {
+            kind: e.kind,
+            aux: e.aux,
+            payload: &e.payload,
+        })
+        .collect();
+    let header = Header {
+        kind: Kind::DirectBatch,
+        aux: 0,
+        ..envelopes[0].header()
+    };
+    codec.seal_direct(&header, &records)
+}
+
+#[test]
+fn a_direct_batch_round_trips_plain_sealed_and_encrypted() {
+    let envelopes = [
+        direct(10, Kind::Direct, 0, b"one-way"),
+        direct(11, Kind::Request, 17, b"append entries"),
+        direct(12, Kind::Reply, 5, b""),
+        direct(13, Kind::ReplyError, 6, b"no such key"),
+    ];
+    for codec in [
+        Codec::new("c", None, false, 1 << 20),
+        Codec::new("c", Some(b"key"), false, 1 << 20),
+        Codec::new("c", Some(b"key"), true, 1 << 20),
+    ] {
+        let frame = seal_directs(&codec, &envelopes);
+        assert_eq!(peek_kind(&frame), Some(Kind::DirectBatch));
+        let batch = codec.decode(frame).unwrap();
+        assert_eq!(
+            (
+                batch.kind,
+                batch.seq,
+                batch.aux,
+                batch.to,
+                batch.to_incarnation
+            ),
+            (Kind::DirectBatch, 10, 4, 3, 99)
+        );
+        assert_eq!(codec.unbatch(&batch).unwrap(), envelopes, "{codec:?}");
+        // Each record costs its payload and 13 bytes, not a header of 58.
+        let payloads: usize = envelopes.iter().map(|e| e.payload.len()).sum();
+        assert_eq!(
+            batch.payload.len(),
+            payloads + envelopes.len() * DirectRecord::HEAD
+        );
+    }
+}
+
+#[test]
+fn a_direct_batch_of_one_is_a_plain_envelope_of_its_kind() {
+    let codec = Codec::new("c", Some(b"key"), false, 1 << 20);
+    let one = direct(4, Kind::Request, 8, b"vote");
+    assert_eq!(
+        seal_directs(&codec, std::slice::from_ref(&one)),
+        codec.encode(&one).unwrap()
+    );
+}
+
+#[test]
+fn every_flipped_bit_of_a_sealed_direct_batch_is_detected() {
+    every_flipped_bit_is_detected(|codec| {
+        seal_directs(
+            codec,
+            &[
+                direct(1, Kind::Direct, 0, b"a"),
+                direct(2, Kind::Reply, 1, b"b"),
+            ],
+        )
+    });
+}
+
+#[test]
+fn a_direct_batch_that_lies_is_refused_whole_naming_the_record() {
+    let codec = Codec::new("c", None, false, 1 << 20);
+    let good = codec
+        .decode(seal_directs(
+            &codec,
+            &[
+                direct(1, Kind::Direct, 0, b"a"),
+                direct(2, Kind::Direct, 0, b"b"),
+            ],
+        ))
+        .unwrap();
+    let refused = |batch: Envelope| match codec.unbatch(&batch) {
+        Err(DecodeError::BadBatch { index, reason }) => (index, reason),
+        other => panic!("not refused: {other:?}"),
+    };
+    // A broadcast's kind inside.
+    let mut payload = good.payload.to_vec();
+    payload[DirectRecord::HEAD + 1] = Kind::Broadcast as u8;
+    let (index, reason) = refused(Envelope {
+        payload: Bytes::from(payload),
+        ..good.clone()
+    });
+    assert_eq!(index, 1);
+    assert!(reason.contains("kind 1"), "{reason}");
+    // A count that disagrees with the records.
+    let (index, _) = refused(Envelope {
+        aux: 3,
+        ..good.clone()
+    });
+    assert_eq!(index, 2);
+    // A record cut short.
+    let (index, reason) = refused(Envelope {
+        payload: good.payload.slice(..good.payload.len() - 1),
+        ..good.clone()
+    });
+    assert_eq!(index, 1);
+    assert!(reason.contains("past the batch"), "{reason}");
+    // No recipient.
+    refused(Envelope { to: 0, ..good });
+}
+
 proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -319,7 +450,9 @@ proptest! {
     #[test]
     fn opening_an_arbitrary_batch_never_panics(count in 0u64..5, bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let codec = Codec::new("c", None, false, 1 << 20);
-        let batch = Envelope { kind: Kind::Batch, aux: count, topic: Bytes::new(), to: 0, payload: Bytes::from(bytes), ..sample() };
+        let batch = Envelope { kind: Kind::Batch, aux: count, topic: Bytes::new(), to: 0, payload: Bytes::from(bytes.clone()), ..sample() };
         let _ = codec.unbatch(&batch);
+        let direct = Envelope { kind: Kind::DirectBatch, to: 3, ..batch };
+        let _ = codec.unbatch(&direct);
     }
 }

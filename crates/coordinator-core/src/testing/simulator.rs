@@ -24,6 +24,8 @@
 //!   after the quiet period every live receiver has accounted for every
 //!   broadcast each live sender published;
 //! * every request settles (reply, error or time-out) by its deadline, once;
+//! * every message that waited its turn behind another to the same node is
+//!   settled once (sent or failed, its caller told);
 //! * no node declares dead a node that no fault touched, when no fault
 //!   touched the link between them or itself;
 //! * at the end of the quiet period every live node sees every live node
@@ -89,6 +91,8 @@ pub struct Report {
     pub pauses: u64,
     pub partitions: u64,
     pub partial_sends: u64,
+    /// Frames that carried several messages to one node.
+    pub direct_batches: u64,
     pub deaths: u64,
     pub steps: u64,
 }
@@ -113,7 +117,7 @@ impl Report {
             out,
             "seed {}: {} nodes, {} broadcasts, {} messages, {} requests, {} delivered, \
              {} gaps ({} lost), {} crashes, {} pauses, {} partitions, {} partial sends, \
-             {} deaths, {} steps",
+             {} direct batches, {} deaths, {} steps",
             self.seed,
             self.nodes,
             self.broadcasts,
@@ -126,6 +130,7 @@ impl Report {
             self.pauses,
             self.partitions,
             self.partial_sends,
+            self.direct_batches,
             self.deaths,
             self.steps
         );
@@ -299,6 +304,9 @@ struct Simulation {
     ids: BTreeMap<u64, (Run, StreamKind, u64)>,
     /// Per (requester run, request id).
     requests: BTreeMap<(Run, u64), Request>,
+    /// Per (sender run, token), the messages that waited their turn and
+    /// whose outcome ([`Output::Sent`]) has not come yet.
+    waiting: BTreeSet<(Run, u64)>,
     report: Report,
 }
 
@@ -376,6 +384,7 @@ impl Simulation {
             seen: BTreeMap::new(),
             ids: BTreeMap::new(),
             requests: BTreeMap::new(),
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -619,7 +628,10 @@ impl Simulation {
                 self.nodes[node].incarnation = incarnation;
                 let mut settings = self.settings.clone();
                 settings.node_id = self.nodes[node].id;
-                let mut core = Core::new(&settings, incarnation, false);
+                // Half the seeds drive a carrier that takes each reply alone
+                // (Zenoh's): its batches are cut around replies.
+                let mut core = Core::new(&settings, incarnation, false)
+                    .replies_alone(self.options.seed % 2 == 1);
                 core.start(self.instant());
                 self.nodes[node].core = Some(core);
                 self.nodes[node].paused = false;
@@ -705,47 +717,62 @@ impl Simulation {
             .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
             .map(|m| m.id)
             .collect();
-        let id = self.message_id();
-        let payload = self.payload(id);
-        let now = self.instant();
         let run = (self.nodes[node].id, self.nodes[node].incarnation);
         let choice = self.rng.random_range(0..10);
         let to = others[self.rng.random_range(0..others.len())];
-        let core = self.nodes[node].core.as_mut().expect("checked");
-        match choice {
-            0..=4 => match core.broadcast(now, "sim", &payload) {
-                Ok(Broadcasting::Alone { seq, transmit }) => {
-                    self.number(run, id, StreamKind::Broadcast, seq, None);
-                    self.report.broadcasts += 1;
-                    self.route(node, transmit);
+        // Now and then a burst to one node: what waits behind the frame with
+        // the carrier goes out as one batch, and the carrier's faults hit
+        // the batch as a whole.
+        let burst = if choice >= 5 && self.rng.random_bool(0.2) {
+            self.rng.random_range(2..=6)
+        } else {
+            1
+        };
+        for _ in 0..burst {
+            let id = self.message_id();
+            let payload = self.payload(id);
+            let now = self.instant();
+            let request = choice >= 8 || (burst > 1 && self.rng.random_bool(0.5));
+            let timeout = Duration::from_millis(self.rng.random_range(100..2_000));
+            let Some(core) = self.nodes[node].core.as_mut() else {
+                return;
+            };
+            match choice {
+                0..=4 => match core.broadcast(now, "sim", &payload) {
+                    Ok(Broadcasting::Alone { seq, transmit }) => {
+                        self.number(run, id, StreamKind::Broadcast, seq, None);
+                        self.report.broadcasts += 1;
+                        self.route(node, transmit);
+                    }
+                    Ok(Broadcasting::Queued { seq }) => {
+                        self.number(run, id, StreamKind::Broadcast, seq, None);
+                        self.report.broadcasts += 1;
+                    }
+                    Ok(Broadcasting::Full) => {}
+                    Err(error) => {
+                        self.violation(format!("node {} broadcast refused: {error}", run.0))
+                    }
+                },
+                _ if !request => {
+                    if let Ok(sending) = core.send(now, to, payload) {
+                        self.report.messages += 1;
+                        self.record_direct(node, to, Kind::Direct, id, &sending);
+                        self.carry(node, sending);
+                    }
                 }
-                Ok(Broadcasting::Queued { seq }) => {
-                    self.number(run, id, StreamKind::Broadcast, seq, None);
-                    self.report.broadcasts += 1;
-                }
-                Ok(Broadcasting::Full) => {}
-                Err(error) => self.violation(format!("node {} broadcast refused: {error}", run.0)),
-            },
-            5..=7 => {
-                if let Ok(sending) = core.send(now, to, payload) {
-                    self.report.messages += 1;
-                    self.record_direct(node, to, Kind::Direct, id, &sending);
-                    self.carry(node, sending);
-                }
-            }
-            _ => {
-                let timeout = Duration::from_millis(self.rng.random_range(100..2_000));
-                if let Ok((request, sending)) = core.request(now, to, payload, timeout) {
-                    self.report.requests += 1;
-                    self.requests.insert(
-                        (run, request),
-                        Request {
-                            deadline: self.now + timeout,
-                            settled: false,
-                        },
-                    );
-                    self.record_direct(node, to, Kind::Request, id, &sending);
-                    self.carry(node, sending);
+                _ => {
+                    if let Ok((request, sending)) = core.request(now, to, payload, timeout) {
+                        self.report.requests += 1;
+                        self.requests.insert(
+                            (run, request),
+                            Request {
+                                deadline: self.now + timeout,
+                                settled: false,
+                            },
+                        );
+                        self.record_direct(node, to, Kind::Request, id, &sending);
+                        self.carry(node, sending);
+                    }
                 }
             }
         }
@@ -754,7 +781,12 @@ impl Simulation {
 
     fn record_direct(&mut self, node: usize, to: NodeId, kind: Kind, id: u64, sending: &Sending) {
         let seq = match sending {
-            Sending::Now { seq, .. } | Sending::Queued { seq, .. } => *seq,
+            Sending::Now { seq, .. } => *seq,
+            Sending::Queued { seq, token } => {
+                let run = (self.nodes[node].id, self.nodes[node].incarnation);
+                self.waiting.insert((run, *token));
+                *seq
+            }
             Sending::Local => return,
         };
         let Some(core) = self.nodes[node].core.as_ref() else {
@@ -844,6 +876,9 @@ impl Simulation {
     /// The simulated carrier: where a frame goes, and what the sender is told.
     fn route(&mut self, from: usize, transmit: Transmit) {
         let Transmit { token, to, frame } = transmit;
+        if crate::envelope::peek_kind(&frame) == Some(Kind::DirectBatch) {
+            self.report.direct_batches += 1;
+        }
         let incarnation = self.nodes[from].incarnation;
         let targets: Vec<usize> = match to {
             None => (0..self.nodes.len()).filter(|&i| i != from).collect(),
@@ -1049,7 +1084,14 @@ impl Simulation {
                     }
                 }
             }
-            Output::Sent { .. } => {}
+            Output::Sent { token, .. } => {
+                if !self.waiting.remove(&(me, token)) {
+                    self.violation(format!(
+                        "node {} heard twice of the send of message {token}, or of one it never queued",
+                        me.0
+                    ));
+                }
+            }
             Output::Gap {
                 from,
                 incarnation,
@@ -1188,6 +1230,16 @@ impl Simulation {
                 ));
             }
         }
+        // Every message that waited its turn was settled: sent, or failed
+        // (its caller told either way).
+        for &(run, token) in &self.waiting {
+            if live.iter().any(|&(_, r)| r == run) {
+                problems.push(format!(
+                    "node {} never told the caller of queued message {token} what became of it",
+                    run.0
+                ));
+            }
+        }
         // The membership agrees once the faults are over.
         for &(i, observer) in &live {
             let core = self.nodes[i].core.as_ref().expect("live");
@@ -1274,6 +1326,10 @@ mod tests {
             gaps > 0 && deaths > 0,
             "the faults must bite: {gaps} gaps, {deaths} deaths"
         );
+        // Messages to one node went out together while the carrier was busy,
+        // so the promises above held for batches too.
+        let batches: u64 = reports.iter().map(|r| r.direct_batches).sum();
+        assert!(batches > 0, "no batch of messages to one node was sent");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::lanes::{Lanes, Refused, Waiting};
 use super::outbox::{Outbox, Pushed};
 use super::settings::Settings;
 use crate::api::*;
-use crate::envelope::{Codec, DecodeError, Envelope, Header, Kind, MAX_TOPIC_LEN};
+use crate::envelope::{Codec, DecodeError, DirectRecord, Envelope, Header, Kind, MAX_TOPIC_LEN};
 use crate::error::{Error, TransportError};
 use crate::membership::{Detection, Heard, Membership};
 use crate::sequence::{Gap, HeldLimits, Outcome, Stream};
@@ -155,7 +155,7 @@ impl Opened {
             Err(error) => return Opened::Bad { error, from: None },
         };
         let (from, incarnation) = (envelope.from, envelope.from_incarnation);
-        if envelope.kind != Kind::Batch {
+        if !matches!(envelope.kind, Kind::Batch | Kind::DirectBatch) {
             return Opened::One(envelope);
         }
         match codec.unbatch(&envelope) {
@@ -184,6 +184,10 @@ enum InFlight {
         request: Option<u64>,
         queued: bool,
     },
+    /// Messages of the direct lane to `to` that waited their turn and went
+    /// together: each keeps its own token (an [`InFlight::Direct`]), whose
+    /// outcome is this frame's.
+    Batch { to: NodeId, tokens: Vec<u64> },
     /// Heartbeats, joins, announcements, departures.
     Control,
 }
@@ -280,6 +284,10 @@ pub struct Core {
     held_bytes: usize,
     outbox: Outbox,
     lanes: Lanes,
+    /// The largest batch of messages to one node, unsealed.
+    direct_batch_bytes: usize,
+    /// The carrier must see each reply alone ([`Core::replies_alone`]).
+    replies_alone: bool,
     inflight: HashMap<u64, InFlight>,
     next_token: u64,
     pending: HashMap<u64, Pending>,
@@ -350,6 +358,7 @@ impl Core {
             codec.batch_limit(),
             settings.max_outgoing_bytes,
         );
+        let direct_batch_bytes = codec.batch_limit().min(super::outbox::BATCH_BYTES);
         Self {
             id: settings.node_id,
             incarnation,
@@ -369,6 +378,8 @@ impl Core {
             held_bytes: 0,
             outbox,
             lanes: Lanes::new(settings.max_outgoing_bytes, settings.max_members),
+            direct_batch_bytes,
+            replies_alone: false,
             inflight: HashMap::default(),
             next_token: 1,
             pending: HashMap::default(),
@@ -388,6 +399,14 @@ impl Core {
             #[cfg(test)]
             numbers: HashMap::default(),
         }
+    }
+
+    /// Replies go in frames of their own, never in a batch: for a carrier
+    /// that answers a request on its own channel
+    /// ([`crate::transport::Transport::replies_alone`]).
+    pub fn replies_alone(mut self, alone: bool) -> Self {
+        self.replies_alone = alone;
+        self
     }
 
     pub fn id(&self) -> NodeId {
@@ -766,21 +785,21 @@ impl Core {
                 }));
             }
         };
-        let frame = self.codec.encode_parts(
-            &Header {
-                kind,
-                from: self.id,
-                from_incarnation: self.incarnation,
-                to,
-                to_incarnation: incarnation,
-                seq,
-                aux,
-            },
-            &[],
-            &payload,
-        );
         let request = (kind == Kind::Request).then_some(aux);
         if free {
+            let frame = self.codec.encode_parts(
+                &Header {
+                    kind,
+                    from: self.id,
+                    from_incarnation: self.incarnation,
+                    to,
+                    to_incarnation: incarnation,
+                    seq,
+                    aux,
+                },
+                &[],
+                &payload,
+            );
             let transmit = self.transmit(
                 Some(to),
                 frame,
@@ -805,11 +824,17 @@ impl Core {
             },
         );
         let was_empty = self.lanes.deadline(self.send_timeout).is_none();
+        // Sealed when it goes out, alone or in a batch with the others
+        // waiting then.
         self.lanes.wait(
             to,
             Waiting {
                 token,
-                frame,
+                kind,
+                aux,
+                seq,
+                bytes: crate::envelope::OVERHEAD + payload.len(),
+                payload,
                 since: now,
             },
         );
@@ -882,7 +907,7 @@ impl Core {
             match &inflight {
                 InFlight::Broadcast { .. } => self.outbox.give_back(seq),
                 InFlight::Direct { to, .. } => self.lanes.give_back(*to, seq),
-                InFlight::Control => {}
+                InFlight::Batch { .. } | InFlight::Control => {}
             }
         }
         match inflight {
@@ -908,13 +933,7 @@ impl Core {
                 request,
                 queued,
             } => {
-                if let Some(next) = self.lanes.finished(to, token) {
-                    self.transmits.push_back(Transmit {
-                        token: next.token,
-                        to: Some(to),
-                        frame: next.frame,
-                    });
-                }
+                self.next_in_lane(to, token);
                 match &result {
                     Ok(()) => Stats::inc(&self.stats.direct_sent),
                     Err(_) => Stats::inc(&self.stats.send_failures),
@@ -932,6 +951,22 @@ impl Core {
                     self.outputs.push_back(Output::Sent { token, result });
                 }
             }
+            InFlight::Batch { to, tokens } => {
+                self.next_in_lane(to, token);
+                // Each message of the batch settles with the batch's outcome:
+                // its caller, or its request, hears of it.
+                let result = result.map_err(Error::Transport);
+                if result.is_ok() {
+                    Stats::add(&self.stats.direct_sent, tokens.len() as u64);
+                }
+                for token in tokens {
+                    let result = match &result {
+                        Ok(()) => Ok(()),
+                        Err(error) => Err(clone_error(error)),
+                    };
+                    self.settle_direct(token, result);
+                }
+            }
             InFlight::Control => match result {
                 Ok(()) => Stats::inc(&self.stats.heartbeats_sent),
                 Err(error) => {
@@ -942,7 +977,50 @@ impl Core {
         }
     }
 
-    /// A waiting direct message that will not be sent: its sender is told.
+    /// The carrier is done with frame `token` for `to`: what waited behind
+    /// it goes out, together, as the lane's next frame.
+    fn next_in_lane(&mut self, to: NodeId, token: u64) {
+        let mut next = Vec::new();
+        self.lanes.finished(
+            to,
+            token,
+            self.direct_batch_bytes,
+            self.replies_alone,
+            &mut next,
+        );
+        if next.is_empty() {
+            return;
+        }
+        let header = Header {
+            kind: Kind::DirectBatch,
+            from: self.id,
+            from_incarnation: self.incarnation,
+            to,
+            to_incarnation: self.lanes.incarnation(to).unwrap_or_default(),
+            seq: next[0].seq,
+            aux: 0,
+        };
+        let records: Vec<DirectRecord<'_>> = next.iter().map(Waiting::record).collect();
+        let frame = self.codec.seal_direct(&header, &records);
+        drop(records);
+        let transmit = if let [one] = next.as_slice() {
+            // Alone, it goes under its own token.
+            Transmit {
+                token: one.token,
+                to: Some(to),
+                frame,
+            }
+        } else {
+            Stats::inc(&self.stats.batches_sent);
+            let tokens = next.iter().map(|waiting| waiting.token).collect();
+            self.transmit(Some(to), frame, InFlight::Batch { to, tokens })
+        };
+        self.lanes.start(to, transmit.token);
+        self.transmits.push_back(transmit);
+    }
+
+    /// A direct message that waited its turn is settled (sent, failed, or
+    /// will not be sent): its sender is told.
     fn settle_direct(&mut self, token: u64, result: Result<(), Error>) {
         let Some(InFlight::Direct { request, .. }) = self.inflight.remove(&token) else {
             return;
@@ -1125,7 +1203,7 @@ impl Core {
                 }
             }
             // Refused by the codec inside a batch; never on its own here.
-            Kind::Batch => Some(DropReason::Malformed),
+            Kind::Batch | Kind::DirectBatch => Some(DropReason::Malformed),
         };
         self.member_events(events);
         if let Some(reason) = dropped {

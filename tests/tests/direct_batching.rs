@@ -1,0 +1,247 @@
+//! Messages to one node that wait behind the frame the carrier has for it go
+//! out together, as one `DirectBatch`, in order; each caller is told its own
+//! message's outcome, and what a refused batch carried is reported lost.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use coordinator_core::envelope::{Kind, peek_kind};
+use coordinator_core::testing::MemoryNetwork;
+use coordinator_core::transport::{Link, Transport};
+use coordinator_core::{
+    Coordinator, Error, Event, Node, NodeId, Settings, StreamKind, TransportError,
+};
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tests::wait::{converge, event, until, within};
+use tokio::sync::Semaphore;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A carrier that can hold back the frames to one node, and refuse batches.
+struct Gated {
+    inner: Arc<dyn Transport>,
+    holding: AtomicBool,
+    gate: Semaphore,
+    refuse_batches: AtomicBool,
+    /// The kind of every frame handed to `send_to`, in order.
+    kinds: Mutex<Vec<Option<Kind>>>,
+}
+
+#[async_trait]
+impl Transport for Gated {
+    async fn publish(&self, frame: Bytes) -> Result<(), TransportError> {
+        self.inner.publish(frame).await
+    }
+
+    async fn send_to(&self, node: NodeId, frame: Bytes) -> Result<(), TransportError> {
+        let kind = peek_kind(&frame);
+        if kind == Some(Kind::Announce) {
+            return self.inner.send_to(node, frame).await;
+        }
+        self.kinds.lock().push(kind);
+        if self.holding.load(Ordering::SeqCst) {
+            self.gate.acquire().await.expect("gate open").forget();
+        }
+        if kind == Some(Kind::DirectBatch) && self.refuse_batches.load(Ordering::SeqCst) {
+            return Err(TransportError::LinkDown {
+                carrier: "Gated",
+                detail: "refused by the test".into(),
+            });
+        }
+        self.inner.send_to(node, frame).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// Node 1 over a gated carrier and node 2, on one memory network, seeing each other.
+async fn gated_pair() -> (Arc<Gated>, Arc<Node>, Arc<Node>) {
+    let network = MemoryNetwork::new();
+    let Link { transport, inbound } = network.connect(1);
+    let gated = Arc::new(Gated {
+        inner: transport,
+        holding: AtomicBool::new(false),
+        gate: Semaphore::new(0),
+        refuse_batches: AtomicBool::new(false),
+        kinds: Mutex::new(Vec::new()),
+    });
+    let link = Link {
+        transport: gated.clone(),
+        inbound,
+    };
+    let sender = Arc::new(Node::start(Settings::new(1), "Memory", link).unwrap());
+    let receiver = Arc::new(
+        network
+            .start(Settings::new(2).reorder_timeout(Duration::from_millis(100)))
+            .unwrap(),
+    );
+    let nodes: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
+    converge(&nodes, LIMIT).await;
+    (gated, sender, receiver)
+}
+
+/// Sends "first" to node 2 from a task of its own and holds its frame in
+/// the carrier: what is sent to node 2 after it waits its turn.
+async fn first_held(gated: &Arc<Gated>, sender: &Arc<Node>) -> tokio::task::JoinHandle<()> {
+    gated.holding.store(true, Ordering::SeqCst);
+    let first = tokio::spawn({
+        let sender = sender.clone();
+        async move {
+            sender.send(2, Bytes::from_static(b"first")).await.unwrap();
+        }
+    });
+    until(LIMIT, "the first frame to reach the carrier", || {
+        !gated.kinds.lock().is_empty()
+    })
+    .await;
+    first
+}
+
+fn release(gated: &Gated) {
+    gated.holding.store(false, Ordering::SeqCst);
+    gated.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+}
+
+/// Polls each call once, in order, so that each is numbered (and waits its
+/// turn) before the next one is made.
+async fn made_in_order<T>(calls: &mut [BoxFuture<'_, T>]) {
+    for call in calls.iter_mut() {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        assert!(
+            polled.is_pending(),
+            "a call finished while the lane was busy"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_one_node_goes_out_as_one_batch_in_order_each_caller_told() {
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut inbox = receiver.inbox().unwrap();
+    let first = first_held(&gated, &sender).await;
+    // Ten one-way messages and, among them, two requests, while the carrier
+    // still has "first".
+    let mut sends: Vec<BoxFuture<'_, Result<(), Error>>> = Vec::new();
+    let mut requests: Vec<BoxFuture<'_, Result<Bytes, Error>>> = Vec::new();
+    for i in 0..10 {
+        sends.push(sender.send(2, Bytes::from(format!("m{i}"))));
+        let last = sends.len() - 1;
+        made_in_order(&mut sends[last..]).await;
+        if i == 3 || i == 7 {
+            requests.push(sender.request(2, Bytes::from(format!("r{i}")), LIMIT));
+            let last = requests.len() - 1;
+            made_in_order(&mut requests[last..]).await;
+        }
+    }
+    release(&gated);
+    first.await.unwrap();
+    for send in sends {
+        within(LIMIT, "each queued send to be told it went", send)
+            .await
+            .unwrap();
+    }
+    let expected = [
+        "first", "m0", "m1", "m2", "m3", "r3", "m4", "m5", "m6", "m7", "r7", "m8", "m9",
+    ];
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let incoming = within(LIMIT, "every message", inbox.recv()).await.unwrap();
+        got.push(String::from_utf8(incoming.payload.to_vec()).unwrap());
+        if incoming.is_request() {
+            let answer = Bytes::from(got.last().unwrap().to_uppercase());
+            incoming.reply(answer).await.unwrap();
+        }
+    }
+    assert_eq!(got, expected, "in the order they were made");
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(within(LIMIT, "a reply", request).await.unwrap());
+    }
+    assert_eq!(answers, ["R3", "R7"]);
+    // "first" alone, then the twelve that waited, in one frame.
+    let kinds = gated.kinds.lock().clone();
+    assert_eq!(
+        kinds[..2],
+        [Some(Kind::Direct), Some(Kind::DirectBatch)],
+        "{kinds:?}"
+    );
+    assert_eq!(sender.stats().batches_sent, 1, "{:?}", sender.stats());
+    assert_eq!(sender.stats().direct_sent, 13);
+    assert_eq!(receiver.stats().batches_received, 1);
+    assert_eq!(receiver.stats().messages_lost, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_fails_each_of_its_messages_and_the_receiver_reports_them_lost() {
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut inbox = receiver.inbox().unwrap();
+    let mut events = receiver.events();
+    let first = first_held(&gated, &sender).await;
+    let mut sends: Vec<BoxFuture<'_, Result<(), Error>>> = (0..5)
+        .map(|i| sender.send(2, Bytes::from(format!("m{i}"))))
+        .collect();
+    made_in_order(&mut sends).await;
+    let mut request = [sender.request(2, Bytes::from_static(b"r"), LIMIT)];
+    made_in_order(&mut request).await;
+    let [request] = request;
+    gated.refuse_batches.store(true, Ordering::SeqCst);
+    release(&gated);
+    first.await.unwrap();
+    for send in sends {
+        let result = within(LIMIT, "each send to be told it failed", send).await;
+        assert!(
+            matches!(
+                result,
+                Err(Error::Transport(TransportError::LinkDown { .. }))
+            ),
+            "{result:?}"
+        );
+    }
+    // The request fails with the batch's error, not at its time-out.
+    let started = Instant::now();
+    let result = within(LIMIT, "the request to fail", request).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Transport(TransportError::LinkDown { .. }))
+        ),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < LIMIT / 2);
+    assert_eq!(
+        sender.stats().send_failures,
+        6,
+        "one per message: {:?}",
+        sender.stats()
+    );
+    // Their numbers stay spent: the next message is number 8, and the
+    // receiver reports 2 to 7 lost.
+    gated.refuse_batches.store(false, Ordering::SeqCst);
+    sender.send(2, Bytes::from_static(b"after")).await.unwrap();
+    for expected in ["first", "after"] {
+        let incoming = within(LIMIT, "a message", inbox.recv()).await.unwrap();
+        assert_eq!(incoming.payload, expected);
+    }
+    let gap = within(
+        LIMIT,
+        "the gap",
+        event(&mut events, |e| matches!(e, Event::Gap { .. })),
+    )
+    .await;
+    let Event::Gap {
+        from,
+        stream,
+        first,
+        count,
+    } = gap
+    else {
+        unreachable!()
+    };
+    assert_eq!((from, stream, first, count), (1, StreamKind::Direct, 2, 6));
+}
