@@ -8,8 +8,9 @@
 #   git worktree add /tmp/old <commit> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p coordinator-cli)
 # Prints one line per figure: the median of each binary's rounds and new/old.
 # NATS needs nats-server (Debian's package); it is started on a free port.
+# BENCH_EXTRA adds options to every run, e.g. BENCH_EXTRA="--senders 16".
 set -euo pipefail
-old=$1 new=$2 rounds=${3:-3}
+old=$1 new=$2 rounds=${3:-3} extra=${BENCH_EXTRA:-}
 work=$(mktemp -d)
 trap 'kill $(cat "$work/nats.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -30,7 +31,7 @@ for round in $(seq 1 "$rounds"); do
     for which in old new; do
       binary=$old; [ "$which" = new ] && binary=$new
       # shellcheck disable=SC2086
-      "$binary" bench --size 128 $args --json > "$work/$name-$which-$round.json" 2>/dev/null
+      "$binary" bench --size 128 $args $extra --json > "$work/$name-$which-$round.json" 2>/dev/null
     done
   done
 done

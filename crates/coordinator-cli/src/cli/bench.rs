@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 128)]
     size: usize,
+    /// Tasks sending at once in the point-to-point throughput run, each its
+    /// share of --messages (messages to one node made at once share frames).
+    #[arg(long, default_value_t = 1)]
+    senders: u64,
     /// Round trips measured for each latency figure.
     #[arg(long, default_value_t = 2_000)]
     samples: u64,
@@ -125,13 +129,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.messages, args.size
     ));
     rows.push(broadcast_throughput(&subject, &a, &b, args.messages, args.size).await?);
+    let senders = args.senders.clamp(1, args.messages.max(1));
     progress(&format!(
-        "{subject} point-to-point throughput ({} × {} B)",
+        "{subject} point-to-point throughput ({} × {} B, {senders} sending task(s))",
         args.messages, args.size
     ));
     // A node has one inbox: the point-to-point run reads it, then the echo server.
     let mut inbox = b.inbox()?;
-    rows.push(send_throughput(&subject, &a, &b, &mut inbox, args.messages, args.size).await?);
+    rows.push(
+        send_throughput(
+            &subject,
+            &a,
+            &b,
+            &mut inbox,
+            args.messages,
+            args.size,
+            senders,
+        )
+        .await?,
+    );
     progress(&format!(
         "{subject} broadcast latency ({} samples)",
         args.samples
@@ -286,20 +302,29 @@ async fn send_throughput(
     inbox: &mut Inbox,
     count: u64,
     size: usize,
+    senders: u64,
 ) -> anyhow::Result<Row> {
     let sending = Instant::now();
-    let sender = spawn_sender(a.clone(), Some(b.node_id()), count, size);
+    let tasks: Vec<_> = (0..senders)
+        .map(|task| {
+            // The first tasks take one more when the count does not divide.
+            let share = count / senders + u64::from(task < count % senders);
+            spawn_sender(a.clone(), Some(b.node_id()), share, size)
+        })
+        .collect();
+    let sender = tokio::spawn(async move {
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    });
     let received = receive(&mut Incoming::Inbox(inbox), count, || 0).await?;
-    throughput_row(
-        subject,
-        "send throughput",
-        size,
-        count,
-        received,
-        sending,
-        sender,
-    )
-    .await
+    let test = if senders == 1 {
+        "send throughput"
+    } else {
+        "send throughput, tasks at once"
+    };
+    throughput_row(subject, test, size, count, received, sending, sender).await
 }
 
 /// Sends `count` messages from a task of their own: to one node, or broadcast.
