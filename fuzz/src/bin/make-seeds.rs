@@ -175,6 +175,25 @@ fn engine_traffic() -> (Vec<Bytes>, Vec<(String, Vec<u8>)>) {
         b.handle_timeout(now);
         exchange(&mut a, &mut b, now, &mut frames, &mut records);
     }
+    // Messages to one node behind one the carrier still has: they go out
+    // together, as one `DirectBatch`, once it is done.
+    let mut first = None;
+    for i in 0..5u8 {
+        let payload = Bytes::from(vec![b'm', i]);
+        let sending = if i % 2 == 0 {
+            a.send(now, 1, payload)
+        } else {
+            a.request(now, 1, payload, Duration::from_secs(1))
+                .map(|(_, sending)| sending)
+        };
+        if let Ok(Sending::Now { transmit, .. }) = sending {
+            first = Some(transmit);
+        }
+    }
+    if let Some(transmit) = first {
+        carry(&mut a, &mut b, now, transmit, &mut frames, &mut records);
+    }
+    exchange(&mut a, &mut b, now, &mut frames, &mut records);
     // A heartbeat gap long enough for a suspicion, then a departure.
     now += Duration::from_millis(2000);
     records.op(engine_op::WAIT).u16(2000);
