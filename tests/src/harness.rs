@@ -259,6 +259,30 @@ impl Connector for NativeConnector {
     }
 }
 
+/// Node 1 over a carrier that `wrap` makes around its memory link (a test's
+/// gated or counting carrier), and node 2 (gaps declared after 100 ms), on one
+/// memory network, seeing each other. Returns the wrapper and both nodes.
+pub async fn wrapped_memory_pair<T: coordinator_core::transport::Transport + 'static>(
+    wrap: impl FnOnce(Arc<dyn coordinator_core::transport::Transport>) -> Arc<T>,
+) -> (Arc<T>, Arc<Node>, Arc<Node>) {
+    let network = MemoryNetwork::new();
+    let Link { transport, inbound } = network.connect(1);
+    let wrapped = wrap(transport);
+    let link = Link {
+        transport: wrapped.clone(),
+        inbound,
+    };
+    let sender = Arc::new(Node::start(Settings::new(1), "Memory", link).unwrap());
+    let receiver = Arc::new(
+        network
+            .start(Settings::new(2).reorder_timeout(Duration::from_millis(100)))
+            .unwrap(),
+    );
+    let nodes: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
+    crate::wait::converge(&nodes, Duration::from_secs(10)).await;
+    (wrapped, sender, receiver)
+}
+
 /// The `Native` carrier: TLS and gossip on loopback ports.
 pub async fn native() -> EngineHarness<NativeConnector> {
     EngineHarness::new(NativeConnector::default(), Timing::default())

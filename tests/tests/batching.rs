@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::envelope::{Batch, Codec, Kind, peek_kind};
 use coordinator_core::testing::MemoryNetwork;
-use coordinator_core::transport::{Inbound, Link, Transport};
+use coordinator_core::transport::{Inbound, Transport};
 use coordinator_core::{
     Coordinator, DropReason, Error, Event, MemberChange, Node, NodeId, Settings, SubscribeOptions,
     TransportError,
@@ -85,22 +85,7 @@ impl Transport for Gated {
 
 /// Node 1 over a gated carrier and node 2, both on one memory network, seeing each other.
 async fn gated_pair() -> (Arc<Gated>, Arc<Node>, Arc<Node>) {
-    let network = MemoryNetwork::new();
-    let Link { transport, inbound } = network.connect(1);
-    let gated = Gated::new(transport);
-    let link = Link {
-        transport: gated.clone(),
-        inbound,
-    };
-    let sender = Arc::new(Node::start(Settings::new(1), "Memory", link).unwrap());
-    let receiver = Arc::new(
-        network
-            .start(Settings::new(2).reorder_timeout(Duration::from_millis(100)))
-            .unwrap(),
-    );
-    let nodes: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
-    converge(&nodes, LIMIT).await;
-    (gated, sender, receiver)
+    tests::harness::wrapped_memory_pair(Gated::new).await
 }
 
 /// Broadcasts "first" on `t` from a task of its own, and holds its publish in

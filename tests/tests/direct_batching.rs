@@ -5,18 +5,15 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::envelope::{Kind, peek_kind};
-use coordinator_core::testing::MemoryNetwork;
-use coordinator_core::transport::{Link, Transport};
-use coordinator_core::{
-    Coordinator, Error, Event, Node, NodeId, Settings, StreamKind, TransportError,
-};
+use coordinator_core::transport::Transport;
+use coordinator_core::{Coordinator, Error, Event, Node, NodeId, StreamKind, TransportError};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tests::wait::{converge, event, until, within};
+use tests::wait::{event, until, within};
 use tokio::sync::Semaphore;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -62,28 +59,16 @@ impl Transport for Gated {
 
 /// Node 1 over a gated carrier and node 2, on one memory network, seeing each other.
 async fn gated_pair() -> (Arc<Gated>, Arc<Node>, Arc<Node>) {
-    let network = MemoryNetwork::new();
-    let Link { transport, inbound } = network.connect(1);
-    let gated = Arc::new(Gated {
-        inner: transport,
-        holding: AtomicBool::new(false),
-        gate: Semaphore::new(0),
-        refuse_batches: AtomicBool::new(false),
-        kinds: Mutex::new(Vec::new()),
-    });
-    let link = Link {
-        transport: gated.clone(),
-        inbound,
-    };
-    let sender = Arc::new(Node::start(Settings::new(1), "Memory", link).unwrap());
-    let receiver = Arc::new(
-        network
-            .start(Settings::new(2).reorder_timeout(Duration::from_millis(100)))
-            .unwrap(),
-    );
-    let nodes: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), receiver.clone()];
-    converge(&nodes, LIMIT).await;
-    (gated, sender, receiver)
+    tests::harness::wrapped_memory_pair(|inner| {
+        Arc::new(Gated {
+            inner,
+            holding: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            refuse_batches: AtomicBool::new(false),
+            kinds: Mutex::new(Vec::new()),
+        })
+    })
+    .await
 }
 
 /// Sends "first" to node 2 from a task of its own and holds its frame in
@@ -101,6 +86,14 @@ async fn first_held(gated: &Arc<Gated>, sender: &Arc<Node>) -> tokio::task::Join
     })
     .await;
     first
+}
+
+/// The carrier's refusal, as the test's carrier words it.
+fn refused<T>(result: &Result<T, Error>) -> bool {
+    matches!(
+        result,
+        Err(Error::Transport(TransportError::LinkDown { .. }))
+    )
 }
 
 fn release(gated: &Gated) {
@@ -195,24 +188,12 @@ async fn a_refused_batch_fails_each_of_its_messages_and_the_receiver_reports_the
     first.await.unwrap();
     for send in sends {
         let result = within(LIMIT, "each send to be told it failed", send).await;
-        assert!(
-            matches!(
-                result,
-                Err(Error::Transport(TransportError::LinkDown { .. }))
-            ),
-            "{result:?}"
-        );
+        assert!(refused(&result), "{result:?}");
     }
     // The request fails with the batch's error, not at its time-out.
     let started = Instant::now();
     let result = within(LIMIT, "the request to fail", request).await;
-    assert!(
-        matches!(
-            result,
-            Err(Error::Transport(TransportError::LinkDown { .. }))
-        ),
-        "{result:?}"
-    );
+    assert!(refused(&result), "{result:?}");
     assert!(started.elapsed() < LIMIT / 2);
     assert_eq!(
         sender.stats().send_failures,

@@ -11,7 +11,7 @@
 //! did not.
 
 use crate::api::NodeId;
-use crate::envelope::{DirectRecord, Kind};
+use crate::envelope::{DirectRecord, Kind, OVERHEAD};
 use bytes::Bytes;
 use foldhash::HashMap;
 use std::collections::VecDeque;
@@ -27,12 +27,20 @@ pub(super) struct Waiting {
     pub aux: u64,
     pub seq: u64,
     pub payload: Bytes,
-    /// What it counts for against the bound: its size as an envelope of its own.
-    pub bytes: usize,
     pub since: Instant,
 }
 
+/// What a message of `payload_len` bytes counts for against a lane's bound:
+/// its size as an envelope of its own, sealed, at most.
+fn cost(payload_len: usize) -> usize {
+    OVERHEAD + payload_len
+}
+
 impl Waiting {
+    fn cost(&self) -> usize {
+        cost(self.payload.len())
+    }
+
     pub fn record(&self) -> DirectRecord<'_> {
         DirectRecord {
             kind: self.kind,
@@ -83,21 +91,23 @@ impl Lanes {
         }
     }
 
-    /// Numbers the next message to `to` (run `incarnation`), of `bytes`
-    /// bytes. Returns its number and whether the carrier is free for it.
+    /// Numbers the next message to `to` (run `incarnation`), with a payload
+    /// of `payload_len` bytes. Returns its number and whether the carrier is free for it.
     /// Frames still waiting for an earlier run of `to` are returned in
     /// `stale`: they can no longer be delivered.
     pub fn number(
         &mut self,
         to: NodeId,
         incarnation: u64,
-        bytes: usize,
+        payload_len: usize,
         stale: &mut Vec<Waiting>,
     ) -> Result<(u64, bool), Refused> {
         let max = self.max_waiting_bytes;
         let lane = self.lane(to, incarnation, stale);
         let free = lane.busy.is_none();
-        if !free && lane.waiting_bytes + bytes > max {
+        // One message may always wait, whatever its size, or a message
+        // larger than the bound could never be sent to a busy destination.
+        if !free && lane.waiting_bytes > 0 && lane.waiting_bytes + cost(payload_len) > max {
             return Err(Refused::Full {
                 waiting_bytes: lane.waiting_bytes,
             });
@@ -138,7 +148,7 @@ impl Lanes {
     /// Queues a numbered message behind the frame with the carrier.
     pub fn wait(&mut self, to: NodeId, waiting: Waiting) {
         if let Some(lane) = self.lanes.get_mut(&to) {
-            lane.waiting_bytes += waiting.bytes;
+            lane.waiting_bytes += waiting.cost();
             lane.waiting.push_back(waiting);
         }
     }
@@ -173,7 +183,7 @@ impl Lanes {
             }
             size += record;
             let waiting = lane.waiting.pop_front().expect("checked non-empty");
-            lane.waiting_bytes -= waiting.bytes;
+            lane.waiting_bytes -= waiting.cost();
             next.push(waiting);
             if alone {
                 break;
@@ -205,7 +215,7 @@ impl Lanes {
                 .is_some_and(|w| now.saturating_duration_since(w.since) >= timeout)
             {
                 let waiting = lane.waiting.pop_front().expect("checked non-empty");
-                lane.waiting_bytes -= waiting.bytes;
+                lane.waiting_bytes -= waiting.cost();
                 expired.push(waiting);
             }
         }
@@ -298,9 +308,29 @@ mod tests {
             aux: 0,
             seq: token,
             payload: Bytes::from_static(&[0; 10]),
-            bytes: 10,
             since,
         }
+    }
+
+    /// A lane to node 2 whose frame 1 is with the carrier, and behind it
+    /// messages of these kinds, tokens 2, 3, … in order.
+    fn busy_lane(kinds: &[Kind]) -> Lanes {
+        let t0 = Instant::now();
+        let mut lanes = Lanes::new(1 << 20, 8);
+        let mut stale = Vec::new();
+        lanes.number(2, 7, 10, &mut stale).unwrap();
+        lanes.start(2, 1);
+        for (token, &kind) in (2..).zip(kinds) {
+            lanes.number(2, 7, 10, &mut stale).unwrap();
+            lanes.wait(
+                2,
+                Waiting {
+                    kind,
+                    ..waiting(token, t0)
+                },
+            );
+        }
+        lanes
     }
 
     fn finished(lanes: &mut Lanes, to: NodeId, token: u64, batch_bytes: usize) -> Vec<u64> {
@@ -312,7 +342,8 @@ mod tests {
     #[test]
     fn one_frame_at_a_time_and_numbers_never_given_back() {
         let t0 = Instant::now();
-        let mut lanes = Lanes::new(25, 8);
+        // Room for two waiting messages, not three.
+        let mut lanes = Lanes::new(2 * cost(10) + 5, 8);
         let mut stale = Vec::new();
         assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((1, true)));
         lanes.start(2, 100);
@@ -322,7 +353,9 @@ mod tests {
         lanes.wait(2, waiting(102, t0));
         assert_eq!(
             lanes.number(2, 7, 10, &mut stale),
-            Err(Refused::Full { waiting_bytes: 20 })
+            Err(Refused::Full {
+                waiting_bytes: 2 * cost(10)
+            })
         );
         // Message 1 failed: its number stays spent; 2 and 3 go next, together.
         assert_eq!(finished(&mut lanes, 2, 100, 1024), vec![101, 102]);
@@ -333,16 +366,25 @@ mod tests {
     }
 
     #[test]
-    fn what_waits_goes_out_in_batches_of_the_bound_and_in_order() {
+    fn one_message_larger_than_the_bound_may_wait_alone() {
         let t0 = Instant::now();
-        let mut lanes = Lanes::new(1 << 20, 8);
+        let mut lanes = Lanes::new(10, 8);
         let mut stale = Vec::new();
-        lanes.number(2, 7, 10, &mut stale).unwrap();
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((1, true)));
         lanes.start(2, 1);
-        for token in 2..=8 {
-            lanes.number(2, 7, 10, &mut stale).unwrap();
-            lanes.wait(2, waiting(token, t0));
-        }
+        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((2, false)));
+        lanes.wait(2, waiting(2, t0));
+        assert_eq!(
+            lanes.number(2, 7, 10, &mut stale),
+            Err(Refused::Full {
+                waiting_bytes: cost(10)
+            })
+        );
+    }
+
+    #[test]
+    fn what_waits_goes_out_in_batches_of_the_bound_and_in_order() {
+        let mut lanes = busy_lane(&[Kind::Direct; 7]);
         // Three records of 23 bytes fit behind the batch's head, not four.
         let bound = DirectRecord::BATCH_HEAD + 3 * DirectRecord::record_size(10);
         assert_eq!(finished(&mut lanes, 2, 1, bound), vec![2, 3, 4]);
@@ -360,27 +402,13 @@ mod tests {
 
     #[test]
     fn a_carrier_that_answers_requests_itself_gets_each_reply_alone() {
-        let t0 = Instant::now();
-        let mut lanes = Lanes::new(1 << 20, 8);
-        let mut stale = Vec::new();
-        lanes.number(2, 7, 10, &mut stale).unwrap();
-        lanes.start(2, 1);
-        for (token, kind) in [
-            (2, Kind::Direct),
-            (3, Kind::Request),
-            (4, Kind::Reply),
-            (5, Kind::ReplyError),
-            (6, Kind::Direct),
-        ] {
-            lanes.number(2, 7, 10, &mut stale).unwrap();
-            lanes.wait(
-                2,
-                Waiting {
-                    kind,
-                    ..waiting(token, t0)
-                },
-            );
-        }
+        let mut lanes = busy_lane(&[
+            Kind::Direct,
+            Kind::Request,
+            Kind::Reply,
+            Kind::ReplyError,
+            Kind::Direct,
+        ]);
         let mut took = Vec::new();
         let mut last = 1;
         loop {
@@ -401,7 +429,7 @@ mod tests {
     fn waiting_frames_expire_and_a_new_run_starts_at_one() {
         let t0 = Instant::now();
         let timeout = Duration::from_secs(1);
-        let mut lanes = Lanes::new(100, 8);
+        let mut lanes = Lanes::new(1 << 20, 8);
         let mut stale = Vec::new();
         lanes.number(2, 7, 10, &mut stale).unwrap();
         lanes.start(2, 1);
@@ -419,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_destination_that_comes_back_resumes_its_numbers() {
-        let mut lanes = Lanes::new(100, 1);
+        let mut lanes = Lanes::new(1 << 20, 1);
         let mut stale = Vec::new();
         lanes.number(2, 7, 10, &mut stale).unwrap();
         lanes.number(2, 7, 10, &mut stale).unwrap();

@@ -833,7 +833,6 @@ impl Core {
                 kind,
                 aux,
                 seq,
-                bytes: crate::envelope::OVERHEAD + payload.len(),
                 payload,
                 since: now,
             },
