@@ -357,6 +357,48 @@ async fn a_broadcast_waiting_for_room_fails_when_the_node_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_waiting_for_room_goes_out_in_its_turn_once_there_is_room() {
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut subscription = receiver
+        .subscribe("t", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let first = first_held(&gated, &sender).await;
+    let big = |i: u8| Bytes::from(vec![i; 61 * 1024]);
+    let mut queued = 0u8;
+    let mut waiting = loop {
+        let mut sending = Box::pin(sender.broadcast("t", big(queued)));
+        match sending.as_mut().now_or_never() {
+            Some(result) => result.unwrap(),
+            None => break sending,
+        }
+        queued += 1;
+        assert!(queued < 200, "the queue never filled up");
+    };
+    // Still waiting a while later: nothing made room.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        waiting.as_mut().now_or_never().is_none(),
+        "a broadcast went past a full queue"
+    );
+    gated.release();
+    first.await.unwrap().unwrap();
+    within(LIMIT, "the waiting broadcast", &mut waiting)
+        .await
+        .unwrap();
+    within(LIMIT, "every broadcast, in order", async {
+        let message = subscription.recv().await.unwrap();
+        assert_eq!(message.payload, "first");
+        for i in 0..=queued {
+            let message = subscription.recv().await.unwrap();
+            assert_eq!(message.payload, big(i), "broadcast {i} after the first");
+        }
+    })
+    .await;
+    assert_eq!(receiver.stats().messages_lost, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_batch_is_dropped_whole_and_reported_with_its_sender() {
     let network = MemoryNetwork::new();
     let receiver = Arc::new(network.start(Settings::new(2)).unwrap());

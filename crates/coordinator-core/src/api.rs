@@ -246,11 +246,29 @@ impl QueueItem for Incoming {
 }
 
 /// The engine's end of a queue to the application, bounded in messages and bytes.
+///
+/// The bounds are kept with two counters rather than a bounded channel's
+/// semaphore, whose release takes a lock for every message taken.
 #[derive(Debug)]
 pub(crate) struct QueueSender<T> {
-    sender: mpsc::Sender<T>,
-    bytes: Arc<AtomicUsize>,
+    sender: mpsc::UnboundedSender<T>,
+    held: Arc<Held>,
+    capacity: usize,
     max_bytes: usize,
+}
+
+/// What waits in a queue.
+#[derive(Debug, Default)]
+struct Held {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Held {
+    fn release(&self, size: usize) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(size, Ordering::AcqRel);
+    }
 }
 
 /// Why a queue to the application did not take a message (handed back, so
@@ -263,36 +281,32 @@ pub(crate) enum QueueRefused<T> {
 /// A queue to the application: at most `capacity` messages and `max_bytes`
 /// bytes wait in it (one message may always wait, whatever its size).
 pub(crate) fn queue<T>(capacity: usize, max_bytes: usize) -> (QueueSender<T>, QueueReceiver<T>) {
-    let (sender, receiver) = mpsc::channel(capacity.max(1));
-    let bytes = Arc::new(AtomicUsize::new(0));
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let held = Arc::new(Held::default());
     (
         QueueSender {
             sender,
-            bytes: bytes.clone(),
+            held: held.clone(),
+            capacity: capacity.max(1),
             max_bytes,
         },
-        QueueReceiver { receiver, bytes },
+        QueueReceiver { receiver, held },
     )
 }
 
 impl<T: QueueItem> QueueSender<T> {
     pub fn try_send(&self, item: T) -> Result<(), QueueRefused<T>> {
         let size = item.bytes();
-        let held = self.bytes.fetch_add(size, Ordering::AcqRel);
-        if held > 0 && held + size > self.max_bytes {
-            self.bytes.fetch_sub(size, Ordering::AcqRel);
+        let messages = self.held.messages.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.held.bytes.fetch_add(size, Ordering::AcqRel);
+        if messages >= self.capacity || (bytes > 0 && bytes + size > self.max_bytes) {
+            self.held.release(size);
             return Err(QueueRefused::Full(item));
         }
-        match self.sender.try_send(item) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                self.bytes.fetch_sub(size, Ordering::AcqRel);
-                Err(match error {
-                    mpsc::error::TrySendError::Full(item) => QueueRefused::Full(item),
-                    mpsc::error::TrySendError::Closed(item) => QueueRefused::Closed(item),
-                })
-            }
-        }
+        self.sender.send(item).map_err(|refused| {
+            self.held.release(size);
+            QueueRefused::Closed(refused.0)
+        })
     }
 
     pub fn is_closed(&self) -> bool {
@@ -303,14 +317,14 @@ impl<T: QueueItem> QueueSender<T> {
 /// The application's end of a queue.
 #[derive(Debug)]
 pub(crate) struct QueueReceiver<T> {
-    receiver: mpsc::Receiver<T>,
-    bytes: Arc<AtomicUsize>,
+    receiver: mpsc::UnboundedReceiver<T>,
+    held: Arc<Held>,
 }
 
 impl<T: QueueItem> QueueReceiver<T> {
     fn took(&self, item: Option<T>) -> Option<T> {
         if let Some(item) = &item {
-            self.bytes.fetch_sub(item.bytes(), Ordering::AcqRel);
+            self.held.release(item.bytes());
         }
         item
     }
@@ -418,6 +432,11 @@ impl Inbox {
     /// The next message, or `None` once the coordinator has stopped.
     pub async fn recv(&mut self) -> Option<Incoming> {
         self.receiver.recv().await
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Incoming> {
+        self.receiver.try_recv()
     }
 }
 

@@ -22,6 +22,7 @@ pub use settings::Settings;
 
 use self::core::{Broadcasting, Core, Opened, Output, Sending, Transmit};
 use crate::api::*;
+use crate::envelope::Envelope;
 use crate::error::{Error, TransportError};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::testing::Faults;
@@ -116,6 +117,7 @@ impl NodeBuilder {
             events: broadcast::channel(EVENT_BUFFER).0,
             tasks: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            own_wanted: AtomicBool::new(false),
             wake_timer: Notify::new(),
             flush: Notify::new(),
             room: Notify::new(),
@@ -237,6 +239,8 @@ pub(crate) struct Inner {
     events: broadcast::Sender<Event>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// A subscription asked for this node's own broadcasts (never unset).
+    own_wanted: AtomicBool,
     /// A deadline moved earlier: the timer looks again.
     wake_timer: Notify,
     /// Queued broadcasts can go out.
@@ -446,14 +450,15 @@ impl Inner {
     fn dispatch(self: &Arc<Self>, shared: &mut Delivery, output: Output) -> Option<Settled> {
         match output {
             Output::Broadcast(envelope) => {
-                self.deliver_broadcast(
-                    shared,
-                    envelope.from,
-                    envelope.topic_str(),
-                    envelope.seq,
-                    envelope.payload.clone(),
-                    false,
-                );
+                let Envelope {
+                    from,
+                    seq,
+                    topic,
+                    payload,
+                    ..
+                } = envelope;
+                let topic = std::str::from_utf8(&topic).unwrap_or_default();
+                self.deliver_broadcast(shared, from, topic, seq, payload, false);
             }
             Output::Incoming {
                 from,
@@ -627,26 +632,40 @@ impl Inner {
     async fn broadcast(self: &Arc<Self>, topic: &str, payload: Bytes) -> Result<(), Error> {
         // No `cooperate` here: a broadcast that waits its turn only queues,
         // and a full outbox makes the caller wait.
-        loop {
+        let attempt = || {
             self.check_open()?;
+            self.with_core(|core, now| core.broadcast(now, topic, &payload))
+        };
+        let mut outcome = attempt()?;
+        // Only a caller that found the outbox full waits for room. It asks to
+        // be told before it looks again, so that room made in between is not
+        // missed.
+        while let Broadcasting::Full = outcome {
             let mut room = pin!(self.room.notified());
             room.as_mut().enable();
-            let outcome = self.with_core(|core, now| core.broadcast(now, topic, &payload))?;
-            let seq = match outcome {
-                Broadcasting::Alone { seq, transmit } => {
-                    self.perform(transmit).await.map_err(Error::Transport)?;
-                    seq
-                }
-                Broadcasting::Queued { seq } => seq,
-                Broadcasting::Full => {
-                    room.await;
-                    continue;
-                }
-            };
+            outcome = attempt()?;
+            if let Broadcasting::Full = outcome {
+                room.await;
+            }
+        }
+        let seq = match outcome {
+            Broadcasting::Alone { seq, transmit } => {
+                // Boxed: a broadcast that only queues (the usual case under
+                // load) then does not carry, and copy, the carrier's future.
+                Box::pin(self.perform(transmit))
+                    .await
+                    .map_err(Error::Transport)?;
+                seq
+            }
+            Broadcasting::Queued { seq } => seq,
+            Broadcasting::Full => unreachable!("the loop above waits until there is room"),
+        };
+        // The queues are taken only if a subscriber wants this node's own messages.
+        if self.own_wanted.load(Ordering::Acquire) {
             let mut delivery = self.delivery.lock();
             self.deliver_broadcast(&mut delivery, self.id, topic, seq, payload, true);
-            return Ok(());
         }
+        Ok(())
     }
 
     /// Waits for a message that waited its turn to be sent.
@@ -861,6 +880,9 @@ impl Coordinator for Node {
                 sender,
                 receive_own: options.receive_own,
             });
+        if options.receive_own {
+            self.inner.own_wanted.store(true, Ordering::Release);
+        }
         Ok(Subscription::new(topic, receiver))
     }
 
