@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Rounds of the throughput runs and of the raw channel, one after the
+    /// other in this process; each figure is the median of its rounds (this
+    /// machine's figures move by a fifth from one run to the next).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Measure only these (comma-separated; all when not given): for a
     /// profile or an instruction count of one path.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -81,6 +86,42 @@ pub(super) struct Row {
 }
 
 impl Row {
+    /// One row per figure: the median of its rounds (the most lost in any
+    /// round), in the order of the first round.
+    fn medians(rounds: Vec<Vec<Row>>) -> Vec<Row> {
+        fn median(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+            let mut values: Vec<f64> = values.flatten().collect();
+            values.sort_by(f64::total_cmp);
+            let middle = values.len() / 2;
+            match values.len() {
+                0 => None,
+                n if n % 2 == 1 => Some(values[middle]),
+                _ => Some((values[middle - 1] + values[middle]) / 2.0),
+            }
+        }
+        let mut rounds = rounds.into_iter();
+        let Some(first) = rounds.next() else {
+            return Vec::new();
+        };
+        let rest: Vec<Vec<Row>> = rounds.collect();
+        first
+            .into_iter()
+            .enumerate()
+            .map(|(index, row)| {
+                let same: Vec<&Row> = std::iter::once(&row)
+                    .chain(rest.iter().filter_map(|round| round.get(index)))
+                    .collect();
+                Row {
+                    per_second: median(same.iter().map(|r| r.per_second)),
+                    p50_us: median(same.iter().map(|r| r.p50_us)),
+                    p99_us: median(same.iter().map(|r| r.p99_us)),
+                    lost: same.iter().filter_map(|r| r.lost).max(),
+                    ..row
+                }
+            })
+            .collect()
+    }
+
     /// `received` of `count` messages arrived in `elapsed`.
     pub(super) fn throughput(
         subject: &str,
@@ -143,35 +184,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let measures = |measure: Measure| args.only.is_empty() || args.only.contains(&measure);
-    let mut rows = Vec::new();
-    if measures(Measure::Broadcast) {
-        progress(&format!(
-            "{subject} broadcast throughput ({} × {} B)",
-            args.messages, args.size
-        ));
-        rows.push(broadcast_throughput(&subject, &a, &b, args.messages, args.size).await?);
-    }
-    // A node has one inbox: the point-to-point run reads it, then the echo server.
+    // A node has one inbox: the point-to-point runs read it, then the echo server.
     let mut inbox = b.inbox()?;
-    if measures(Measure::Send) {
-        let senders = args.senders.clamp(1, args.messages.max(1));
-        progress(&format!(
-            "{subject} point-to-point throughput ({} × {} B, {senders} sending task(s))",
-            args.messages, args.size
-        ));
-        rows.push(
-            send_throughput(
-                &subject,
-                &a,
-                &b,
-                &mut inbox,
-                args.messages,
-                args.size,
-                senders,
-            )
-            .await?,
-        );
+    let mut rounds = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        let mut rows = Vec::new();
+        if measures(Measure::Broadcast) {
+            progress(&format!(
+                "{subject} broadcast throughput ({} × {} B)",
+                args.messages, args.size
+            ));
+            rows.push(broadcast_throughput(&subject, &a, &b, args.messages, args.size).await?);
+        }
+        if measures(Measure::Send) {
+            let senders = args.senders.clamp(1, args.messages.max(1));
+            progress(&format!(
+                "{subject} point-to-point throughput ({} × {} B, {senders} sending task(s))",
+                args.messages, args.size
+            ));
+            rows.push(
+                send_throughput(
+                    &subject,
+                    &a,
+                    &b,
+                    &mut inbox,
+                    args.messages,
+                    args.size,
+                    senders,
+                )
+                .await?,
+            );
+        }
+        if measures(Measure::Raw) {
+            rows.extend(raw_channel_rows(&subject, config.as_ref(), &args, &progress).await?);
+        }
+        rounds.push(rows);
     }
+    let mut rows = Row::medians(rounds);
     if measures(Measure::Latency) {
         progress(&format!(
             "{subject} broadcast latency ({} samples)",
@@ -184,21 +233,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ));
         rows.push(request_latency(&subject, &a, &b, inbox, args.samples, args.size).await?);
     }
-    if measures(Measure::Raw) {
-        if subject == "Memory" {
-            progress("raw tokio channel (the limit for the Memory carrier)");
-            rows.push(raw_channel_throughput(args.messages, args.size).await?);
-            rows.push(raw_channel_latency(args.samples, args.size).await?);
-        }
-        #[cfg(feature = "native")]
-        if subject == "Native" {
-            progress("raw tokio-rustls echo over loopback (the limit for the Native carrier)");
-            rows.extend(raw_tls_rows(args.messages, args.samples, args.size).await?);
-        }
-        if let Some(config) = &config {
-            rows.extend(raw_rows(&config.carrier, &args, &progress).await?);
-        }
-    }
+    // The carrier's rows first, then the raw channel's.
+    rows.sort_by_key(|row| row.subject != subject);
     a.leave().await.ok();
     b.leave().await.ok();
     if args.raft_writes > 0 && measures(Measure::Raft) {
@@ -228,6 +264,30 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         print_table(&rows);
     }
     Ok(())
+}
+
+/// The raw channel beside the carrier: throughput, and its latency.
+async fn raw_channel_rows(
+    subject: &str,
+    config: Option<&CoordinatorConfig>,
+    args: &BenchArgs,
+    progress: &impl Fn(&str),
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    if subject == "Memory" {
+        progress("raw tokio channel (the limit for the Memory carrier)");
+        rows.push(raw_channel_throughput(args.messages, args.size).await?);
+        rows.push(raw_channel_latency(args.samples, args.size).await?);
+    }
+    #[cfg(feature = "native")]
+    if subject == "Native" {
+        progress("raw tokio-rustls echo over loopback (the limit for the Native carrier)");
+        rows.extend(raw_tls_rows(args.messages, args.samples, args.size).await?);
+    }
+    if let Some(config) = config {
+        rows.extend(raw_rows(&config.carrier, args, progress).await?);
+    }
+    Ok(rows)
 }
 
 /// Starts the measured nodes, whatever the carrier.
@@ -760,5 +820,44 @@ fn print_table(rows: &[Row]) {
             show(row.p99_us, 1),
             row.lost.map_or("-".to_string(), |l| l.to_string()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(test: &'static str, per_second: f64, p50: Option<f64>, lost: u64) -> Row {
+        Row {
+            subject: "Memory".into(),
+            test,
+            size: 128,
+            count: 10,
+            per_second: Some(per_second),
+            p50_us: p50,
+            p99_us: None,
+            lost: Some(lost),
+        }
+    }
+
+    #[test]
+    fn each_figure_is_the_median_of_its_rounds_and_the_worst_loss() {
+        let rounds = vec![
+            vec![row("a", 30.0, Some(5.0), 0), row("b", 1.0, None, 0)],
+            vec![row("a", 10.0, Some(9.0), 2), row("b", 3.0, None, 0)],
+            vec![row("a", 20.0, Some(7.0), 1), row("b", 2.0, None, 0)],
+        ];
+        let rows = Row::medians(rounds);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].test, rows[0].per_second), ("a", Some(20.0)));
+        assert_eq!((rows[0].p50_us, rows[0].lost), (Some(7.0), Some(2)));
+        assert_eq!((rows[1].test, rows[1].per_second), ("b", Some(2.0)));
+        assert_eq!(rows[1].p50_us, None);
+        // An even number of rounds: the mean of the middle two.
+        let rows = Row::medians(vec![
+            vec![row("a", 10.0, None, 0)],
+            vec![row("a", 20.0, None, 0)],
+        ]);
+        assert_eq!(rows[0].per_second, Some(15.0));
     }
 }
