@@ -170,6 +170,60 @@ async fn a_frame_over_the_size_limit_closes_the_connection_and_is_counted() {
     still_serving(&nodes).await;
 }
 
+/// Envelopes go unsealed on Native (the TLS session, bound to a proof of the
+/// key, authenticates them), so the connection names their sender: a key
+/// holder that writes another node's name in one is refused and counted, the
+/// application never sees it, and the connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_another_nodes_name_is_refused_and_counted() {
+    use coordinator_core::envelope::{Codec, Envelope, Kind};
+    use coordinator_native::frame::{FrameType, read_frame, write_frame};
+    let (_harness, nodes, target) = two_nodes().await;
+    let mut forged_topic = nodes[1]
+        .subscribe("forged", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let before = nodes[1].stats().dropped_unauthenticated;
+    let (mut stream, result) = tls_handshake(target, CLUSTER_KEY.as_bytes()).await;
+    result.expect("the right key passes the handshake");
+    // Node 666 (the Hello's) writes a broadcast in node 1's name.
+    let forged = Codec::new("conformance", None, false, 1 << 20)
+        .encode(&Envelope {
+            kind: Kind::Broadcast,
+            from: 1,
+            from_incarnation: 1,
+            to: 0,
+            to_incarnation: 0,
+            seq: 1,
+            aux: 0,
+            topic: Bytes::from_static(b"forged"),
+            payload: Bytes::from_static(b"not from node 1"),
+        })
+        .unwrap();
+    write_frame(&mut stream, FrameType::Message, &forged)
+        .await
+        .unwrap();
+    // The connection is still served: a Ping is answered.
+    write_frame(&mut stream, FrameType::Ping, &[])
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let (kind, read) = within(LONG, "the Pong", read_frame(&mut stream, 64))
+        .await
+        .unwrap();
+    assert_eq!(kind, FrameType::Pong);
+    assert_eq!(read.as_ref(), 1u64.to_be_bytes(), "one message read");
+    until(LONG, "the forged message to be counted", || {
+        nodes[1].stats().dropped_unauthenticated > before
+    })
+    .await;
+    still_serving(&nodes).await;
+    assert!(
+        forged_topic.try_recv().is_none(),
+        "a message in another node's name reached the application"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_and_forged_gossip_datagrams_are_refused_and_counted() {
     let (_harness, nodes, target) = two_nodes().await;

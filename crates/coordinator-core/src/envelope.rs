@@ -180,6 +180,9 @@ pub struct Codec {
     keys: Option<Keys>,
     encrypt: bool,
     max_size: usize,
+    /// The carrier's links authenticate every byte with the cluster key
+    /// ([`Codec::on_authenticated_links`]).
+    authenticated_links: bool,
 }
 
 /// What the cluster key becomes: a MAC key for envelopes that are only
@@ -203,6 +206,7 @@ impl fmt::Debug for Codec {
             .field("sealed", &self.keys.is_some())
             .field("encrypt", &self.encrypt)
             .field("max_size", &self.max_size)
+            .field("authenticated_links", &self.authenticated_links)
             .finish()
     }
 }
@@ -226,7 +230,20 @@ impl Codec {
             encrypt: encrypt && keys.is_some(),
             keys,
             max_size,
+            authenticated_links: false,
         }
+    }
+
+    /// For a carrier whose every link proved the cluster key and protects
+    /// each byte on it ([`crate::transport::Transport::authenticates_links`]:
+    /// Native's TLS sessions, bound to a proof of the key): envelopes go out
+    /// without a seal of their own, and one that comes without a seal is
+    /// accepted, since the link already authenticated (and encrypted) it. A
+    /// sealed one is still verified. Sizes stay those of sealed envelopes
+    /// ([`Codec::max_payload`]), so every node accepts the same payloads.
+    pub fn on_authenticated_links(mut self) -> Self {
+        self.authenticated_links = true;
+        self
     }
 
     /// The largest payload that fits with a topic of `topic_len` bytes.
@@ -236,7 +253,7 @@ impl Codec {
 
     /// Bytes a seal adds to a frame with this codec.
     fn seal_len(&self) -> usize {
-        if self.keys.is_some() {
+        if self.keys.is_some() && !self.authenticated_links {
             Keys::seal_len(self.encrypt)
         } else {
             0
@@ -360,7 +377,7 @@ impl Codec {
     /// Sets the flags of an unsealed frame and appends its seal; the payload
     /// starts at `payload_at`.
     fn seal(&self, mut frame: BytesMut, payload_at: usize) -> Bytes {
-        let Some(keys) = &self.keys else {
+        let Some(keys) = self.keys.as_ref().filter(|_| !self.authenticated_links) else {
             return frame.freeze();
         };
         frame[4] = FLAG_SEALED | if self.encrypt { FLAG_ENCRYPTED } else { 0 };
@@ -394,7 +411,7 @@ impl Codec {
         let sealed = layout.flags & FLAG_SEALED != 0;
         let encrypted = layout.flags & FLAG_ENCRYPTED != 0;
         match (&self.keys, sealed) {
-            (Some(_), false) => return Err(DecodeError::NotSealed),
+            (Some(_), false) if !self.authenticated_links => return Err(DecodeError::NotSealed),
             (None, true) => return Err(DecodeError::NoKey),
             _ => {}
         }
@@ -409,7 +426,7 @@ impl Codec {
             return Err(DecodeError::BadLength("payload length"));
         }
         let mut payload = frame.slice(layout.payload_at..body_end);
-        if let Some(keys) = &self.keys {
+        if let Some(keys) = self.keys.as_ref().filter(|_| sealed) {
             if encrypted {
                 let nonce = XNonce::from_slice(&frame[body_end..body_end + NONCE_LEN]);
                 let tag = chacha20poly1305::Tag::from_slice(&frame[body_end + NONCE_LEN..]);

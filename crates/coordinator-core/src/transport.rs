@@ -38,6 +38,16 @@ pub trait Transport: Send + Sync + 'static {
         false
     }
 
+    /// Whether every frame this carrier hands over came on a link whose far
+    /// end proved the cluster key, and which authenticates every byte on it
+    /// (Native: TLS sessions bound to a proof of the key; never a broker,
+    /// which any of its clients can write to). Envelopes then carry no seal
+    /// of their own: see [`crate::envelope::Codec::on_authenticated_links`].
+    /// A carrier that says so must hand over nothing that came another way.
+    fn authenticates_links(&self) -> bool {
+        false
+    }
+
     /// Where the carrier reaches node `node` (this node included), if it knows.
     fn address_of(&self, _node: NodeId) -> Option<String> {
         None

@@ -25,8 +25,9 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 const MAGIC: &[u8; 4] = b"CRDN";
-/// Protocol version spoken on the TCP side.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Protocol version spoken on the TCP side (2: envelopes go unsealed, the
+/// connection authenticates them; version 1 sealed each one).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Label of the TLS exporter the proofs are bound to.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-coordinator-native";
 /// Largest handshake frame.
@@ -318,10 +319,10 @@ mod tests {
         let hello = Hello::new(u64::MAX, 3, "[::1]:1".parse().unwrap());
         assert_eq!(Hello::decode(&hello.encode()).unwrap(), hello);
         let mut other = hello.encode();
-        other[4] = 2;
+        other[4] = 1;
         assert!(matches!(
             Hello::decode(&other),
-            Err(HandshakeError::Version(2))
+            Err(HandshakeError::Version(1))
         ));
         assert!(Hello::decode(b"GET / HTTP/1.1").is_err());
     }

@@ -7,6 +7,7 @@ use crate::handshake::{self, HandshakeError};
 use crate::swim::{decode_probe, decode_state, encode_probe, encode_state};
 use crate::transport::{NativeTransport, exporter};
 use coordinator_core::DropReason;
+use coordinator_core::envelope::peek_sender;
 use coordinator_core::transport::Inbound;
 use futures_util::StreamExt;
 use std::net::SocketAddr;
@@ -177,6 +178,21 @@ async fn serve(
         match frame {
             (FrameType::Message, body) => {
                 received += 1;
+                // The envelope is not sealed (the link authenticates it), so
+                // the connection says who sent it: another node's name in it
+                // is refused. What is not an envelope the engine refuses.
+                if let Some(sender) = peek_sender(&body)
+                    && sender != peer.id
+                {
+                    transport.refuse(
+                        DropReason::Unauthenticated,
+                        format!(
+                            "a message claiming to be from node {sender} on the connection of node {} ({remote})",
+                            peer.id
+                        ),
+                    );
+                    continue;
+                }
                 if !transport.inbound.deliver(Inbound::Frame(body)) {
                     return;
                 }

@@ -543,6 +543,14 @@ impl Transport for NativeTransport {
         true
     }
 
+    /// Messages come only on TLS connections whose dialer proved the cluster
+    /// key, bound to the session (the handshake), each from the node that
+    /// connection speaks for (the listener refuses any other sender): TLS
+    /// authenticates and encrypts each byte, so envelopes need no seal.
+    fn authenticates_links(&self) -> bool {
+        true
+    }
+
     fn address_of(&self, node: NodeId) -> Option<String> {
         if node == self.id {
             return Some(self.advertise_addr().to_string());

@@ -73,12 +73,13 @@ impl NodeBuilder {
     /// Starts the node's tasks and announces it to the cluster. Needs a tokio runtime.
     pub fn start(self) -> Result<Node, Error> {
         let NodeBuilder {
-            settings,
+            mut settings,
             carrier,
             link,
             faults,
         } = self;
         let Link { transport, inbound } = link;
+        settings.authenticated_links = transport.authenticates_links();
         let incarnation = settings.incarnation.unwrap_or_else(new_incarnation);
         let core = Core::new(&settings, incarnation, transport.reports_membership())
             .replies_alone(transport.replies_alone());

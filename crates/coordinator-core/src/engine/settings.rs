@@ -47,6 +47,11 @@ pub struct Settings {
     /// This run's incarnation; a fresh one (see [`super::new_incarnation`]) when `None`.
     /// A carrier that needs it before the node starts sets it.
     pub incarnation: Option<u64>,
+    /// The carrier authenticates every link with the cluster key, so
+    /// envelopes go unsealed (set from
+    /// [`crate::transport::Transport::authenticates_links`] when the node
+    /// starts; see [`crate::envelope::Codec::on_authenticated_links`]).
+    pub authenticated_links: bool,
 }
 
 impl Settings {
@@ -89,6 +94,7 @@ impl Settings {
             max_queue_bytes: 256 << 20,
             max_members: crate::membership::MAX_PEERS,
             incarnation: None,
+            authenticated_links: false,
         }
     }
 

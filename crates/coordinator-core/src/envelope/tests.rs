@@ -64,6 +64,33 @@ fn wrong_key_missing_key_and_unsealed_frames_are_refused() {
     );
 }
 
+/// On links that authenticate every byte (Native), envelopes go unsealed,
+/// also when `encrypt` is set, and come in unsealed; sealed ones from a node
+/// that seals are still checked; elsewhere the same unsealed frame is refused.
+#[test]
+fn on_authenticated_links_envelopes_go_and_come_unsealed() {
+    let sealing = Codec::new("c", Some(b"key"), false, 1 << 20);
+    let sealed = sealing.encode(&sample()).unwrap();
+    for encrypt in [false, true] {
+        let linked = Codec::new("c", Some(b"key"), encrypt, 1 << 20).on_authenticated_links();
+        let frame = linked.encode(&sample()).unwrap();
+        assert_eq!(frame[4], 0, "flags of an unsealed envelope");
+        assert_eq!(frame.len(), sealed.len() - TAG_LEN, "no tag");
+        assert!(frame.windows(7).any(|w| w == b"mailbox"), "not encrypted");
+        assert_eq!(linked.decode(frame.clone()).unwrap(), sample());
+        assert_eq!(sealing.decode(frame), Err(DecodeError::NotSealed));
+        assert_eq!(linked.decode(sealed.clone()).unwrap(), sample());
+        let mut tampered = sealed.to_vec();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            linked.decode(Bytes::from(tampered)),
+            Err(DecodeError::BadTag)
+        );
+        // The largest payload is the same on every carrier.
+        assert_eq!(linked.max_payload(5), sealing.max_payload(5));
+    }
+}
+
 /// Flips every bit of the frame `make` seals, one at a time, authenticated
 /// only (keyed BLAKE3) and encrypted (XChaCha20-Poly1305): none goes unnoticed.
 fn every_flipped_bit_is_detected(make: impl Fn(&Codec) -> Bytes) {

@@ -331,12 +331,16 @@ impl Core {
             .cluster_key
             .as_ref()
             .map(|key| key.expose().as_bytes().to_vec());
-        let codec = Arc::new(Codec::new(
+        let mut codec = Codec::new(
             &settings.cluster,
             key.as_deref(),
             settings.encrypt,
             settings.max_message_size,
-        ));
+        );
+        if settings.authenticated_links {
+            codec = codec.on_authenticated_links();
+        }
+        let codec = Arc::new(codec);
         let detection = Detection {
             suspect_after: settings.suspect_timeout,
             dead_after: settings.dead_timeout,
