@@ -35,6 +35,9 @@ use rand::RngCore;
 use sha2::Sha256;
 use std::fmt;
 
+mod pool;
+pub use pool::FramePool;
+
 pub const MAGIC: [u8; 2] = [0xC0, 0xDE];
 pub const VERSION: u8 = 1;
 const FIXED_LEN: usize = 54;
@@ -50,6 +53,9 @@ const FLAG_ENCRYPTED: u8 = 2;
 pub const MAX_TOPIC_LEN: usize = 255;
 /// Bytes an envelope adds around its payload and topic, at most.
 pub const OVERHEAD: usize = FIXED_LEN + 4 + SEAL_LEN;
+/// The largest batch, in bytes, unsealed (never more than `maxMessageSize`):
+/// the engine's batches, whose buffers a [`Codec`] keeps for reuse.
+pub(crate) const BATCH_BYTES: usize = 60 * 1024;
 
 /// What an envelope carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -183,6 +189,8 @@ pub struct Codec {
     /// The carrier's links authenticate every byte with the cluster key
     /// ([`Codec::on_authenticated_links`]).
     authenticated_links: bool,
+    /// Buffers of frames the size of a full batch.
+    pool: FramePool,
 }
 
 /// What the cluster key becomes: a MAC key for envelopes that are only
@@ -231,6 +239,7 @@ impl Codec {
             keys,
             max_size,
             authenticated_links: false,
+            pool: FramePool::new(BATCH_HEAD + max_size.min(BATCH_BYTES) + SEAL_LEN),
         }
     }
 
@@ -278,6 +287,11 @@ impl Codec {
     }
 
     /// The largest [`Batch::size`] that still fits in one frame once sealed.
+    /// The buffers this codec's frames are written in, for [`Batch::in_pool`].
+    pub fn pool(&self) -> &FramePool {
+        &self.pool
+    }
+
     pub fn batch_limit(&self) -> usize {
         self.max_size.saturating_sub(self.seal_len())
     }
@@ -290,8 +304,9 @@ impl Codec {
     /// Encodes and seals one envelope from its parts (sizes checked with
     /// [`Codec::check`]).
     pub fn encode_parts(&self, header: &Header, topic: &[u8], payload: &[u8]) -> Bytes {
-        let mut frame =
-            BytesMut::with_capacity(FIXED_LEN + topic.len() + 4 + payload.len() + self.seal_len());
+        let mut frame = self
+            .pool
+            .take(FIXED_LEN + topic.len() + 4 + payload.len() + self.seal_len());
         put_plain(&mut frame, header, topic, payload);
         self.seal(frame, FIXED_LEN + topic.len() + 4)
     }
@@ -317,7 +332,7 @@ impl Codec {
             aux: 0,
         };
         if count == 1 {
-            let record = Records::new(frame.split_off(BATCH_HEAD).freeze())
+            let record = Records::new(self.pool.freeze(frame).slice(BATCH_HEAD..))
                 .next()
                 .and_then(Result::ok)
                 .expect("a batch holds the record it was given");
@@ -354,7 +369,7 @@ impl Codec {
             return self.encode_parts(&header, &[], one.payload);
         }
         let payload_len: usize = records.iter().map(DirectRecord::size).sum();
-        let mut frame = BytesMut::with_capacity(BATCH_HEAD + payload_len + self.seal_len());
+        let mut frame = self.pool.take(BATCH_HEAD + payload_len + self.seal_len());
         put_header(
             &mut frame,
             &Header {
@@ -376,9 +391,9 @@ impl Codec {
 
     /// Sets the flags of an unsealed frame and appends its seal; the payload
     /// starts at `payload_at`.
-    fn seal(&self, mut frame: BytesMut, payload_at: usize) -> Bytes {
+    fn seal(&self, mut frame: Vec<u8>, payload_at: usize) -> Bytes {
         let Some(keys) = self.keys.as_ref().filter(|_| !self.authenticated_links) else {
-            return frame.freeze();
+            return self.pool.freeze(frame);
         };
         frame[4] = FLAG_SEALED | if self.encrypt { FLAG_ENCRYPTED } else { 0 };
         if self.encrypt {
@@ -395,7 +410,7 @@ impl Codec {
             let tag = blake3::keyed_hash(&keys.mac, &frame);
             frame.put_slice(&tag.as_bytes()[..TAG_LEN]);
         }
-        frame.freeze()
+        self.pool.freeze(frame)
     }
 
     /// Decodes and verifies a frame. Never panics, whatever the bytes. A
@@ -605,8 +620,8 @@ impl DirectRecord<'_> {
 /// `aux` says how many.
 #[derive(Debug)]
 pub struct Batch {
-    /// Room for the batch's own header, then the records.
-    frame: BytesMut,
+    /// Room for the batch's own header, then the records (and room for a seal).
+    frame: Vec<u8>,
     count: u32,
     from: NodeId,
     from_incarnation: u64,
@@ -619,8 +634,26 @@ pub struct Batch {
 const RECORD_MIN: usize = 1 + 4;
 
 impl Batch {
+    /// A batch of up to `capacity` bytes (unsealed).
     pub fn new(from: NodeId, from_incarnation: u64, capacity: usize) -> Self {
-        let mut frame = BytesMut::with_capacity(BATCH_HEAD + capacity);
+        Self::with_buffer(
+            from,
+            from_incarnation,
+            Vec::with_capacity(BATCH_HEAD + capacity + SEAL_LEN),
+        )
+    }
+
+    /// A batch written in a buffer of `pool` (the sealing codec's, see
+    /// [`Codec::pool`]), which goes back to it once its frame is dropped.
+    pub fn in_pool(pool: &FramePool, from: NodeId, from_incarnation: u64, capacity: usize) -> Self {
+        Self::with_buffer(
+            from,
+            from_incarnation,
+            pool.take(BATCH_HEAD + capacity + SEAL_LEN),
+        )
+    }
+
+    fn with_buffer(from: NodeId, from_incarnation: u64, mut frame: Vec<u8>) -> Self {
         frame.put_bytes(0, BATCH_HEAD);
         Self {
             frame,
@@ -792,7 +825,7 @@ fn put_header(out: &mut impl BufMut, header: &Header, topic: &[u8]) {
 }
 
 /// Writes an unsealed envelope (flags 0).
-fn put_plain(out: &mut BytesMut, header: &Header, topic: &[u8], payload: &[u8]) {
+fn put_plain(out: &mut impl BufMut, header: &Header, topic: &[u8], payload: &[u8]) {
     put_header(out, header, topic);
     out.put_u32(payload.len() as u32);
     out.put_slice(payload);

@@ -24,7 +24,7 @@
 //! unconfirmed message fits the buffer that is written again on a new
 //! connection.
 
-use crate::frame::{FrameError, FrameType, read_frame, write_frame};
+use crate::frame::{FrameError, FrameType, read_frame, write_frame, write_frame_vectored};
 use crate::swim::{Update, decode_probe, encode_probe};
 use crate::transport::NativeTransport;
 use bytes::Bytes;
@@ -232,6 +232,24 @@ impl Shared {
 fn poll_once<F: std::future::Future>(future: F) -> std::task::Poll<F::Output> {
     let mut context = std::task::Context::from_waker(std::task::Waker::noop());
     std::pin::pin!(future).poll(&mut context)
+}
+
+/// A frame at least this large is not copied into the write buffer: what
+/// the buffer holds goes first, then the frame goes to the TLS stream from
+/// where it is (rustls copies it once, into the records it encrypts). Below
+/// it, gathering frames into one write is worth the copy.
+const DIRECT_BYTES: usize = 8 * 1024;
+
+/// Writes a frame in order after what the buffer holds: a small one into
+/// the buffer, a large one past it.
+async fn put_frame(writer: &mut Writer, kind: FrameType, body: &[u8]) -> std::io::Result<()> {
+    if body.len() < DIRECT_BYTES {
+        return write_frame(writer, kind, body).await;
+    }
+    if !writer.buffer().is_empty() {
+        writer.flush().await?;
+    }
+    write_frame_vectored(writer.get_mut(), kind, body).await
 }
 
 /// Copies a frame into the writer's buffer, which has room for it.
@@ -709,7 +727,7 @@ impl Worker {
             let shared = &self.shared;
             let replay = async {
                 for frame in &resend {
-                    write_frame(&mut writer, FrameType::Message, frame).await?;
+                    put_frame(&mut writer, FrameType::Message, frame).await?;
                 }
                 // Confirmation of the replay is asked for at once.
                 shared.ping(&mut writer).await?;
@@ -877,11 +895,13 @@ impl Worker {
             };
             if let Some((kind, body)) = frame {
                 *pending = Some((kind, body.clone()));
-                write_frame(writer, kind, &body).await?;
+                put_frame(writer, kind, &body).await?;
                 *pending = None;
                 self.dequeued();
                 let mut ping_due = kind == FrameType::Message && shared.wrote(&body);
-                while writer.buffer().len() < BATCH_BYTES {
+                // Bytes written this round, buffered or past the buffer.
+                let mut round = HEADER_BYTES + body.len();
+                while round < BATCH_BYTES {
                     let Some((kind, body)) = self.try_next() else {
                         break;
                     };
@@ -891,7 +911,8 @@ impl Worker {
                         ping_due |= shared.ping_owed();
                         break;
                     }
-                    write_frame(writer, kind, &body).await?;
+                    put_frame(writer, kind, &body).await?;
+                    round += HEADER_BYTES + body.len();
                     self.dequeued();
                     if kind == FrameType::Message {
                         ping_due |= shared.wrote(&body);

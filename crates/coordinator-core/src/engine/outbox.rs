@@ -13,7 +13,7 @@
 //! may have reached some receivers: the next broadcast carries the next
 //! number, and the receivers that missed it report a gap.
 
-use crate::envelope::Batch;
+use crate::envelope::{Batch, FramePool};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 /// the queue instead of going out alone: the sender is in a burst, and the
 /// next ones will follow it into the same batch.
 pub(super) const BURST: Duration = Duration::from_micros(10);
-/// Largest batch, in bytes, unsealed (and never more than `maxMessageSize`).
-pub(super) const BATCH_BYTES: usize = 60 * 1024;
+pub(super) use crate::envelope::BATCH_BYTES;
 
 pub(super) struct Outbox {
     last_seq: u64,
@@ -43,6 +42,8 @@ pub(super) struct Outbox {
     batch_bytes: usize,
     max_queued_bytes: usize,
     from: (u64, u64),
+    /// Where batches are written (the codec's buffers).
+    pool: FramePool,
 }
 
 /// What became of a broadcast handed to [`Outbox::push`].
@@ -59,7 +60,12 @@ pub(super) enum Pushed {
 impl Outbox {
     /// `batch_bytes`: the largest batch, unsealed; `max_queued_bytes`: what
     /// may wait at most.
-    pub fn new(from: (u64, u64), batch_bytes: usize, max_queued_bytes: usize) -> Self {
+    pub fn new(
+        from: (u64, u64),
+        batch_bytes: usize,
+        max_queued_bytes: usize,
+        pool: FramePool,
+    ) -> Self {
         Self {
             last_seq: 0,
             batches: VecDeque::new(),
@@ -70,6 +76,7 @@ impl Outbox {
             batch_bytes: batch_bytes.min(BATCH_BYTES),
             max_queued_bytes,
             from,
+            pool,
         }
     }
 
@@ -92,7 +99,8 @@ impl Outbox {
             return Pushed::Full;
         }
         if !fits {
-            let batch = Batch::new(self.from.0, self.from.1, self.batch_bytes.max(plain));
+            let capacity = self.batch_bytes.max(plain);
+            let batch = Batch::in_pool(&self.pool, self.from.0, self.from.1, capacity);
             self.batches.push_back((batch, 0, 0));
         }
         self.queued_bytes += plain;
@@ -184,7 +192,7 @@ mod tests {
     use super::*;
 
     fn outbox() -> Outbox {
-        Outbox::new((1, 1), 1024, 4096)
+        Outbox::new((1, 1), 1024, 4096, FramePool::new(2048))
     }
 
     #[test]
@@ -228,7 +236,7 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_in_bytes() {
         let t0 = Instant::now();
-        let mut outbox = Outbox::new((1, 1), 1024, 2048);
+        let mut outbox = Outbox::new((1, 1), 1024, 2048, FramePool::new(2048));
         outbox.push(t0, 70, b"t", b"a");
         let payload = [0u8; 900];
         assert!(matches!(

@@ -361,6 +361,7 @@ impl Core {
             (settings.node_id, incarnation),
             codec.batch_limit(),
             settings.max_outgoing_bytes,
+            codec.pool().clone(),
         );
         let direct_batch_bytes = codec.batch_limit().min(super::outbox::BATCH_BYTES);
         Self {
