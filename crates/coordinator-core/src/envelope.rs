@@ -286,12 +286,12 @@ impl Codec {
         Ok(plain)
     }
 
-    /// The largest [`Batch::size`] that still fits in one frame once sealed.
     /// The buffers this codec's frames are written in, for [`Batch::in_pool`].
     pub fn pool(&self) -> &FramePool {
         &self.pool
     }
 
+    /// The largest [`Batch::size`] that still fits in one frame once sealed.
     pub fn batch_limit(&self) -> usize {
         self.max_size.saturating_sub(self.seal_len())
     }
