@@ -163,7 +163,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 /// A frame's header: `length u32 | type u8`.
-pub fn header(kind: FrameType, body_len: usize) -> [u8; 5] {
+fn header(kind: FrameType, body_len: usize) -> [u8; 5] {
     let mut header = [0u8; 5];
     header[..4].copy_from_slice(&((body_len + 1) as u32).to_be_bytes());
     header[4] = kind as u8;
