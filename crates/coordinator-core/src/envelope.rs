@@ -913,6 +913,46 @@ pub fn peek_request_id(frame: &[u8]) -> Option<u64> {
     }
 }
 
+/// The number of the last broadcast a `Broadcast` or `Batch` frame carries,
+/// read without verifying the frame (for carriers that let heartbeats
+/// overtake queued broadcasts, see [`cap_announced`]).
+pub fn peek_broadcast_high(frame: &[u8]) -> Option<u64> {
+    let word = |at: usize| Some(u64::from_be_bytes(frame.get(at..at + 8)?.try_into().ok()?));
+    match peek_kind(frame)? {
+        Kind::Broadcast => word(37),
+        Kind::Batch => Some(word(37)?.saturating_add(word(45)?.max(1) - 1)),
+        _ => None,
+    }
+}
+
+/// A copy of a `Heartbeat`, `Join` or `Announce` frame that announces no
+/// broadcast past `high`; `None` when it announces none past it already, or
+/// when it is not such a frame or carries a seal (which covers the number).
+///
+/// A heartbeat tells the highest broadcast its sender has handed to the
+/// carrier. A carrier whose links let heartbeats go ahead of the broadcasts
+/// queued for a peer (Native) caps it at the last broadcast written to that
+/// peer before it: otherwise the peer would wait for broadcasts still queued
+/// behind the heartbeat, and on a slow link report them lost after
+/// `reorderTimeout` and drop them when they came. Only carriers that
+/// authenticate their links send envelopes without a seal.
+pub fn cap_announced(frame: &[u8], high: u64) -> Option<Bytes> {
+    if !matches!(
+        peek_kind(frame)?,
+        Kind::Heartbeat | Kind::Join | Kind::Announce
+    ) || frame[4] != 0
+    {
+        return None;
+    }
+    let announced = u64::from_be_bytes(frame[37..45].try_into().ok()?);
+    if announced <= high {
+        return None;
+    }
+    let mut capped = frame.to_vec();
+    capped[37..45].copy_from_slice(&high.to_be_bytes());
+    Some(Bytes::from(capped))
+}
+
 /// The claimed kind of a frame, without checking anything else (for carriers
 /// that give control traffic priority).
 pub fn peek_kind(frame: &[u8]) -> Option<Kind> {

@@ -2,7 +2,8 @@
 //! order. When the connection is idle, the sending task writes its frame
 //! itself (no hop to another task); otherwise frames queue for the peer's
 //! worker, which batches them. Control frames (heartbeats, joins, departures)
-//! overtake queued bulk frames. A broken connection is dialed again with
+//! overtake queued bulk frames; a heartbeat that does announces only the
+//! broadcasts written before it. A broken connection is dialed again with
 //! truncated exponential backoff and jitter; after `retriesMax` failures what
 //! is queued for the peer is dropped, and it is dialed again when the gossip
 //! says it is alive again, or after `backoffMax`.
@@ -28,6 +29,7 @@ use crate::frame::{FrameError, FrameType, read_frame, write_frame, write_frame_v
 use crate::swim::{Update, decode_probe, encode_probe};
 use crate::transport::NativeTransport;
 use bytes::Bytes;
+use coordinator_core::envelope::{cap_announced, peek_broadcast_high};
 use coordinator_core::routes::backoff;
 use coordinator_core::{NodeId, TransportError};
 use std::sync::Arc;
@@ -80,6 +82,8 @@ struct Shared {
     /// connection: written again on the next connection to the same run of
     /// the peer if this one fails (the receiver drops what it already has).
     resend: parking_lot::Mutex<Resend>,
+    /// The last broadcast (by number) written to the peer, on any connection.
+    broadcasts_written: AtomicU64,
 }
 
 #[derive(Default)]
@@ -103,7 +107,26 @@ impl Shared {
             since_ping: AtomicUsize::new(0),
             opened: Notify::new(),
             resend: parking_lot::Mutex::new(Resend::default()),
+            broadcasts_written: AtomicU64::new(0),
         }
+    }
+
+    /// Notes the broadcasts a message about to be written carries.
+    fn writing(&self, frame: &[u8]) {
+        if let Some(high) = peek_broadcast_high(frame) {
+            self.broadcasts_written.fetch_max(high, Ordering::AcqRel);
+        }
+    }
+
+    /// A message that goes ahead of frames still queued: a heartbeat
+    /// announces only the broadcasts written before it. The peer waits
+    /// `reorderTimeout` for each one announced, and a slow link (a loaded
+    /// reader, a lossy network) can take longer than that to bring the
+    /// queued ones: they were reported lost, then dropped when they came.
+    /// Once nothing is queued, every broadcast announced was written or
+    /// dropped, and a heartbeat goes as it is (the peer reports those dropped).
+    fn overtaking(&self, frame: Bytes) -> Bytes {
+        cap_announced(&frame, self.broadcasts_written.load(Ordering::Acquire)).unwrap_or(frame)
     }
 
     fn micros(&self) -> u64 {
@@ -482,6 +505,8 @@ impl PeerLink {
         {
             return false;
         }
+        // Nothing is queued: a heartbeat goes as it is.
+        self.shared.writing(frame);
         // The frame fits in the buffer, so it is copied whole without waiting.
         let result = buffer_frame(writer, FrameType::Message, frame).and_then(|()| {
             if self.shared.wrote(frame) {
@@ -580,6 +605,22 @@ impl Worker {
                 .ok()
                 .map(|(body, _room)| (FrameType::Message, body))
         })
+    }
+
+    /// A frame taken from the queues, as it is to be written: a heartbeat
+    /// ahead of others still queued announces only what went before it
+    /// (see [`Shared::overtaking`]).
+    fn outgoing(&self, kind: FrameType, body: Bytes) -> Bytes {
+        if kind != FrameType::Message {
+            return body;
+        }
+        self.shared.writing(&body);
+        // This frame is counted as queued until it is written.
+        if self.shared.queued.load(Ordering::Acquire) > 1 {
+            self.shared.overtaking(body)
+        } else {
+            body
+        }
     }
 
     /// A queued frame was written (or dropped).
@@ -705,6 +746,18 @@ impl Worker {
         idle: Duration,
         same_run: bool,
     ) -> Result<(), End> {
+        // This connection is closed by a reset, not a graceful close: what
+        // it still holds unconfirmed is written again on the next one, so
+        // the peer need not read it (on a slow link, reading a stalled
+        // connection's remains delayed the replacement's confirmations past
+        // `deadTimeout`, and the replacement was taken for stalled too).
+        let tcp = match &stream {
+            tokio_rustls::TlsStream::Client(s) => s.get_ref().0.set_zero_linger(),
+            tokio_rustls::TlsStream::Server(s) => s.get_ref().0.set_zero_linger(),
+        };
+        if let Err(error) = tcp {
+            tracing::debug!(%error, "cannot set the connection to close by a reset");
+        }
         let (mut reader, writer) = tokio::io::split(stream);
         let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
         let (resend, given_up) = self.shared.take_unconfirmed();
@@ -716,42 +769,23 @@ impl Worker {
                 "messages to a peer left unconfirmed beyond the resend buffer (the peer reports them as a gap)"
             );
         }
-        if same_run && !resend.is_empty() {
-            // What the last connection left unconfirmed goes first, in order;
-            // it stays in the buffer until this connection confirms it.
-            for frame in &resend {
-                // (A `Ping` follows the replay.)
-                self.shared.wrote(frame);
+        let replay = if same_run {
+            resend
+        } else {
+            if !resend.is_empty() {
+                tracing::info!(
+                    peer = self.id,
+                    dropped = resend.len(),
+                    "the peer restarted: messages its previous run left unconfirmed are dropped"
+                );
             }
-            let stall_after = self.transport.stall_after;
-            let shared = &self.shared;
-            let replay = async {
-                for frame in &resend {
-                    put_frame(&mut writer, FrameType::Message, frame).await?;
-                }
-                // Confirmation of the replay is asked for at once.
-                shared.ping(&mut writer).await?;
-                writer.flush().await
-            };
-            match tokio::time::timeout(stall_after, replay).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    return Err(End::Stalled {
-                        unconfirmed: self.shared.unconfirmed(),
-                        after: stall_after,
-                    });
-                }
-            }
-        } else if !resend.is_empty() {
-            tracing::info!(
-                peer = self.id,
-                dropped = resend.len(),
-                "the peer restarted: messages its previous run left unconfirmed are dropped"
-            );
+            Vec::new()
+        };
+        // What the last connection left unconfirmed goes first, in order; it
+        // stays in the buffer until this connection confirms it.
+        for frame in &replay {
+            self.shared.wrote(frame);
         }
-        *self.shared.writer.lock().await = Some(writer);
-        self.shared.touch();
-        self.connected.store(true, Ordering::Relaxed);
         let shared = self.shared.clone();
         let (keepalive, stall_after) = (self.transport.keepalive, self.transport.stall_after);
         // Watches the connection even while a write is blocked on it.
@@ -803,10 +837,34 @@ impl Worker {
                 }
             }
         };
+        let shared = self.shared.clone();
+        let work = async {
+            // The replay asks for confirmation as it goes, like any other
+            // writing (so that a slow link shows progress within
+            // `deadTimeout`), and once more at its end. Confirmations are
+            // read meanwhile (`answers`).
+            let mut since_ping = 0;
+            for frame in &replay {
+                put_frame(&mut writer, FrameType::Message, frame).await?;
+                since_ping += HEADER_BYTES + frame.len();
+                if since_ping >= PING_BYTES {
+                    shared.ping(&mut writer).await?;
+                    since_ping = 0;
+                }
+            }
+            if !replay.is_empty() {
+                shared.ping(&mut writer).await?;
+                writer.flush().await?;
+            }
+            *shared.writer.lock().await = Some(writer);
+            shared.touch();
+            self.connected.store(true, Ordering::Relaxed);
+            self.serve(pending, idle, keepalive).await
+        };
         // The answers are read beside the writes, so that confirmations are
         // taken in while a write waits on the socket, not only between writes.
         let result = tokio::select! {
-            result = self.serve(pending, idle, keepalive) => result.map_err(End::Io),
+            result = work => result.map_err(End::Io),
             end = answers => Err(End::Io(
                 end.err().unwrap_or_else(|| std::io::ErrorKind::ConnectionReset.into()),
             )),
@@ -885,15 +943,19 @@ impl Worker {
                     }
                 }
             };
+            // A frame taken from the queues stays in `pending` until it is
+            // written: a connection that fails, or stalls (which drops this
+            // future at any await), leaves it for the next one.
+            if frame.is_some() {
+                pending.clone_from(&frame);
+            }
             let mut guard = shared.writer.lock().await;
             let Some(writer) = guard.as_mut() else {
                 // A sending task saw the connection fail.
-                if frame.is_some() {
-                    *pending = frame;
-                }
                 return Err(std::io::ErrorKind::ConnectionReset.into());
             };
             if let Some((kind, body)) = frame {
+                let body = self.outgoing(kind, body);
                 *pending = Some((kind, body.clone()));
                 put_frame(writer, kind, &body).await?;
                 *pending = None;
@@ -911,7 +973,10 @@ impl Worker {
                         ping_due |= shared.ping_owed();
                         break;
                     }
+                    let body = self.outgoing(kind, body);
+                    *pending = Some((kind, body.clone()));
                     put_frame(writer, kind, &body).await?;
+                    *pending = None;
                     round += HEADER_BYTES + body.len();
                     self.dequeued();
                     if kind == FrameType::Message {

@@ -483,3 +483,61 @@ proptest! {
         let _ = codec.unbatch(&direct);
     }
 }
+
+#[test]
+fn peek_broadcast_high_reads_the_last_number_of_broadcasts_and_batches() {
+    let codec = Codec::new("c", Some(b"key"), false, 1 << 20).on_authenticated_links();
+    let one = codec.encode(&numbered(12, b"x")).unwrap();
+    assert_eq!(peek_broadcast_high(&one), Some(12));
+    let batch = codec.seal_batch(batch_of(&[
+        numbered(4, b"a"),
+        numbered(5, b"b"),
+        numbered(6, b"c"),
+    ]));
+    assert_eq!(peek_kind(&batch), Some(Kind::Batch));
+    assert_eq!(peek_broadcast_high(&batch), Some(6));
+    let heartbeat = codec
+        .encode(&Envelope {
+            kind: Kind::Heartbeat,
+            ..sample()
+        })
+        .unwrap();
+    assert_eq!(peek_broadcast_high(&heartbeat), None);
+    assert_eq!(peek_broadcast_high(b"junk"), None);
+}
+
+/// A heartbeat capped for a link announces no more than what went before
+/// it, and is otherwise the same frame; sealed frames and other kinds are
+/// left alone.
+#[test]
+fn cap_announced_lowers_only_the_number_of_unsealed_heartbeats() {
+    let linked = Codec::new("c", Some(b"key"), false, 1 << 20).on_authenticated_links();
+    for kind in [Kind::Heartbeat, Kind::Join, Kind::Announce] {
+        let envelope = Envelope {
+            kind,
+            seq: 42,
+            topic: Bytes::new(),
+            payload: Bytes::new(),
+            ..sample()
+        };
+        let frame = linked.encode(&envelope).unwrap();
+        let capped = cap_announced(&frame, 30).expect("announces past 30");
+        assert_eq!(
+            linked.decode(capped).unwrap(),
+            Envelope {
+                seq: 30,
+                ..envelope.clone()
+            },
+            "{kind:?}"
+        );
+        assert_eq!(cap_announced(&frame, 42), None, "{kind:?}: not past 42");
+        assert_eq!(cap_announced(&frame, 50), None, "{kind:?}");
+        let sealed = Codec::new("c", Some(b"key"), false, 1 << 20)
+            .encode(&envelope)
+            .unwrap();
+        assert_eq!(cap_announced(&sealed, 30), None, "{kind:?}: sealed");
+    }
+    let broadcast = linked.encode(&numbered(42, b"x")).unwrap();
+    assert_eq!(cap_announced(&broadcast, 30), None);
+    assert_eq!(cap_announced(b"junk", 30), None);
+}
