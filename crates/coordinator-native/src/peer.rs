@@ -1061,6 +1061,43 @@ mod tests {
         assert!(shared.window_open(WINDOW_BYTES * 2));
     }
 
+    /// A heartbeat that goes ahead of queued frames announces only the
+    /// broadcasts written before it; one behind nothing goes as it is.
+    #[test]
+    fn an_overtaking_heartbeat_announces_only_what_was_written_before_it() {
+        use coordinator_core::envelope::{Batch, Codec, Header, Kind};
+        let codec = Codec::new("c", Some(b"key"), false, 1 << 20).on_authenticated_links();
+        let header = |kind, seq| Header {
+            kind,
+            from: 1,
+            from_incarnation: 7,
+            to: 0,
+            to_incarnation: 0,
+            seq,
+            aux: 0,
+        };
+        let announced = |frame: &Bytes| codec.decode(frame.clone()).unwrap().seq;
+        let shared = Shared::new();
+        let heartbeat = codec.encode_parts(&header(Kind::Heartbeat, 12), &[], &[]);
+        assert_eq!(announced(&shared.overtaking(heartbeat.clone())), 0);
+        shared.writing(&codec.encode_parts(&header(Kind::Broadcast, 1), b"t", b"x"));
+        let mut batch = Batch::new(1, 7, 1024);
+        for seq in 2..=5 {
+            batch.push(seq, b"t", b"x");
+        }
+        shared.writing(&codec.seal_batch(batch));
+        // Other frames say nothing of broadcasts.
+        shared.writing(&codec.encode_parts(&header(Kind::Direct, 40), &[], b"x"));
+        shared.writing(&heartbeat);
+        assert_eq!(announced(&shared.overtaking(heartbeat.clone())), 5);
+        shared.writing(&codec.encode_parts(&header(Kind::Broadcast, 20), b"t", b"x"));
+        assert_eq!(
+            shared.overtaking(heartbeat.clone()),
+            heartbeat,
+            "announces nothing past what was written"
+        );
+    }
+
     #[test]
     fn the_resend_buffer_is_bounded_and_says_what_it_could_not_keep() {
         let shared = Shared::new();
