@@ -44,6 +44,10 @@ pub struct HeldLimits {
 #[derive(Debug)]
 pub struct Stream<T> {
     next: u64,
+    /// Begun by its sender's word of what it had sent, and nothing
+    /// delivered or reported lost yet: an earlier message may still begin
+    /// it (see [`Stream::after_announced`]).
+    may_rewind: bool,
     held: BTreeMap<u64, (T, usize)>,
     /// Bytes of the messages in `held`.
     held_bytes: usize,
@@ -60,12 +64,28 @@ impl<T> Stream<T> {
     pub fn starting_at(next: u64, limits: HeldLimits) -> Self {
         Self {
             next: next.max(1),
+            may_rewind: false,
             held: BTreeMap::new(),
             held_bytes: 0,
             announced: 0,
             waiting_since: None,
             limits,
         }
+    }
+
+    /// A stream first heard of by its sender's word that it has sent up to
+    /// `high` (a heartbeat, a join or an answer to one). What it sent
+    /// before may have gone out before this node was there to get it, so
+    /// the stream expects `high + 1`. But if one of those arrives first (it
+    /// was on its way when the word overtook it, on another path of the
+    /// carrier), the stream begins with it instead, and what follows it up
+    /// to `high` is waited for and reported if lost, like any other. Such a
+    /// message was dropped as a duplicate before, and nobody was told.
+    pub fn after_announced(high: u64, limits: HeldLimits) -> Self {
+        let mut stream = Self::starting_at(high.saturating_add(1), limits);
+        stream.may_rewind = true;
+        stream.announced = high.min(u64::MAX - 1);
+        stream
     }
 
     /// Bytes of the messages held, waiting for a missing one.
@@ -96,6 +116,10 @@ impl<T> Stream<T> {
         deliver: &mut Vec<T>,
         gaps: &mut Vec<Gap>,
     ) -> Outcome {
+        if self.may_rewind && seq > 0 && seq < self.next {
+            // Nothing was delivered yet: the stream begins here.
+            self.next = seq;
+        }
         if seq < self.next || seq == u64::MAX || self.held.contains_key(&seq) {
             return Outcome::Duplicate;
         }
@@ -109,6 +133,7 @@ impl<T> Stream<T> {
             return Outcome::Held;
         }
         deliver.push(item);
+        self.may_rewind = false;
         self.next = self.next.saturating_add(1);
         self.drain_ready(deliver);
         self.waiting_since = self.is_incomplete().then_some(now);
@@ -148,6 +173,7 @@ impl<T> Stream<T> {
     }
 
     fn skip_missing(&mut self, deliver: &mut Vec<T>, gaps: &mut Vec<Gap>) {
+        self.may_rewind = false;
         while let Some((&seq, _)) = self.held.first_key_value() {
             if seq > self.next {
                 gaps.push(Gap {
@@ -365,5 +391,50 @@ mod tests {
             }]
         );
         assert_eq!(stream.next_expected(), u64::MAX);
+    }
+
+    /// A stream begun by its sender's word that it had sent up to 10. Those
+    /// that were on their way (the word overtook them) begin it instead and
+    /// come out in order; what is missing after the first of them is
+    /// reported as for any stream; nothing before it is waited for.
+    #[test]
+    fn messages_on_their_way_when_the_sender_was_first_heard_of_are_delivered() {
+        let t0 = Instant::now();
+        let mut stream = Stream::after_announced(10, limits(100));
+        assert_eq!(stream.deadline(TIMEOUT), None, "nothing is waited for");
+        let (out, gaps, outcomes) = feed(&mut stream, &[8, 9, 9, 11, 10, 7, 12], t0);
+        assert_eq!(out, vec![8, 9, 10, 11, 12]);
+        assert!(gaps.is_empty());
+        assert_eq!(outcomes[5], Outcome::Duplicate, "7 came after 8");
+        // One that was on its way, then none of those after it up to the word.
+        let mut stream = Stream::after_announced(10, limits(100));
+        let (out, _, _) = feed(&mut stream, &[8, 7], t0);
+        assert_eq!(out, vec![8]);
+        let (mut out, mut gaps) = (Vec::new(), Vec::new());
+        stream.expire(t0 + TIMEOUT, TIMEOUT, &mut out, &mut gaps);
+        assert_eq!(gaps, vec![Gap { first: 9, count: 2 }]);
+        // The first to arrive may also be one after the word.
+        let mut stream = Stream::after_announced(10, limits(100));
+        let (out, _, _) = feed(&mut stream, &[11, 10], t0);
+        assert_eq!(out, vec![11]);
+        // Or one past a hole: the hole is reported, as for any stream, and
+        // nothing from before the word is taken afterwards.
+        let mut stream = Stream::after_announced(10, limits(100));
+        let (out, _, _) = feed(&mut stream, &[13], t0);
+        assert!(out.is_empty());
+        let (mut out, mut gaps) = (Vec::new(), Vec::new());
+        stream.expire(t0 + TIMEOUT, TIMEOUT, &mut out, &mut gaps);
+        assert_eq!(
+            (out, gaps),
+            (
+                vec![13],
+                vec![Gap {
+                    first: 11,
+                    count: 2
+                }]
+            )
+        );
+        let (late, _, _) = feed(&mut stream, &[9, 12], t0 + TIMEOUT);
+        assert!(late.is_empty(), "settled once the hole was reported");
     }
 }

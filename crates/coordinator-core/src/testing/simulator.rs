@@ -105,7 +105,7 @@ impl Report {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run -p coordinator -- simulate --seed {} --nodes {}",
+            "cargo run -p coordinator-cli -- simulate --seed {} --nodes {}",
             self.seed, self.nodes
         )
     }

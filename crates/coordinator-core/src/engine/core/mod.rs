@@ -1172,7 +1172,7 @@ impl Core {
                         let stream = self
                             .streams
                             .entry((from, incarnation, StreamKind::Broadcast))
-                            .or_insert_with(|| Stream::starting_at(envelope.seq + 1, limits));
+                            .or_insert_with(|| Stream::after_announced(envelope.seq, limits));
                         stream.announce(envelope.seq, now);
                         let waiting = stream.deadline(self.reorder_timeout);
                         if heard == Heard::New {

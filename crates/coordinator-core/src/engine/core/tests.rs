@@ -1,7 +1,7 @@
 //! The core driven by hand: no sockets, no sleeping, time passed in.
 
 use super::*;
-use crate::envelope::Batch;
+use crate::envelope::{Batch, peek_kind};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -425,5 +425,50 @@ fn warnings_of_dropped_frames_are_limited_per_window_and_say_what_they_left_out(
     assert_eq!(
         warnings.admit(DropReason::Malformed, later),
         Admit::Log { suppressed: 0 }
+    );
+}
+
+/// Node 2 starts while node 1 broadcasts: node 1's answer to node 2's join
+/// says it has sent broadcast 1, and on a carrier with more than one path
+/// (a broker's subject per node beside the cluster's) the answer can come
+/// first. Broadcast 1 was published after node 2 was there to get it, and
+/// it arrives: it is delivered. It was dropped as a duplicate, and nobody
+/// was told (Stalwart's adapter test on NATS timed out waiting for it).
+#[test]
+fn a_broadcast_overtaken_by_the_answer_to_a_join_is_delivered() {
+    let t0 = Instant::now();
+    let mut one = Core::new(&settings(1), 10, false);
+    let mut two = Core::new(&settings(2), 20, false);
+    one.start(t0);
+    while let Some(t) = one.poll_transmit() {
+        // Nobody else is there yet.
+        one.sent(t0, t.token, Ok(()));
+    }
+    two.start(t0);
+    let join = two.poll_transmit().expect("node 2's join");
+    two.sent(t0, join.token, Ok(()));
+    // Node 1 broadcasts before it reads the join.
+    let broadcast = match one.broadcast(t0, "t", &Bytes::from_static(b"one")).unwrap() {
+        Broadcasting::Alone { transmit, .. } => transmit,
+        other => panic!("expected to publish at once, got {other:?}"),
+    };
+    one.sent(t0, broadcast.token, Ok(()));
+    one.handle_frame(t0, join.frame);
+    let answer = one.poll_transmit().expect("node 1's answer to the join");
+    assert_eq!(
+        peek_kind(&answer.frame),
+        Some(Kind::Announce),
+        "the answer to a join"
+    );
+    one.sent(t0, answer.token, Ok(()));
+    // The answer reaches node 2 before the broadcast.
+    two.handle_frame(t0, answer.frame);
+    two.handle_frame(t0, broadcast.frame);
+    two.handle_timeout(t0 + 200 * MS);
+    let outputs: Vec<Output> = std::iter::from_fn(|| two.poll_output()).collect();
+    assert_eq!(
+        seen(&outputs),
+        (vec![], vec![Bytes::from_static(b"one")]),
+        "{outputs:?}"
     );
 }
