@@ -5,12 +5,14 @@
 //! * [`suite`]: the conformance suite, written once against the `Coordinator`
 //!   trait; [`conformance_suite!`] instantiates it for one carrier so that every
 //!   test is named `conformance::<carrier>::<test>`.
+//! * [`watch`]: what an application sees of a sender's broadcasts.
 
 pub mod brokers;
 pub mod harness;
 pub mod raft;
 pub mod suite;
 pub mod wait;
+pub mod watch;
 
 /// Instantiates the whole conformance suite for one carrier.
 ///

@@ -19,14 +19,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use coordinator_core::envelope::{Kind, peek_kind};
 use coordinator_core::testing::Faults;
 use coordinator_core::transport::{Inbound, InboundHandler, InboundSender, Link, inbound};
-use coordinator_core::{Coordinator, Event, Node, Settings, SubscribeOptions, new_incarnation};
-use parking_lot::Mutex;
-use std::collections::HashSet;
+use coordinator_core::{Coordinator, Node, Settings, new_incarnation};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tests::harness::{CLUSTER_KEY, Connector, NativeConnector};
 use tests::wait::converge;
+use tests::watch::{Seen, watch};
 
 const LONG: Duration = Duration::from_secs(60);
 const SIZE: usize = 1024;
@@ -113,13 +112,6 @@ fn payload(index: u64) -> Bytes {
     payload.freeze()
 }
 
-#[derive(Default)]
-struct Seen {
-    received: HashSet<u64>,
-    duplicates: u64,
-    gaps: Vec<(u64, u64)>,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_every_broadcast_and_is_told_of_no_loss() {
     let connector = Arc::new(NativeConnector::default());
@@ -165,38 +157,7 @@ async fn a_slow_reader_gets_every_broadcast_and_is_told_of_no_loss() {
     let all: Vec<Arc<dyn Coordinator>> = vec![sender.clone(), slow.clone()];
     converge(&all, LONG).await;
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut subscription = slow
-        .subscribe("slow", SubscribeOptions::default())
-        .await
-        .unwrap();
-    let mut events = slow.events();
-    let watcher = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            loop {
-                tokio::select! {
-                    message = subscription.recv() => {
-                        let Some(message) = message else { return };
-                        let mut seen = seen.lock();
-                        if !seen.received.insert(message.seq) {
-                            seen.duplicates += 1;
-                        }
-                    }
-                    event = events.next_event() => match event {
-                        Some(Event::Gap { from: 1, first, count, .. }) => {
-                            seen.lock().gaps.push((first, count));
-                        }
-                        Some(Event::Overflow { queue, dropped }) => {
-                            panic!("the test's reader fell behind: {dropped} dropped from {queue}");
-                        }
-                        Some(_) => {}
-                        None => return,
-                    },
-                }
-            }
-        }
-    });
+    let (seen, watcher) = watch(&slow, "slow", 1).await;
 
     let started = Instant::now();
     for index in 0..MESSAGES {
@@ -207,10 +168,7 @@ async fn a_slow_reader_gets_every_broadcast_and_is_told_of_no_loss() {
         }
     }
     let published = started.elapsed();
-    let accounted = |seen: &Seen| {
-        let missed: u64 = seen.gaps.iter().map(|&(_, count)| count).sum();
-        seen.received.len() as u64 + missed >= MESSAGES
-    };
+    let accounted = |seen: &Seen| seen.received.len() as u64 + seen.missed() >= MESSAGES;
     let deadline = Instant::now() + LONG;
     while !accounted(&seen.lock()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -226,10 +184,7 @@ async fn a_slow_reader_gets_every_broadcast_and_is_told_of_no_loss() {
         seen.duplicates
     );
     let unaccounted: Vec<u64> = (1..=MESSAGES)
-        .filter(|seq| {
-            !seen.received.contains(seq)
-                && !seen.gaps.iter().any(|&(f, c)| (f..f + c).contains(seq))
-        })
+        .filter(|&seq| !seen.accounted(seq))
         .take(10)
         .collect();
     assert!(

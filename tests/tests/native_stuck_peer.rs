@@ -8,7 +8,7 @@ use coordinator_core::testing::Faults;
 use coordinator_core::transport::{
     Inbound, InboundHandler, InboundSender, Link, Transport, inbound,
 };
-use coordinator_core::{Coordinator, Event, Node, Settings, SubscribeOptions, new_incarnation};
+use coordinator_core::{Coordinator, Node, Settings, new_incarnation};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tests::harness::{CLUSTER_KEY, Connector, NativeConnector};
 use tests::wait::{converge, until};
+use tests::watch::watch;
 
 const LONG: Duration = Duration::from_secs(30);
 const SEND_TIMEOUT: Duration = Duration::from_millis(200);
@@ -296,62 +297,6 @@ impl InboundHandler for StuckGate {
     }
 }
 
-/// What node 3's application saw of node 1's broadcasts.
-#[derive(Default)]
-struct Seen {
-    received: HashSet<u64>,
-    duplicates: u64,
-    gaps: Vec<(u64, u64)>,
-}
-
-impl Seen {
-    /// Broadcast `seq` was either received or reported missing.
-    fn accounted(&self, seq: u64) -> bool {
-        self.received.contains(&seq)
-            || self
-                .gaps
-                .iter()
-                .any(|&(first, count)| (first..first + count).contains(&seq))
-    }
-}
-
-/// Follows what node `node`'s application gets of node 1's broadcasts.
-async fn watch(node: &Arc<Node>) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut subscription = node
-        .subscribe("stuck", SubscribeOptions::default())
-        .await
-        .unwrap();
-    let mut events = node.events();
-    let reader = {
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    message = subscription.recv() => {
-                        let Some(message) = message else { return };
-                        let mut seen = seen.lock();
-                        if !seen.received.insert(message.seq) {
-                            seen.duplicates += 1;
-                        }
-                    }
-                    event = events.next_event() => match event {
-                        Some(Event::Gap { from: 1, first, count, .. }) => {
-                            seen.lock().gaps.push((first, count));
-                        }
-                        Some(Event::Overflow { queue, dropped }) => {
-                            panic!("the test's reader fell behind: {dropped} dropped from {queue}");
-                        }
-                        Some(_) => {}
-                        None => return,
-                    },
-                }
-            }
-        })
-    };
-    (seen, reader)
-}
-
 /// What the application relies on: after a peer was stuck, it gets each
 /// broadcast at most once (the carrier writes again what a replaced
 /// connection left unconfirmed), and every broadcast it did not get is
@@ -395,8 +340,8 @@ async fn after_a_stuck_spell_the_application_gets_no_duplicate_and_is_told_of_ev
 
     // The applications of nodes 2 and 3: the broadcasts and the gaps they
     // are told of.
-    let (healthy_seen, healthy_reader) = watch(&healthy).await;
-    let (seen, reader) = watch(&stuck_node).await;
+    let (healthy_seen, healthy_reader) = watch(&healthy, "stuck", 1).await;
+    let (seen, reader) = watch(&stuck_node, "stuck", 1).await;
 
     gate.gate.close();
     let started = Instant::now();
@@ -433,7 +378,7 @@ async fn after_a_stuck_spell_the_application_gets_no_duplicate_and_is_told_of_ev
     assert_eq!(healthy_seen.duplicates, 0);
     assert!(healthy_seen.gaps.is_empty(), "{:?}", healthy_seen.gaps);
     let seen = seen.lock();
-    let missed: u64 = seen.gaps.iter().map(|&(_, count)| count).sum();
+    let missed = seen.missed();
     println!(
         "{sent} broadcasts of {SIZE} B, node 3 stuck for {stuck_for:.2?}: it received {}, \
          was told of {missed} missed in {} gaps, {} duplicates",
@@ -446,7 +391,7 @@ async fn after_a_stuck_spell_the_application_gets_no_duplicate_and_is_told_of_ev
         .received
         .iter()
         .copied()
-        .filter(|&seq| seen.gaps.iter().any(|&(f, c)| (f..f + c).contains(&seq)))
+        .filter(|&seq| seen.gapped(seq))
         .take(5)
         .collect();
     assert!(wrong.is_empty(), "received yet reported missing: {wrong:?}");
