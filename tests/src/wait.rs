@@ -15,13 +15,22 @@ pub async fn within<T>(limit: Duration, what: &str, future: impl Future<Output =
 
 /// Polls `condition` every few milliseconds until it holds (bounded by `limit`).
 /// For counters, which have no event of their own.
-pub async fn until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    within(limit, what, async {
+pub async fn until(limit: Duration, what: &str, condition: impl FnMut() -> bool) {
+    if !holds_within(limit, condition).await {
+        panic!("timed out after {limit:?} waiting for {what}");
+    }
+}
+
+/// As [`until`], but says whether `condition` came to hold instead of
+/// failing the test: for a test that says more about what it found.
+pub async fn holds_within(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    tokio::time::timeout(limit, async {
         while !condition() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await
+    .is_ok()
 }
 
 /// Waits until every node sees every other one alive.

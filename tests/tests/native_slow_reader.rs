@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tests::harness::{CLUSTER_KEY, Connector, NativeConnector};
-use tests::wait::converge;
-use tests::watch::{Seen, watch};
+use tests::wait::{converge, holds_within};
+use tests::watch::watch;
 
 const LONG: Duration = Duration::from_secs(60);
 const SIZE: usize = 1024;
@@ -168,11 +168,12 @@ async fn a_slow_reader_gets_every_broadcast_and_is_told_of_no_loss() {
         }
     }
     let published = started.elapsed();
-    let accounted = |seen: &Seen| seen.received.len() as u64 + seen.missed() >= MESSAGES;
-    let deadline = Instant::now() + LONG;
-    while !accounted(&seen.lock()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // What is still missing then is named below.
+    holds_within(LONG, || {
+        let seen = seen.lock();
+        seen.received.len() as u64 + seen.missed() >= MESSAGES
+    })
+    .await;
     let seen = seen.lock();
     println!(
         "{MESSAGES} broadcasts of {SIZE} B published in {published:.2?}, read at {} MiB/s: \

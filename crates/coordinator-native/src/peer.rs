@@ -111,10 +111,14 @@ impl Shared {
         }
     }
 
-    /// Notes the broadcasts a message about to be written carries.
+    /// Notes the broadcasts a message about to be written carries. Called
+    /// under the writer's lock, which orders the writes: no read-modify-write
+    /// is needed.
     fn writing(&self, frame: &[u8]) {
-        if let Some(high) = peek_broadcast_high(frame) {
-            self.broadcasts_written.fetch_max(high, Ordering::AcqRel);
+        if let Some(high) = peek_broadcast_high(frame)
+            && high > self.broadcasts_written.load(Ordering::Relaxed)
+        {
+            self.broadcasts_written.store(high, Ordering::Relaxed);
         }
     }
 
@@ -126,7 +130,7 @@ impl Shared {
     /// Once nothing is queued, every broadcast announced was written or
     /// dropped, and a heartbeat goes as it is (the peer reports those dropped).
     fn overtaking(&self, frame: Bytes) -> Bytes {
-        cap_announced(&frame, self.broadcasts_written.load(Ordering::Acquire)).unwrap_or(frame)
+        cap_announced(&frame, self.broadcasts_written.load(Ordering::Relaxed)).unwrap_or(frame)
     }
 
     fn micros(&self) -> u64 {
@@ -746,18 +750,6 @@ impl Worker {
         idle: Duration,
         same_run: bool,
     ) -> Result<(), End> {
-        // This connection is closed by a reset, not a graceful close: what
-        // it still holds unconfirmed is written again on the next one, so
-        // the peer need not read it (on a slow link, reading a stalled
-        // connection's remains delayed the replacement's confirmations past
-        // `deadTimeout`, and the replacement was taken for stalled too).
-        let tcp = match &stream {
-            tokio_rustls::TlsStream::Client(s) => s.get_ref().0.set_zero_linger(),
-            tokio_rustls::TlsStream::Server(s) => s.get_ref().0.set_zero_linger(),
-        };
-        if let Err(error) = tcp {
-            tracing::debug!(%error, "cannot set the connection to close by a reset");
-        }
         let (mut reader, writer) = tokio::io::split(stream);
         let mut writer = BufWriter::with_capacity(BUFFER_BYTES, writer);
         let (resend, given_up) = self.shared.take_unconfirmed();
