@@ -88,7 +88,14 @@ impl Kind {
         }
     }
 
-    fn args(self, port: u16, dir: &std::path::Path) -> Vec<String> {
+    /// Whether the broker listens on a second port of its own (a Redis
+    /// Cluster node's bus), which the test picks too: Redis's default,
+    /// port + 10000, can be any process's ephemeral port.
+    fn has_bus(self) -> bool {
+        matches!(self, Kind::RedisClusterNode | Kind::RedisClusterTlsNode)
+    }
+
+    fn args(self, port: u16, bus: u16, dir: &std::path::Path) -> Vec<String> {
         let port = port.to_string();
         match self {
             Kind::Nats => {
@@ -103,18 +110,19 @@ impl Kind {
                 vec!["-c".into(), file.display().to_string()]
             }
             Kind::RedisClusterTlsNode => {
-                let mut args = Kind::RedisClusterNode.args(0, dir);
+                let mut args = Kind::RedisClusterNode.args(0, bus, dir);
                 args.extend(tls_args(port, &shared_authority()));
                 args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
                 args
             }
             Kind::RedisTls => {
-                let mut args = Kind::Redis.args(0, dir);
+                let mut args = Kind::Redis.args(0, bus, dir);
                 args.extend(tls_args(port, &test_authority(dir)));
                 args
             }
             Kind::RedisClusterNode => {
-                let mut args = Kind::Redis.args(port.parse().expect("a port"), dir);
+                let mut args = Kind::Redis.args(port.parse().expect("a port"), bus, dir);
+                args.extend(["--cluster-port".into(), bus.to_string()]);
                 args.extend(
                     [
                         "--cluster-enabled",
@@ -219,11 +227,20 @@ impl Kind {
 pub struct Broker {
     kind: Kind,
     port: u16,
+    /// The second port of a kind that has one (see [`Kind::has_bus`]).
+    bus: u16,
     dir: PathBuf,
     child: Option<Child>,
     /// Arguments after the kind's own (an authentication option, say).
     extra: Vec<String>,
 }
+
+/// How many ports a first start tries when the broker exits at once (its
+/// port was free when picked, and another process took it since).
+const PORTS_TRIED: usize = 3;
+
+/// How many quick exits a first start waits through on one port.
+const QUICK_EXITS: usize = 5;
 
 impl Broker {
     /// Starts a broker on a free loopback port and waits until it answers.
@@ -233,22 +250,43 @@ impl Broker {
 
     /// [`Broker::start`] with `extra` after the kind's own arguments.
     pub fn start_with(kind: Kind, extra: &[&str]) -> Broker {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "coordinator-test-{}-{}-{port}",
-            kind.program(),
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("a broker directory");
         let mut broker = Broker {
             kind,
-            port,
-            dir,
+            port: 0,
+            bus: 0,
+            dir: PathBuf::new(),
             child: None,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
         };
-        broker.restart();
-        broker
+        let mut failures = Vec::new();
+        for _ in 0..PORTS_TRIED {
+            broker.take_ports();
+            match broker.launch(Some(QUICK_EXITS)) {
+                Ok(()) => return broker,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("{}", failures.join("\n"));
+    }
+
+    /// Picks fresh ports, and a directory named after them.
+    fn take_ports(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        self.port = free_port();
+        self.bus = if self.kind.has_bus() {
+            std::iter::repeat_with(free_port)
+                .find(|bus| *bus != self.port)
+                .expect("a second free port")
+        } else {
+            0
+        };
+        self.dir = std::env::temp_dir().join(format!(
+            "coordinator-test-{}-{}-{}",
+            self.kind.program(),
+            std::process::id(),
+            self.port
+        ));
+        std::fs::create_dir_all(&self.dir).expect("a broker directory");
     }
 
     pub fn port(&self) -> u16 {
@@ -274,15 +312,29 @@ impl Broker {
 
     /// Starts the process again on the same port and waits until it answers.
     pub fn restart(&mut self) {
+        if let Err(failure) = self.launch(None) {
+            panic!("{failure}");
+        }
+    }
+
+    /// Starts the process on this broker's ports and waits until it answers.
+    /// A process that exits at once is started again (a port just closed may
+    /// not be free yet) until [`READY_WITHIN`] has passed or it has exited
+    /// `give_up_after` times; then the error says why, with the end of the
+    /// broker's own output.
+    fn launch(&mut self, give_up_after: Option<usize>) -> Result<(), String> {
         self.kill();
+        let log = self.dir.join("broker.log");
         let started = Instant::now();
+        let mut exits = 0;
         loop {
+            let output = std::fs::File::create(&log).expect("a broker log file");
             let child = Command::new(self.kind.program())
-                .args(self.kind.args(self.port, &self.dir))
+                .args(self.kind.args(self.port, self.bus, &self.dir))
                 .args(&self.extra)
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stdout(output.try_clone().expect("a broker log file"))
+                .stderr(output)
                 .spawn()
                 .unwrap_or_else(|error| {
                     panic!(
@@ -293,20 +345,35 @@ impl Broker {
             self.child = Some(child);
             while started.elapsed() < READY_WITHIN {
                 if self.kind.answers(self.addr()) {
-                    return;
+                    return Ok(());
                 }
                 if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
-                    // It exited (the port was not free again yet): try once more.
+                    exits += 1;
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(
-                started.elapsed() < READY_WITHIN,
-                "{} on port {} did not answer within {READY_WITHIN:?}",
-                self.kind.program(),
-                self.port
-            );
+            // Quick exits on a first start mean the port is someone else's:
+            // the caller picks another rather than waiting for it.
+            if started.elapsed() >= READY_WITHIN || give_up_after.is_some_and(|most| exits >= most)
+            {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = said.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                self.kill();
+                return Err(format!(
+                    "{} on port {}{} did not answer within {:?} ({exits} quick exits); it said: {}",
+                    self.kind.program(),
+                    self.port,
+                    if self.kind.has_bus() {
+                        format!(" (bus port {})", self.bus)
+                    } else {
+                        String::new()
+                    },
+                    started.elapsed(),
+                    tail.join(" | ")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

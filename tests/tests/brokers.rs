@@ -43,3 +43,26 @@ fn a_redis_cluster_forms_and_a_replica_takes_over_a_killed_master() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_broker_that_cannot_start_says_why_in_its_own_words() {
+    let started = Instant::now();
+    let failure = std::panic::catch_unwind(|| {
+        Broker::start_with(Kind::Redis, &["--no-such-directive", "yes"]);
+    })
+    .expect_err("redis-server refuses an unknown directive");
+    let message = failure
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("redis-server on port") && message.contains("no-such-directive"),
+        "the failure names the broker, its port and what it said: {message}"
+    );
+    // It gives up after a few quick exits, not after the whole ready timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+}
