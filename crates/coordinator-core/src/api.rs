@@ -343,6 +343,17 @@ impl<T: QueueItem> QueueReceiver<T> {
         let item = ready!(self.receiver.poll_recv(cx));
         Poll::Ready(self.took(item))
     }
+
+    /// Appends up to `limit` waiting items to `buffer` (waiting for one if
+    /// none is), and frees their room with one update of each counter.
+    async fn recv_many(&mut self, buffer: &mut Vec<T>, limit: usize) -> usize {
+        let start = buffer.len();
+        let taken = self.receiver.recv_many(buffer, limit).await;
+        let bytes: usize = buffer[start..].iter().map(QueueItem::bytes).sum();
+        self.held.messages.fetch_sub(taken, Ordering::AcqRel);
+        self.held.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        taken
+    }
 }
 
 /// The broadcasts of one topic. Also a [`futures_core::Stream`].
@@ -369,6 +380,17 @@ impl Subscription {
     /// The next message if one is waiting.
     pub fn try_recv(&mut self) -> Option<BroadcastMessage> {
         self.receiver.try_recv()
+    }
+
+    /// Appends up to `limit` messages to `buffer`: all that wait, up to
+    /// `limit`, or else the next one when it comes. Returns how many it
+    /// appended, 0 once the coordinator has stopped (or if `limit` is 0).
+    ///
+    /// One wake-up and one queue operation for a whole burst: an
+    /// application that handles many small messages spends less per message
+    /// than with [`Subscription::recv`]. Order is the same.
+    pub async fn recv_many(&mut self, buffer: &mut Vec<BroadcastMessage>, limit: usize) -> usize {
+        self.receiver.recv_many(buffer, limit).await
     }
 }
 
@@ -438,6 +460,14 @@ impl Inbox {
     pub fn try_recv(&mut self) -> Option<Incoming> {
         self.receiver.try_recv()
     }
+
+    /// Appends up to `limit` messages to `buffer`: all that wait, up to
+    /// `limit`, or else the next one when it comes. Returns how many it
+    /// appended, 0 once the coordinator has stopped (or if `limit` is 0).
+    /// See [`Subscription::recv_many`].
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Incoming>, limit: usize) -> usize {
+        self.receiver.recv_many(buffer, limit).await
+    }
 }
 
 impl futures_core::Stream for Inbox {
@@ -476,5 +506,49 @@ impl Incoming {
             Some(replier) => replier.reply(Err(message.into())).await,
             None => Err(Error::NotARequest),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64) -> BroadcastMessage {
+        BroadcastMessage {
+            from: 1,
+            topic: Arc::from("t"),
+            seq,
+            payload: Bytes::from_static(&[7; 36]),
+        }
+    }
+
+    #[tokio::test]
+    async fn recv_many_takes_a_burst_in_order_and_frees_its_room() {
+        // Room for 3 messages, or 300 bytes (each counts 36 + 64).
+        let (sender, receiver) = queue(3, 300);
+        let mut subscription = Subscription::new(Arc::from("t"), receiver);
+        for seq in 1..=3 {
+            assert!(sender.try_send(message(seq)).is_ok());
+        }
+        assert!(matches!(
+            sender.try_send(message(4)),
+            Err(QueueRefused::Full(_))
+        ));
+
+        let mut taken = Vec::new();
+        assert_eq!(subscription.recv_many(&mut taken, 2).await, 2);
+        assert_eq!(subscription.recv_many(&mut taken, 10).await, 1);
+        let order: Vec<u64> = taken.iter().map(|message| message.seq).collect();
+        assert_eq!(order, [1, 2, 3]);
+
+        // All of the room is free again, by count and by bytes.
+        for seq in 4..=6 {
+            assert!(sender.try_send(message(seq)).is_ok(), "{seq} refused");
+        }
+        taken.clear();
+        assert_eq!(subscription.recv_many(&mut taken, 10).await, 3);
+
+        drop(sender);
+        assert_eq!(subscription.recv_many(&mut taken, 10).await, 0);
     }
 }

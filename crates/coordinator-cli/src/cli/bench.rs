@@ -337,28 +337,35 @@ fn payload(size: usize) -> Bytes {
     Bytes::from(vec![0x5a; size])
 }
 
-/// Where a throughput run's messages arrive.
+/// How many messages the receiving loop takes at most per wake-up.
+const TAKE_AT_ONCE: usize = 1024;
+
+/// Where a throughput run's messages arrive, and room for a burst of them.
 enum Incoming<'a> {
-    Broadcasts(&'a mut coordinator::Subscription),
-    Inbox(&'a mut Inbox),
+    Broadcasts(
+        &'a mut coordinator::Subscription,
+        Vec<coordinator::BroadcastMessage>,
+    ),
+    Inbox(&'a mut Inbox, Vec<coordinator::Incoming>),
 }
 
 impl Incoming<'_> {
-    async fn recv(&mut self) -> anyhow::Result<()> {
-        let got = match self {
-            Incoming::Broadcasts(subscription) => subscription.recv().await.is_some(),
-            Incoming::Inbox(inbox) => inbox.recv().await.is_some(),
+    /// Takes every message that waits (up to [`TAKE_AT_ONCE`]), or waits for
+    /// the next one: how many it took, as an application that handles a
+    /// burst at a time would.
+    async fn take(&mut self) -> anyhow::Result<u64> {
+        let taken = match self {
+            Incoming::Broadcasts(subscription, buffer) => {
+                buffer.clear();
+                subscription.recv_many(buffer, TAKE_AT_ONCE).await
+            }
+            Incoming::Inbox(inbox, buffer) => {
+                buffer.clear();
+                inbox.recv_many(buffer, TAKE_AT_ONCE).await
+            }
         };
-        anyhow::ensure!(got, "the receiving node stopped");
-        Ok(())
-    }
-
-    /// Takes a message that is already waiting, if one is.
-    fn try_recv(&mut self) -> bool {
-        match self {
-            Incoming::Broadcasts(subscription) => subscription.try_recv().is_some(),
-            Incoming::Inbox(inbox) => inbox.try_recv().is_some(),
-        }
+        anyhow::ensure!(taken > 0, "the receiving node stopped");
+        Ok(taken as u64)
     }
 }
 
@@ -376,7 +383,7 @@ async fn broadcast_throughput(
     let lost_before = lost();
     let sending = Instant::now();
     let sender = spawn_sender(a.clone(), None, count, size);
-    let mut incoming = Incoming::Broadcasts(&mut subscription);
+    let mut incoming = Incoming::Broadcasts(&mut subscription, Vec::new());
     let lost_now = || lost() - lost_before;
     let received = receive(&mut incoming, count, lost_now).await?;
     throughput_row(
@@ -414,7 +421,7 @@ async fn send_throughput(
         }
         Ok(())
     });
-    let received = receive(&mut Incoming::Inbox(inbox), count, || 0).await?;
+    let received = receive(&mut Incoming::Inbox(inbox, Vec::new()), count, || 0).await?;
     let test = if senders == 1 {
         "send throughput"
     } else {
@@ -454,8 +461,13 @@ async fn receive(
     let mut received = 0u64;
     let deadline = tokio::time::Instant::now() + LIMIT;
     while received < count {
-        if incoming.try_recv() {
-            received += 1;
+        let waiting = tokio::select! {
+            biased;
+            taken = incoming.take() => Some(taken?),
+            () = std::future::ready(()) => None,
+        };
+        if let Some(taken) = waiting {
+            received += taken;
             // Taking what waits never yields by itself.
             tokio::task::coop::consume_budget().await;
             continue;
@@ -463,11 +475,8 @@ async fn receive(
         if received + lost() >= count {
             break;
         }
-        match tokio::time::timeout_at(deadline, incoming.recv()).await {
-            Ok(result) => {
-                result?;
-                received += 1;
-            }
+        match tokio::time::timeout_at(deadline, incoming.take()).await {
+            Ok(taken) => received += taken?,
             Err(_) => break,
         }
     }
@@ -757,9 +766,15 @@ async fn raw_channel_throughput(count: u64, size: usize) -> anyhow::Result<Row> 
             }
         }
     });
+    // Bursts at a time, as the carriers' receiving loop takes them.
     let mut received = 0;
-    while received < count && receiver.recv().await.is_some() {
-        received += 1;
+    let mut buffer = Vec::with_capacity(TAKE_AT_ONCE);
+    while received < count {
+        buffer.clear();
+        match receiver.recv_many(&mut buffer, TAKE_AT_ONCE).await {
+            0 => break,
+            taken => received += taken as u64,
+        }
     }
     let elapsed = started.elapsed();
     producer.await?;

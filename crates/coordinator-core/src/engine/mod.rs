@@ -543,16 +543,27 @@ impl Inner {
             seq,
             payload,
         };
+        // The last subscriber that takes it gets the message itself; the
+        // ones before it get clones (reference counts shared with the
+        // receiving side's core, so one clone and one drop fewer matter).
+        let takes = |subscriber: &Subscriber| !own || subscriber.receive_own;
+        let Some(last) = subscribers.iter().rposition(takes) else {
+            return;
+        };
         let mut any_closed = false;
-        for Subscriber {
-            sender,
-            receive_own,
-        } in subscribers
-        {
-            if own && !receive_own {
+        let mut message = Some(message);
+        for (index, subscriber) in subscribers.iter().enumerate().take(last + 1) {
+            if !takes(subscriber) {
                 continue;
             }
-            match sender.try_send(message.clone()) {
+            let copy = if index == last {
+                message
+                    .take()
+                    .expect("the message is taken once, by the last")
+            } else {
+                message.clone().expect("the message is kept until the last")
+            };
+            match subscriber.sender.try_send(copy) {
                 Ok(()) => {}
                 Err(QueueRefused::Full(_)) => self.overflow(&format!("subscription {topic}")),
                 Err(QueueRefused::Closed(_)) => any_closed = true,
