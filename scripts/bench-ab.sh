@@ -31,7 +31,11 @@ for round in $(seq 1 "$rounds"); do
     for which in old new; do
       binary=$old; [ "$which" = new ] && binary=$new
       # shellcheck disable=SC2086
-      "$binary" bench --size 128 $args $extra --json > "$work/$name-$which-$round.json" 2>/dev/null
+      if ! "$binary" bench --size 128 $args $extra --json > "$work/$name-$which-$round.json" 2> "$work/err"; then
+        echo "round $round, $name, $which: $binary bench --size 128 $args $extra failed:" >&2
+        tail -n 20 "$work/err" >&2
+        exit 1
+      fi
     done
   done
 done

@@ -28,6 +28,35 @@ async fn client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
     Ok(options.connect(addresses).await?)
 }
 
+/// Waits until a message published by `sender` on `subject` reaches
+/// `subscription`. A flushed subscription can still miss what another client
+/// publishes for a moment on a busy server (nats-server issue 2876); the
+/// carrier's own nodes wait for each other's heartbeats before they count.
+async fn reachable(
+    sender: &async_nats::Client,
+    subject: &str,
+    subscription: &mut async_nats::Subscriber,
+) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        sender
+            .publish(subject.to_string(), Bytes::from_static(b"probe"))
+            .await?;
+        sender.flush().await?;
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(50), subscription.next()).await
+        {
+            // Probes that were only late must not count as measured messages.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(1), subscription.next()).await
+            {
+            }
+            return Ok(());
+        }
+    }
+    anyhow::bail!("raw NATS: nothing published on {subject} arrived in 100 tries")
+}
+
 fn subject(what: &str) -> String {
     format!("bench-raw.{what}.{}", std::process::id())
 }
@@ -51,6 +80,7 @@ impl super::bench::RawBroker for RawNats<'_> {
         let subject = subject("throughput");
         let mut subscription = receiver.subscribe(subject.clone()).await?;
         receiver.flush().await?;
+        reachable(&sender, &subject, &mut subscription).await?;
         let body = Bytes::from(vec![0x5a; size]);
         let send = async move {
             for _ in 0..count {
@@ -75,6 +105,7 @@ impl super::bench::RawBroker for RawNats<'_> {
         let subject = subject("latency");
         let mut subscription = receiver.subscribe(subject.clone()).await?;
         receiver.flush().await?;
+        reachable(&sender, &subject, &mut subscription).await?;
         let body = Bytes::from(vec![0x5a; size]);
         super::bench::time_each(samples, histogram, async || {
             sender.publish(subject.clone(), body.clone()).await?;
@@ -107,6 +138,23 @@ impl super::bench::RawBroker for RawNats<'_> {
             }
         });
         let body = Bytes::from(vec![0x5a; size]);
+        // A server under load can answer "no responders" for a moment after
+        // the responder's subscription was flushed (nats-server issue
+        // 2876): wait until one request gets through before timing any.
+        let mut attempts = 0;
+        loop {
+            match requester.request(subject.clone(), body.clone()).await {
+                Ok(_) => break,
+                Err(error)
+                    if error.kind() == async_nats::RequestErrorKind::NoResponders
+                        && attempts < 100 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => return Err(error).context("raw NATS request before timing"),
+            }
+        }
         let timed = super::bench::time_each(samples, histogram, async || {
             requester.request(subject.clone(), body.clone()).await?;
             Ok(())
