@@ -265,9 +265,10 @@ struct Held {
 }
 
 impl Held {
-    fn release(&self, size: usize) {
-        self.messages.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(size, Ordering::AcqRel);
+    /// Frees the room of `messages` messages of `bytes` bytes in all.
+    fn release(&self, messages: usize, bytes: usize) {
+        self.messages.fetch_sub(messages, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
@@ -300,11 +301,11 @@ impl<T: QueueItem> QueueSender<T> {
         let messages = self.held.messages.fetch_add(1, Ordering::AcqRel);
         let bytes = self.held.bytes.fetch_add(size, Ordering::AcqRel);
         if messages >= self.capacity || (bytes > 0 && bytes + size > self.max_bytes) {
-            self.held.release(size);
+            self.held.release(1, size);
             return Err(QueueRefused::Full(item));
         }
         self.sender.send(item).map_err(|refused| {
-            self.held.release(size);
+            self.held.release(1, size);
             QueueRefused::Closed(refused.0)
         })
     }
@@ -324,7 +325,7 @@ pub(crate) struct QueueReceiver<T> {
 impl<T: QueueItem> QueueReceiver<T> {
     fn took(&self, item: Option<T>) -> Option<T> {
         if let Some(item) = &item {
-            self.held.release(item.bytes());
+            self.held.release(1, item.bytes());
         }
         item
     }
@@ -349,9 +350,8 @@ impl<T: QueueItem> QueueReceiver<T> {
     async fn recv_many(&mut self, buffer: &mut Vec<T>, limit: usize) -> usize {
         let start = buffer.len();
         let taken = self.receiver.recv_many(buffer, limit).await;
-        let bytes: usize = buffer[start..].iter().map(QueueItem::bytes).sum();
-        self.held.messages.fetch_sub(taken, Ordering::AcqRel);
-        self.held.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let bytes = buffer[start..].iter().map(QueueItem::bytes).sum();
+        self.held.release(taken, bytes);
         taken
     }
 }

@@ -32,25 +32,27 @@ async fn client(config: &NatsConfig) -> anyhow::Result<async_nats::Client> {
 /// `subscription`. A flushed subscription can still miss what another client
 /// publishes for a moment on a busy server (nats-server issue 2876); the
 /// carrier's own nodes wait for each other's heartbeats before they count.
+/// Probes are numbered: once the latest one is in, every earlier one that
+/// will ever come has come (NATS keeps one publisher's order), so none can
+/// be counted as a measured message.
 async fn reachable(
     sender: &async_nats::Client,
     subject: &str,
     subscription: &mut async_nats::Subscriber,
 ) -> anyhow::Result<()> {
-    for _ in 0..100 {
-        sender
-            .publish(subject.to_string(), Bytes::from_static(b"probe"))
-            .await?;
+    for probe in 0..100u32 {
+        let body = Bytes::from(format!("probe {probe}"));
+        sender.publish(subject.to_string(), body.clone()).await?;
         sender.flush().await?;
-        if let Ok(Some(_)) =
-            tokio::time::timeout(Duration::from_millis(50), subscription.next()).await
-        {
-            // Probes that were only late must not count as measured messages.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            while let Ok(Some(_)) =
-                tokio::time::timeout(Duration::from_millis(1), subscription.next()).await
-            {
+        let latest_in = async {
+            while let Some(message) = subscription.next().await {
+                if message.payload == body {
+                    return true;
+                }
             }
+            false
+        };
+        if let Ok(true) = tokio::time::timeout(Duration::from_millis(50), latest_in).await {
             return Ok(());
         }
     }
