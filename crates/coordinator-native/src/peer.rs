@@ -4,7 +4,8 @@
 //! worker, which batches them. Control frames (heartbeats, joins, departures)
 //! overtake queued bulk frames; a heartbeat that does announces only the
 //! broadcasts written before it. A broken connection is dialed again with
-//! truncated exponential backoff and jitter; after `retriesMax` failures what
+//! truncated exponential backoff and jitter, counted from the start of the
+//! failed dial (a dial that timed out has waited already); after `retriesMax` failures what
 //! is queued for the peer is dropped, and it is dialed again when the gossip
 //! says it is alive again, or after `backoffMax`.
 //!
@@ -668,6 +669,7 @@ impl Worker {
                 tracing::debug!(dropped, "frames for a member that is gone dropped");
                 continue;
             };
+            let dialed_at = Instant::now();
             match self.transport.dial(addr).await {
                 Ok((stream, hello)) if hello.id == self.id => {
                     failures = 0;
@@ -729,11 +731,17 @@ impl Worker {
                     reported_down = true;
                 }
             }
+            // The backoff paces dials from start to start: a dial that took
+            // its whole `timeout` (a SYN lost on a lossy link, which the
+            // kernel would send again only at that same second) counts
+            // toward it, so a link that heals is dialed again within the
+            // backoff, not the backoff after the time-out.
             let wait = backoff(
                 failures as u32,
                 BACKOFF_BASE,
                 config.backoff_max.min(LIVE_BACKOFF_MAX),
-            );
+            )
+            .saturating_sub(dialed_at.elapsed());
             // A peer that comes back to life is dialed at once.
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
