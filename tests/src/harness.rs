@@ -265,6 +265,15 @@ impl Connector for NativeConnector {
 pub async fn wrapped_memory_pair<T: coordinator_core::transport::Transport + 'static>(
     wrap: impl FnOnce(Arc<dyn coordinator_core::transport::Transport>) -> Arc<T>,
 ) -> (Arc<T>, Arc<Node>, Arc<Node>) {
+    wrapped_memory_pair_with(Settings::new(1), wrap).await
+}
+
+/// [`wrapped_memory_pair`] with node 1's settings (its id must be 1).
+pub async fn wrapped_memory_pair_with<T: coordinator_core::transport::Transport + 'static>(
+    settings: Settings,
+    wrap: impl FnOnce(Arc<dyn coordinator_core::transport::Transport>) -> Arc<T>,
+) -> (Arc<T>, Arc<Node>, Arc<Node>) {
+    assert_eq!(settings.node_id, 1, "the wrapped node is node 1");
     let network = MemoryNetwork::new();
     let Link { transport, inbound } = network.connect(1);
     let wrapped = wrap(transport);
@@ -272,7 +281,7 @@ pub async fn wrapped_memory_pair<T: coordinator_core::transport::Transport + 'st
         transport: wrapped.clone(),
         inbound,
     };
-    let sender = Arc::new(Node::start(Settings::new(1), "Memory", link).unwrap());
+    let sender = Arc::new(Node::start(settings, "Memory", link).unwrap());
     let receiver = Arc::new(
         network
             .start(Settings::new(2).reorder_timeout(Duration::from_millis(100)))

@@ -31,6 +31,7 @@ macro_rules! conformance_suite {
                 restarted_node_is_never_listed_twice,
                 node_that_left_can_come_back,
                 point_to_point_is_fifo_per_pair,
+                posted_messages_arrive_once_in_the_order_made,
                 concurrent_senders_to_one_node_keep_each_order,
                 request_gets_its_reply,
                 request_times_out_with_a_typed_error,

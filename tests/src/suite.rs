@@ -450,6 +450,42 @@ pub async fn point_to_point_is_fifo_per_pair(mut harness: impl Harness) {
     assert_eq!(next, HashMap::from([(1, COUNT), (2, COUNT)]));
 }
 
+/// One task posting to a node without waiting for each message, with an
+/// awaited `send` now and then among them: every message arrives once, in
+/// the order they were made, and every outcome is `Ok`.
+pub async fn posted_messages_arrive_once_in_the_order_made(mut harness: impl Harness) {
+    const COUNT: usize = 1_000;
+    let nodes = cluster(&mut harness, &[1, 2]).await;
+    let mut inbox = nodes[1].inbox().unwrap();
+    let node = nodes[0].clone();
+    let sender = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for i in 0..COUNT {
+            let payload = Bytes::from(i.to_string());
+            if i % 100 == 99 {
+                node.send(2, payload).await.unwrap();
+            } else {
+                outcomes.push(node.post(2, payload).await.unwrap());
+            }
+        }
+        for outcome in outcomes {
+            outcome.await.unwrap();
+        }
+    });
+    within(LONG, "every posted message", async {
+        for i in 0..COUNT {
+            let incoming = inbox.recv().await.unwrap();
+            assert_eq!(incoming.from, 1);
+            assert_eq!(text(&incoming.payload), i.to_string());
+        }
+    })
+    .await;
+    within(LONG, "every outcome", sender).await.unwrap();
+    // Nothing more: each message came once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(inbox.try_recv().is_none(), "a message came twice");
+}
+
 /// Many tasks of one node sending to another at once (their messages share
 /// frames when the carrier is busy): every message arrives once, each task's
 /// in its order, and every request gets its own reply, answered by

@@ -6,9 +6,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use coordinator_core::envelope::{Kind, peek_kind};
 use coordinator_core::transport::Transport;
-use coordinator_core::{Coordinator, Error, Event, Node, NodeId, StreamKind, TransportError};
+use coordinator_core::{
+    Coordinator, Error, Event, Node, NodeId, SendOutcome, Settings, StreamKind, TransportError,
+};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
@@ -225,4 +228,134 @@ async fn a_refused_batch_fails_each_of_its_messages_and_the_receiver_reports_the
         unreachable!()
     };
     assert_eq!((from, stream, first, count), (1, StreamKind::Direct, 2, 6));
+}
+
+/// Posts `payloads` to node 2 from this task: each post returns while the
+/// carrier still holds "first", without waiting for its own outcome.
+async fn posted(sender: &Arc<Node>, payloads: &[&str]) -> Vec<SendOutcome> {
+    let mut outcomes = Vec::new();
+    for payload in payloads {
+        let post = sender.post(2, Bytes::from(payload.to_string()));
+        outcomes.push(within(LIMIT, "a post to return", post).await.unwrap());
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_return_at_once_go_out_in_their_order_and_each_is_told_its_own_outcome() {
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut inbox = receiver.inbox().unwrap();
+    let first = first_held(&gated, &sender).await;
+    let mut outcomes = posted(&sender, &["p0", "p1", "p2"]).await;
+    // Unknown nodes fail at once, as `send` does, and take no number.
+    let unknown = sender.post(9, Bytes::from_static(b"lost")).await;
+    assert!(matches!(unknown, Err(Error::UnknownNode(9))), "{unknown:?}");
+    outcomes.extend(posted(&sender, &["p3", "p4"]).await);
+    // Nothing is settled while the carrier holds the frame before them.
+    for outcome in &mut outcomes {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *outcome).poll(cx))).await;
+        assert!(polled.is_pending(), "an outcome came before its frame went");
+    }
+    release(&gated);
+    first.await.unwrap();
+    for outcome in outcomes {
+        within(LIMIT, "each posted message's outcome", outcome)
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let incoming = within(LIMIT, "every message", inbox.recv()).await.unwrap();
+        got.push(String::from_utf8(incoming.payload.to_vec()).unwrap());
+    }
+    assert_eq!(got, ["first", "p0", "p1", "p2", "p3", "p4"]);
+    let kinds = gated.kinds.lock().clone();
+    assert_eq!(
+        kinds,
+        [Some(Kind::Direct), Some(Kind::DirectBatch)],
+        "the five posts went out as one batch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_fails_each_posted_message_and_the_next_post_goes() {
+    let (gated, sender, receiver) = gated_pair().await;
+    let mut inbox = receiver.inbox().unwrap();
+    let first = first_held(&gated, &sender).await;
+    let outcomes = posted(&sender, &["q0", "q1"]).await;
+    gated.refuse_batches.store(true, Ordering::SeqCst);
+    release(&gated);
+    first.await.unwrap();
+    for outcome in outcomes {
+        let result = within(LIMIT, "each outcome to be told", outcome).await;
+        assert!(refused(&result), "{result:?}");
+    }
+    gated.refuse_batches.store(false, Ordering::SeqCst);
+    let after = posted(&sender, &["after"]).await;
+    for outcome in after {
+        within(LIMIT, "the last outcome", outcome).await.unwrap();
+    }
+    for expected in ["first", "after"] {
+        let incoming = within(LIMIT, "a message", inbox.recv()).await.unwrap();
+        assert_eq!(incoming.payload, expected);
+    }
+    assert_eq!(sender.stats().send_failures, 2, "{:?}", sender.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_finds_the_lane_full_waits_for_room_instead_of_failing() {
+    // Room for about four 100-byte messages to wait for node 2.
+    let settings = Settings::new(1).memory(1 << 20, 4 * (100 + 64), 1 << 20);
+    let (gated, sender, receiver) = tests::harness::wrapped_memory_pair_with(settings, |inner| {
+        Arc::new(Gated {
+            inner,
+            holding: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            refuse_batches: AtomicBool::new(false),
+            kinds: Mutex::new(Vec::new()),
+        })
+    })
+    .await;
+    let mut inbox = receiver.inbox().unwrap();
+    let first = first_held(&gated, &sender).await;
+    let body = |i: usize| Bytes::from(format!("{i:0>100}"));
+    // `send` from other tasks would fail with a backlog; a post waits.
+    let mut outcomes = Vec::new();
+    let mut waiting = None;
+    for i in 0..64 {
+        let mut post = Box::pin(sender.post(2, body(i)));
+        match tokio::time::timeout(Duration::from_millis(200), &mut post).await {
+            Ok(outcome) => outcomes.push(outcome.unwrap()),
+            Err(_) => {
+                waiting = Some((i, post));
+                break;
+            }
+        }
+    }
+    let (last, post) = waiting.expect("a post to wait once the lane is full");
+    assert!(
+        (1..=8).contains(&last),
+        "{last} posts were taken before one waited"
+    );
+    release(&gated);
+    first.await.unwrap();
+    outcomes.push(
+        within(LIMIT, "the waiting post to return", post)
+            .await
+            .unwrap(),
+    );
+    for outcome in outcomes {
+        within(LIMIT, "each outcome", outcome).await.unwrap();
+    }
+    let first = within(LIMIT, "the first message", inbox.recv())
+        .await
+        .unwrap();
+    assert_eq!(first.payload, "first");
+    for i in 0..=last {
+        let incoming = within(LIMIT, "every posted message", inbox.recv())
+            .await
+            .unwrap();
+        assert_eq!(incoming.payload, body(i), "in the order they were posted");
+    }
+    assert_eq!(sender.stats().send_failures, 0);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Identifies a node in the cluster (configured, or derived from the host name).
 pub type NodeId = u64;
@@ -194,6 +194,22 @@ pub trait Coordinator: Send + Sync {
 
     /// Sends `payload` to one node. Fails fast if it is unknown, dead or gone.
     async fn send(&self, to: NodeId, payload: Bytes) -> Result<(), Error>;
+
+    /// Sends `payload` to one node without waiting for it to go out: returns
+    /// once the message has its place in this pair's order, with its
+    /// outcome to await later (what [`Coordinator::send`] would have
+    /// returned for it). One task can so keep many messages under way, and
+    /// those that wait behind a busy link go out together.
+    ///
+    /// Fails at once, as `send` does, for a node unknown, dead or gone, a
+    /// payload too large or a stopped node. When too many bytes already
+    /// wait for `to`, it waits for room instead of failing, up to the send
+    /// time-out, then fails with [`Error::Backlog`]. Dropping the outcome
+    /// does not withdraw the message.
+    async fn post(&self, to: NodeId, payload: Bytes) -> Result<SendOutcome, Error> {
+        self.send(to, payload).await?;
+        Ok(SendOutcome::ready(Ok(())))
+    }
 
     /// Sends `payload` to one node and waits up to `timeout` for its reply.
     async fn request(&self, to: NodeId, payload: Bytes, timeout: Duration) -> Result<Bytes, Error>;
@@ -474,6 +490,42 @@ impl futures_core::Stream for Inbox {
     type Item = Incoming;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.receiver.poll_recv(cx)
+    }
+}
+
+/// The outcome of a message given to [`Coordinator::post`]: `Ok` once the
+/// carrier took it, or the error `send` would have returned for it.
+#[derive(Debug)]
+pub struct SendOutcome(Outcome);
+
+#[derive(Debug)]
+enum Outcome {
+    Ready(Option<Result<(), Error>>),
+    Waiting(oneshot::Receiver<Result<(), Error>>),
+}
+
+impl SendOutcome {
+    /// An outcome already known.
+    pub fn ready(result: Result<(), Error>) -> Self {
+        Self(Outcome::Ready(Some(result)))
+    }
+
+    /// An outcome told through `receiver` (its sender dropped: the node stopped).
+    pub(crate) fn waiting(receiver: oneshot::Receiver<Result<(), Error>>) -> Self {
+        Self(Outcome::Waiting(receiver))
+    }
+}
+
+impl std::future::Future for SendOutcome {
+    type Output = Result<(), Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            // Polled again after it was ready: the outcome was taken.
+            Outcome::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(Error::Closed))),
+            Outcome::Waiting(receiver) => Pin::new(receiver)
+                .poll(cx)
+                .map(|told| told.unwrap_or(Err(Error::Closed))),
+        }
     }
 }
 

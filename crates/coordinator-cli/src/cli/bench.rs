@@ -62,6 +62,9 @@ pub enum Measure {
     Broadcast,
     /// Point-to-point throughput.
     Send,
+    /// Point-to-point throughput from one task that posts
+    /// (`Coordinator::post`) and awaits the outcomes later.
+    Post,
     /// Broadcast and request/reply latency.
     Latency,
     /// The raw client or channel beside the carrier.
@@ -213,6 +216,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     senders,
                 )
                 .await?,
+            );
+        }
+        if measures(Measure::Post) {
+            progress(&format!(
+                "{subject} point-to-point throughput, posted ({} × {} B, one task, up to {POST_WINDOW} outcomes open)",
+                args.messages, args.size
+            ));
+            rows.push(
+                post_throughput(&subject, &a, &b, &mut inbox, args.messages, args.size).await?,
             );
         }
         if measures(Measure::Raw) {
@@ -428,6 +440,50 @@ async fn send_throughput(
         "send throughput, tasks at once"
     };
     throughput_row(subject, test, size, count, received, sending, sender).await
+}
+
+/// Outcomes of posted messages a posting task keeps open before it awaits
+/// the oldest: as an application that pipelines its sends would.
+const POST_WINDOW: usize = 4096;
+
+async fn post_throughput(
+    subject: &str,
+    a: &Arc<dyn Coordinator>,
+    b: &Arc<dyn Coordinator>,
+    inbox: &mut Inbox,
+    count: u64,
+    size: usize,
+) -> anyhow::Result<Row> {
+    let sending = Instant::now();
+    let node = a.clone();
+    let to = b.node_id();
+    let body = payload(size);
+    let sender = tokio::spawn(async move {
+        let mut open = std::collections::VecDeque::with_capacity(POST_WINDOW);
+        for _ in 0..count {
+            if open.len() == POST_WINDOW
+                && let Some(oldest) = open.pop_front()
+            {
+                oldest.await?;
+            }
+            open.push_back(node.post(to, body.clone()).await?);
+        }
+        for outcome in open {
+            outcome.await?;
+        }
+        Ok(())
+    });
+    let received = receive(&mut Incoming::Inbox(inbox, Vec::new()), count, || 0).await?;
+    throughput_row(
+        subject,
+        "post throughput",
+        size,
+        count,
+        received,
+        sending,
+        sender,
+    )
+    .await
 }
 
 /// Sends `count` messages from a task of their own: to one node, or broadcast.

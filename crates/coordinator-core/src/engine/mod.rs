@@ -246,7 +246,8 @@ pub(crate) struct Inner {
     wake_timer: Notify,
     /// Queued broadcasts can go out.
     flush: Notify,
-    /// A publish is over: room in the outbox, or the outbox drained.
+    /// A frame is settled or a lane's messages expired: room in the outbox
+    /// or in a lane, or the outbox drained.
     room: Notify,
     span: tracing::Span,
 }
@@ -413,7 +414,6 @@ impl Inner {
         let mut report = Report {
             inner: self,
             token,
-            publish: to.is_none(),
             done: false,
         };
         let timeout = self.settings.send_timeout;
@@ -434,15 +434,14 @@ impl Inner {
             },
         };
         report.done = true;
-        self.settle(token, to.is_none(), result.clone());
+        self.settle(token, result.clone());
         result
     }
 
-    fn settle(self: &Arc<Self>, token: u64, publish: bool, result: Result<(), TransportError>) {
+    fn settle(self: &Arc<Self>, token: u64, result: Result<(), TransportError>) {
         self.with_core(|core, now| core.sent(now, token, result));
-        if publish {
-            self.room.notify_waiters();
-        }
+        // Room in the outbox, or in a lane: a broadcast or a post may wait for it.
+        self.room.notify_waiters();
     }
 
     /// Hands one result of the core to the application (under the queues'
@@ -607,6 +606,8 @@ impl Inner {
                 next
             });
             self.send_all(transmits);
+            // Messages that expired in a lane made room there.
+            self.room.notify_waiters();
             let wake = pin!(self.wake_timer.notified());
             match deadline {
                 Some(deadline) => {
@@ -709,6 +710,62 @@ impl Inner {
         }
     }
 
+    /// A message through the core that its caller does not wait for: a
+    /// waiter for its outcome if it waits its turn, a task of its own if it
+    /// goes now. When the lane to `to` is full, waits for room, up to the
+    /// send time-out.
+    async fn post(self: &Arc<Self>, to: NodeId, payload: Bytes) -> Result<SendOutcome, Error> {
+        let attempt = || {
+            self.check_open()?;
+            let (result, transmits) = self.with_shared(|engine, delivery, now| {
+                let sending = engine.core.send(now, to, payload.clone())?;
+                Ok::<_, Error>(match sending {
+                    Sending::Queued { token, .. } => {
+                        let (sender, receiver) = oneshot::channel();
+                        delivery.waiters.insert(token, sender);
+                        Posted::Waiting(receiver)
+                    }
+                    Sending::Now { transmit, .. } => Posted::Now(transmit),
+                    Sending::Local => Posted::Done,
+                })
+            });
+            self.send_all(transmits);
+            result
+        };
+        let mut outcome = attempt();
+        if matches!(outcome, Err(Error::Backlog { .. })) {
+            // Room is made as frames to any node are settled or expire; the
+            // wait is bounded all the same, should none ever be made.
+            let until = tokio::time::Instant::now() + self.settings.send_timeout;
+            while let Err(Error::Backlog { .. }) = outcome {
+                let mut room = pin!(self.room.notified());
+                room.as_mut().enable();
+                outcome = attempt();
+                if matches!(outcome, Err(Error::Backlog { .. }))
+                    && tokio::time::timeout_at(until, room).await.is_err()
+                {
+                    break;
+                }
+            }
+        }
+        Ok(match outcome? {
+            Posted::Waiting(receiver) => SendOutcome::waiting(receiver),
+            Posted::Done => SendOutcome::ready(Ok(())),
+            Posted::Now(transmit) => {
+                let (sender, receiver) = oneshot::channel();
+                let inner = self.clone();
+                tokio::spawn(
+                    async move {
+                        let result = inner.perform(transmit).await.map_err(Error::Transport);
+                        let _ = sender.send(result);
+                    }
+                    .instrument(self.span.clone()),
+                );
+                SendOutcome::waiting(receiver)
+            }
+        })
+    }
+
     async fn request(
         self: &Arc<Self>,
         to: NodeId,
@@ -768,6 +825,13 @@ impl Inner {
     }
 }
 
+/// What became of a posted message, before it is handed to its caller.
+enum Posted {
+    Waiting(oneshot::Receiver<Result<(), Error>>),
+    Now(Transmit),
+    Done,
+}
+
 /// A call that the carrier finishes at once never waits, so a task sending
 /// in a loop would never let the runtime run anything else on its thread
 /// (among them the receiving side of an in-process carrier): each call takes
@@ -782,7 +846,6 @@ async fn cooperate() {
 struct Report<'a> {
     inner: &'a Arc<Inner>,
     token: u64,
-    publish: bool,
     done: bool,
 }
 
@@ -793,7 +856,7 @@ impl Drop for Report<'_> {
                 carrier: self.inner.carrier,
                 detail: "the send was cancelled before the carrier answered".into(),
             };
-            self.inner.settle(self.token, self.publish, Err(cancelled));
+            self.inner.settle(self.token, Err(cancelled));
         }
     }
 }
@@ -913,6 +976,12 @@ impl Coordinator for Node {
         self.inner
             .send_with(|core, now| core.send(now, to, payload))
             .await
+    }
+
+    async fn post(&self, to: NodeId, payload: Bytes) -> Result<SendOutcome, Error> {
+        // As for `send`: a post dropped here was never made.
+        cooperate().await;
+        self.inner.post(to, payload).await
     }
 
     async fn request(&self, to: NodeId, payload: Bytes, timeout: Duration) -> Result<Bytes, Error> {
