@@ -60,18 +60,20 @@ impl Transport for Gated {
     }
 }
 
+/// A gate around `inner`, open, refusing nothing.
+fn gated(inner: Arc<dyn Transport>) -> Arc<Gated> {
+    Arc::new(Gated {
+        inner,
+        holding: AtomicBool::new(false),
+        gate: Semaphore::new(0),
+        refuse_batches: AtomicBool::new(false),
+        kinds: Mutex::new(Vec::new()),
+    })
+}
+
 /// Node 1 over a gated carrier and node 2, on one memory network, seeing each other.
 async fn gated_pair() -> (Arc<Gated>, Arc<Node>, Arc<Node>) {
-    tests::harness::wrapped_memory_pair(|inner| {
-        Arc::new(Gated {
-            inner,
-            holding: AtomicBool::new(false),
-            gate: Semaphore::new(0),
-            refuse_batches: AtomicBool::new(false),
-            kinds: Mutex::new(Vec::new()),
-        })
-    })
-    .await
+    tests::harness::wrapped_memory_pair(gated).await
 }
 
 /// Sends "first" to node 2 from a task of its own and holds its frame in
@@ -306,16 +308,7 @@ async fn a_refused_batch_fails_each_posted_message_and_the_next_post_goes() {
 async fn a_post_that_finds_the_lane_full_waits_for_room_instead_of_failing() {
     // Room for about four 100-byte messages to wait for node 2.
     let settings = Settings::new(1).memory(1 << 20, 4 * (100 + 64), 1 << 20);
-    let (gated, sender, receiver) = tests::harness::wrapped_memory_pair_with(settings, |inner| {
-        Arc::new(Gated {
-            inner,
-            holding: AtomicBool::new(false),
-            gate: Semaphore::new(0),
-            refuse_batches: AtomicBool::new(false),
-            kinds: Mutex::new(Vec::new()),
-        })
-    })
-    .await;
+    let (gated, sender, receiver) = tests::harness::wrapped_memory_pair_with(settings, gated).await;
     let mut inbox = receiver.inbox().unwrap();
     let first = first_held(&gated, &sender).await;
     let body = |i: usize| Bytes::from(format!("{i:0>100}"));

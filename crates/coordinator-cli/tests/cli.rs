@@ -375,7 +375,7 @@ fn bench_measures_the_memory_carrier_as_json() {
         .iter()
         .map(|r| format!("{} / {}", r["subject"], r["test"]))
         .collect();
-    assert_eq!(rows.len(), 10, "{tests:?}");
+    assert_eq!(rows.len(), 11, "{tests:?}");
     // The Raft rows: every write committed, on the carrier and on the router.
     for subject in ["Memory raft", "openraft router"] {
         let throughput = rows
@@ -392,13 +392,23 @@ fn bench_measures_the_memory_carrier_as_json() {
             .unwrap_or_else(|| panic!("no {subject} latency row in {tests:?}"));
         assert_eq!(latency["count"].as_u64(), Some(50));
     }
-    let memory = &rows[0];
-    assert_eq!(
-        (memory["subject"].as_str(), memory["lost"].as_u64()),
-        (Some("Memory"), Some(0))
-    );
-    assert!(memory["per_second"].as_f64().unwrap() > 0.0);
-    assert!(rows[2]["p99_us"].as_f64().unwrap() >= rows[2]["p50_us"].as_f64().unwrap());
+    let row = |test: &str| {
+        rows.iter()
+            .find(|r| r["subject"] == "Memory" && r["test"] == test)
+            .unwrap_or_else(|| panic!("no Memory {test} row in {tests:?}"))
+    };
+    // Every message of each throughput run arrived, the posted ones too.
+    for test in ["broadcast throughput", "send throughput", "post throughput"] {
+        let throughput = row(test);
+        assert_eq!(
+            (throughput["count"].as_u64(), throughput["lost"].as_u64()),
+            (Some(2000), Some(0)),
+            "{test}"
+        );
+        assert!(throughput["per_second"].as_f64().unwrap() > 0.0, "{test}");
+    }
+    let latency = row("broadcast latency");
+    assert!(latency["p99_us"].as_f64().unwrap() >= latency["p50_us"].as_f64().unwrap());
 }
 
 #[test]
@@ -420,7 +430,7 @@ fn bench_measures_native_beside_a_raw_tls_echo() {
             .find(|r| r["subject"] == subject && r["test"] == test)
             .unwrap_or_else(|| panic!("no {subject} / {test} row in {rows:#?}"))
     };
-    for test in ["broadcast throughput", "send throughput"] {
+    for test in ["broadcast throughput", "send throughput", "post throughput"] {
         assert_eq!(row("Native", test)["lost"].as_u64(), Some(0), "{test}");
     }
     assert_eq!(
