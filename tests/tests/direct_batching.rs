@@ -352,3 +352,40 @@ async fn a_post_that_finds_the_lane_full_waits_for_room_instead_of_failing() {
     }
     assert_eq!(sender.stats().send_failures, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_behind_a_stalled_link_fail_with_the_stall_by_the_send_timeout() {
+    const SEND_TIMEOUT: Duration = Duration::from_millis(300);
+    let settings = Settings::new(1).send_timeout(SEND_TIMEOUT);
+    let (gated, sender, _receiver) =
+        tests::harness::wrapped_memory_pair_with(settings, gated).await;
+    // The carrier never lets "first" go: the link is stalled.
+    gated.holding.store(true, Ordering::SeqCst);
+    let first = tokio::spawn({
+        let sender = sender.clone();
+        async move { sender.send(2, Bytes::from_static(b"first")).await }
+    });
+    until(LIMIT, "the first frame to reach the carrier", || {
+        !gated.kinds.lock().is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    let outcomes = posted(&sender, &["s0", "s1", "s2"]).await;
+    for outcome in outcomes {
+        let result = within(LIMIT, "each posted message to fail", outcome).await;
+        assert!(
+            matches!(result, Err(Error::Transport(TransportError::Stalled(_)))),
+            "{result:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < 4 * SEND_TIMEOUT,
+        "failed after {:?}",
+        started.elapsed()
+    );
+    let first = within(LIMIT, "the held send to fail", first).await.unwrap();
+    assert!(
+        matches!(first, Err(Error::Transport(TransportError::Stalled(_)))),
+        "{first:?}"
+    );
+}

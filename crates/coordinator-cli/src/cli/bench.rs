@@ -205,27 +205,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "{subject} point-to-point throughput ({} × {} B, {senders} sending task(s))",
                 args.messages, args.size
             ));
-            rows.push(
-                send_throughput(
-                    &subject,
-                    &a,
-                    &b,
-                    &mut inbox,
-                    args.messages,
-                    args.size,
-                    senders,
-                )
-                .await?,
-            );
+            let run = ToOne::Tasks(senders);
+            rows.push(send_throughput(&subject, &a, &b, &mut inbox, &args, run).await?);
         }
         if measures(Measure::Post) {
             progress(&format!(
                 "{subject} point-to-point throughput, posted ({} × {} B, one task, up to {POST_WINDOW} outcomes open)",
                 args.messages, args.size
             ));
-            rows.push(
-                post_throughput(&subject, &a, &b, &mut inbox, args.messages, args.size).await?,
-            );
+            rows.push(send_throughput(&subject, &a, &b, &mut inbox, &args, ToOne::Posted).await?);
         }
         if measures(Measure::Raw) {
             rows.extend(raw_channel_rows(&subject, config.as_ref(), &args, &progress).await?);
@@ -410,55 +398,67 @@ async fn broadcast_throughput(
     .await
 }
 
-async fn send_throughput(
-    subject: &str,
-    a: &Arc<dyn Coordinator>,
-    b: &Arc<dyn Coordinator>,
-    inbox: &mut Inbox,
-    count: u64,
-    size: usize,
-    senders: u64,
-) -> anyhow::Result<Row> {
-    let sending = Instant::now();
-    let tasks: Vec<_> = (0..senders)
-        .map(|task| {
-            // The first tasks take one more when the count does not divide.
-            let share = count / senders + u64::from(task < count % senders);
-            spawn_sender(a.clone(), Some(b.node_id()), share, size)
-        })
-        .collect();
-    let sender = tokio::spawn(async move {
-        for task in tasks {
-            task.await??;
-        }
-        Ok(())
-    });
-    let received = receive(&mut Incoming::Inbox(inbox, Vec::new()), count, || 0).await?;
-    let test = if senders == 1 {
-        "send throughput"
-    } else {
-        "send throughput, tasks at once"
-    };
-    throughput_row(subject, test, size, count, received, sending, sender).await
+/// How the point-to-point run sends.
+#[derive(Clone, Copy)]
+enum ToOne {
+    /// This many tasks at once, each awaiting every `send`.
+    Tasks(u64),
+    /// One task posting, awaiting the outcomes later.
+    Posted,
 }
 
 /// Outcomes of posted messages a posting task keeps open before it awaits
 /// the oldest: as an application that pipelines its sends would.
 const POST_WINDOW: usize = 4096;
 
-async fn post_throughput(
+async fn send_throughput(
     subject: &str,
     a: &Arc<dyn Coordinator>,
     b: &Arc<dyn Coordinator>,
     inbox: &mut Inbox,
+    args: &BenchArgs,
+    run: ToOne,
+) -> anyhow::Result<Row> {
+    let (count, size, to) = (args.messages, args.size, b.node_id());
+    let sending = Instant::now();
+    let (sender, test) = match run {
+        ToOne::Tasks(senders) => {
+            let tasks: Vec<_> = (0..senders)
+                .map(|task| {
+                    // The first tasks take one more when the count does not divide.
+                    let share = count / senders + u64::from(task < count % senders);
+                    spawn_sender(a.clone(), Some(to), share, size)
+                })
+                .collect();
+            let sender = tokio::spawn(async move {
+                for task in tasks {
+                    task.await??;
+                }
+                Ok(())
+            });
+            let test = if senders == 1 {
+                "send throughput"
+            } else {
+                "send throughput, tasks at once"
+            };
+            (sender, test)
+        }
+        ToOne::Posted => (spawn_poster(a.clone(), to, count, size), "post throughput"),
+    };
+    let received = receive(&mut Incoming::Inbox(inbox, Vec::new()), count, || 0).await?;
+    throughput_row(subject, test, size, count, received, sending, sender).await
+}
+
+/// Posts `count` messages to `to` from a task of its own, keeping up to
+/// [`POST_WINDOW`] outcomes open.
+fn spawn_poster(
+    node: Arc<dyn Coordinator>,
+    to: u64,
     count: u64,
     size: usize,
-) -> anyhow::Result<Row> {
-    let sending = Instant::now();
-    let node = a.clone();
-    let to = b.node_id();
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let body = payload(size);
-    let sender = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut open = std::collections::VecDeque::with_capacity(POST_WINDOW);
         for _ in 0..count {
             if open.len() == POST_WINDOW
@@ -472,18 +472,7 @@ async fn post_throughput(
             outcome.await?;
         }
         Ok(())
-    });
-    let received = receive(&mut Incoming::Inbox(inbox, Vec::new()), count, || 0).await?;
-    throughput_row(
-        subject,
-        "post throughput",
-        size,
-        count,
-        received,
-        sending,
-        sender,
-    )
-    .await
+    })
 }
 
 /// Sends `count` messages from a task of their own: to one node, or broadcast.

@@ -641,19 +641,9 @@ impl Inner {
             self.check_open()?;
             self.with_core(|core, now| core.broadcast(now, topic, &payload))
         };
-        let mut outcome = attempt()?;
-        // Only a caller that found the outbox full waits for room. It asks to
-        // be told before it looks again, so that room made in between is not
-        // missed.
-        while let Broadcasting::Full = outcome {
-            let mut room = pin!(self.room.notified());
-            room.as_mut().enable();
-            outcome = attempt()?;
-            if let Broadcasting::Full = outcome {
-                room.await;
-            }
-        }
-        let seq = match outcome {
+        let full =
+            |outcome: &Result<Broadcasting, Error>| matches!(outcome, Ok(Broadcasting::Full));
+        let seq = match self.until_room(attempt, full, None).await? {
             Broadcasting::Alone { seq, transmit } => {
                 // Boxed: a broadcast that only queues (the usual case under
                 // load) then does not carry, and copy, the carrier's future.
@@ -663,7 +653,9 @@ impl Inner {
                 seq
             }
             Broadcasting::Queued { seq } => seq,
-            Broadcasting::Full => unreachable!("the loop above waits until there is room"),
+            Broadcasting::Full => {
+                unreachable!("`until_room` waits without a limit until there is room")
+            }
         };
         // The queues are taken only if a subscriber wants this node's own messages.
         if self.own_wanted.load(Ordering::Acquire) {
@@ -710,6 +702,37 @@ impl Inner {
         }
     }
 
+    /// Makes `attempt` until it finds room (`full` says it did not), waiting
+    /// for room between attempts, until `until` at most (then the last
+    /// outcome is returned). Only a caller that found no room waits: it asks
+    /// to be told before it looks again, so that room made in between is
+    /// not missed.
+    async fn until_room<T>(
+        &self,
+        mut attempt: impl FnMut() -> T,
+        full: impl Fn(&T) -> bool,
+        until: Option<tokio::time::Instant>,
+    ) -> T {
+        let mut outcome = attempt();
+        while full(&outcome) {
+            let mut room = pin!(self.room.notified());
+            room.as_mut().enable();
+            outcome = attempt();
+            if !full(&outcome) {
+                break;
+            }
+            match until {
+                Some(until) => {
+                    if tokio::time::timeout_at(until, room).await.is_err() {
+                        break;
+                    }
+                }
+                None => room.await,
+            }
+        }
+        outcome
+    }
+
     /// A message through the core that its caller does not wait for: a
     /// waiter for its outcome if it waits its turn, a task of its own if it
     /// goes now. When the lane to `to` is full, waits for room, up to the
@@ -732,23 +755,11 @@ impl Inner {
             self.send_all(transmits);
             result
         };
-        let mut outcome = attempt();
-        if matches!(outcome, Err(Error::Backlog { .. })) {
-            // Room is made as frames to any node are settled or expire; the
-            // wait is bounded all the same, should none ever be made.
-            let until = tokio::time::Instant::now() + self.settings.send_timeout;
-            while let Err(Error::Backlog { .. }) = outcome {
-                let mut room = pin!(self.room.notified());
-                room.as_mut().enable();
-                outcome = attempt();
-                if matches!(outcome, Err(Error::Backlog { .. }))
-                    && tokio::time::timeout_at(until, room).await.is_err()
-                {
-                    break;
-                }
-            }
-        }
-        Ok(match outcome? {
+        let full = |outcome: &Result<Posted, Error>| matches!(outcome, Err(Error::Backlog { .. }));
+        // Room is made as frames to any node are settled or expire; the wait
+        // is bounded all the same, should none ever be made.
+        let until = tokio::time::Instant::now() + self.settings.send_timeout;
+        Ok(match self.until_room(attempt, full, Some(until)).await? {
             Posted::Waiting(receiver) => SendOutcome::waiting(receiver),
             Posted::Done => SendOutcome::ready(Ok(())),
             Posted::Now(transmit) => {
