@@ -502,6 +502,11 @@ pub struct SendOutcome(Outcome);
 enum Outcome {
     Ready(Option<Result<(), Error>>),
     Waiting(oneshot::Receiver<Result<(), Error>>),
+    /// Message `seq` of a group that waited its turn together.
+    Group {
+        group: Arc<crate::engine::Group>,
+        seq: u64,
+    },
 }
 
 impl SendOutcome {
@@ -514,6 +519,11 @@ impl SendOutcome {
     pub(crate) fn waiting(receiver: oneshot::Receiver<Result<(), Error>>) -> Self {
         Self(Outcome::Waiting(receiver))
     }
+
+    /// The outcome of message `seq` of `group`.
+    pub(crate) fn in_group(group: Arc<crate::engine::Group>, seq: u64) -> Self {
+        Self(Outcome::Group { group, seq })
+    }
 }
 
 impl std::future::Future for SendOutcome {
@@ -525,6 +535,7 @@ impl std::future::Future for SendOutcome {
             Outcome::Waiting(receiver) => Pin::new(receiver)
                 .poll(cx)
                 .map(|told| told.unwrap_or(Err(Error::Closed))),
+            Outcome::Group { group, seq } => group.poll(*seq, cx),
         }
     }
 }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 /// the carrier.
 #[derive(Debug)]
 pub(super) struct Waiting {
-    pub token: u64,
+    /// The lane it waits in ([`Numbered::lane`]).
+    pub lane: u64,
     pub kind: Kind,
     /// The request id of a request or reply.
     pub aux: u64,
@@ -52,12 +53,25 @@ impl Waiting {
 
 #[derive(Debug, Default)]
 struct Lane {
+    /// Never the same for two lanes of one [`Lanes`].
+    id: u64,
     incarnation: u64,
     last_seq: u64,
     /// The frame with the carrier now.
     busy: Option<u64>,
     waiting: VecDeque<Waiting>,
     waiting_bytes: usize,
+}
+
+/// A message's place in its destination's stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Numbered {
+    pub seq: u64,
+    /// The carrier is free for this destination: the message goes now.
+    pub free: bool,
+    /// The lane's own number: a lane's numbers restart when its destination
+    /// restarts, so a message is known by its lane and its number.
+    pub lane: u64,
 }
 
 /// Why a message could not be numbered.
@@ -78,6 +92,9 @@ pub(super) struct Lanes {
     retired_order: VecDeque<(NodeId, u64)>,
     max_retired: usize,
     max_waiting_bytes: usize,
+    next_lane: u64,
+    /// Messages waiting, over every lane.
+    waiting_total: usize,
 }
 
 impl Lanes {
@@ -88,11 +105,13 @@ impl Lanes {
             retired_order: VecDeque::new(),
             max_retired: max_retired.max(1),
             max_waiting_bytes,
+            next_lane: 0,
+            waiting_total: 0,
         }
     }
 
     /// Numbers the next message to `to` (run `incarnation`), with a payload
-    /// of `payload_len` bytes. Returns its number and whether the carrier is free for it.
+    /// of `payload_len` bytes.
     /// Frames still waiting for an earlier run of `to` are returned in
     /// `stale`: they can no longer be delivered.
     pub fn number(
@@ -101,7 +120,7 @@ impl Lanes {
         incarnation: u64,
         payload_len: usize,
         stale: &mut Vec<Waiting>,
-    ) -> Result<(u64, bool), Refused> {
+    ) -> Result<Numbered, Refused> {
         let max = self.max_waiting_bytes;
         let lane = self.lane(to, incarnation, stale);
         let free = lane.busy.is_none();
@@ -114,7 +133,11 @@ impl Lanes {
         }
         let seq = lane.last_seq.checked_add(1).ok_or(Refused::Exhausted)?;
         lane.last_seq = seq;
-        Ok((seq, free))
+        Ok(Numbered {
+            seq,
+            free,
+            lane: lane.id,
+        })
     }
 
     fn lane(&mut self, to: NodeId, incarnation: u64, stale: &mut Vec<Waiting>) -> &mut Lane {
@@ -126,7 +149,12 @@ impl Lanes {
             self.retire(to, stale);
         }
         let retired = &mut self.retired;
+        let next_lane = &mut self.next_lane;
         self.lanes.entry(to).or_insert_with(|| Lane {
+            id: {
+                *next_lane += 1;
+                *next_lane
+            },
             incarnation,
             last_seq: retired.remove(&(to, incarnation)).unwrap_or(0),
             ..Lane::default()
@@ -150,7 +178,14 @@ impl Lanes {
         if let Some(lane) = self.lanes.get_mut(&to) {
             lane.waiting_bytes += waiting.cost();
             lane.waiting.push_back(waiting);
+            self.waiting_total += 1;
         }
+    }
+
+    /// Whether any message waits, for any destination (without looking at
+    /// every lane, as [`Lanes::deadline`] does).
+    pub fn any_waiting(&self) -> bool {
+        self.waiting_total > 0
     }
 
     /// The carrier is done with frame `token` for `to`: the messages that go
@@ -184,6 +219,7 @@ impl Lanes {
             size += record;
             let waiting = lane.waiting.pop_front().expect("checked non-empty");
             lane.waiting_bytes -= waiting.cost();
+            self.waiting_total -= 1;
             next.push(waiting);
             if alone {
                 break;
@@ -216,6 +252,7 @@ impl Lanes {
             {
                 let waiting = lane.waiting.pop_front().expect("checked non-empty");
                 lane.waiting_bytes -= waiting.cost();
+                self.waiting_total -= 1;
                 expired.push(waiting);
             }
         }
@@ -245,6 +282,7 @@ impl Lanes {
         let Some(lane) = self.lanes.remove(&to) else {
             return;
         };
+        self.waiting_total -= lane.waiting.len();
         stale.extend(lane.waiting);
         if lane.last_seq == 0 {
             return;
@@ -282,7 +320,7 @@ impl Lanes {
             .unwrap_or(0)
     }
 
-    /// Every waiting frame (the node stops), in the order they were numbered.
+    /// Every waiting frame (the node stops), lane by lane, in the order they were numbered.
     pub fn drain(&mut self) -> Vec<Waiting> {
         let mut all: Vec<Waiting> = self
             .lanes
@@ -292,7 +330,8 @@ impl Lanes {
                 lane.waiting.drain(..)
             })
             .collect();
-        all.sort_by_key(|waiting| waiting.token);
+        self.waiting_total = 0;
+        all.sort_by_key(|waiting| (waiting.lane, waiting.seq));
         all
     }
 }
@@ -301,19 +340,32 @@ impl Lanes {
 mod tests {
     use super::*;
 
-    fn waiting(token: u64, since: Instant) -> Waiting {
+    /// The number and whether the carrier is free.
+    fn numbered(
+        lanes: &mut Lanes,
+        to: NodeId,
+        incarnation: u64,
+        payload_len: usize,
+        stale: &mut Vec<Waiting>,
+    ) -> Result<(u64, bool), Refused> {
+        lanes
+            .number(to, incarnation, payload_len, stale)
+            .map(|numbered| (numbered.seq, numbered.free))
+    }
+
+    fn waiting(seq: u64, since: Instant) -> Waiting {
         Waiting {
-            token,
+            lane: 1,
             kind: Kind::Direct,
             aux: 0,
-            seq: token,
+            seq,
             payload: Bytes::from_static(&[0; 10]),
             since,
         }
     }
 
     /// A lane to node 2 whose frame 1 is with the carrier, and behind it
-    /// messages of these kinds, tokens 2, 3, … in order.
+    /// messages of these kinds, numbers 2, 3, … in order.
     fn busy_lane(kinds: &[Kind]) -> Lanes {
         let t0 = Instant::now();
         let mut lanes = Lanes::new(1 << 20, 8);
@@ -336,7 +388,7 @@ mod tests {
     fn finished(lanes: &mut Lanes, to: NodeId, token: u64, batch_bytes: usize) -> Vec<u64> {
         let mut next = Vec::new();
         lanes.finished(to, token, batch_bytes, false, &mut next);
-        next.iter().map(|w| w.token).collect()
+        next.iter().map(|w| w.seq).collect()
     }
 
     #[test]
@@ -345,14 +397,14 @@ mod tests {
         // Room for two waiting messages, not three.
         let mut lanes = Lanes::new(2 * cost(10) + 5, 8);
         let mut stale = Vec::new();
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((1, true)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((1, true)));
         lanes.start(2, 100);
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((2, false)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((2, false)));
         lanes.wait(2, waiting(101, t0));
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((3, false)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((3, false)));
         lanes.wait(2, waiting(102, t0));
         assert_eq!(
-            lanes.number(2, 7, 10, &mut stale),
+            numbered(&mut lanes, 2, 7, 10, &mut stale),
             Err(Refused::Full {
                 waiting_bytes: 2 * cost(10)
             })
@@ -360,9 +412,9 @@ mod tests {
         // Message 1 failed: its number stays spent; 2 and 3 go next, together.
         assert_eq!(finished(&mut lanes, 2, 100, 1024), vec![101, 102]);
         lanes.start(2, 200);
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((4, false)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((4, false)));
         assert!(finished(&mut lanes, 2, 200, 1024).is_empty());
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((5, true)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((5, true)));
     }
 
     #[test]
@@ -370,12 +422,12 @@ mod tests {
         let t0 = Instant::now();
         let mut lanes = Lanes::new(10, 8);
         let mut stale = Vec::new();
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((1, true)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((1, true)));
         lanes.start(2, 1);
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((2, false)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((2, false)));
         lanes.wait(2, waiting(2, t0));
         assert_eq!(
-            lanes.number(2, 7, 10, &mut stale),
+            numbered(&mut lanes, 2, 7, 10, &mut stale),
             Err(Refused::Full {
                 waiting_bytes: cost(10)
             })
@@ -385,6 +437,7 @@ mod tests {
     #[test]
     fn what_waits_goes_out_in_batches_of_the_bound_and_in_order() {
         let mut lanes = busy_lane(&[Kind::Direct; 7]);
+        assert!(lanes.any_waiting());
         // Three records of 23 bytes fit behind the batch's head, not four.
         let bound = DirectRecord::BATCH_HEAD + 3 * DirectRecord::record_size(10);
         assert_eq!(finished(&mut lanes, 2, 1, bound), vec![2, 3, 4]);
@@ -398,6 +451,7 @@ mod tests {
         lanes.start(2, 11);
         assert!(finished(&mut lanes, 2, 11, bound).is_empty());
         assert_eq!(lanes.max_waiting_bytes(), 0);
+        assert!(!lanes.any_waiting());
     }
 
     #[test]
@@ -417,7 +471,7 @@ mod tests {
             if next.is_empty() {
                 break;
             }
-            took.push(next.iter().map(|w| w.token).collect::<Vec<_>>());
+            took.push(next.iter().map(|w| w.seq).collect::<Vec<_>>());
             last = 100 + took.len() as u64;
             lanes.start(2, last);
         }
@@ -439,10 +493,13 @@ mod tests {
         let mut expired = Vec::new();
         lanes.expire(t0 + timeout, timeout, &mut expired);
         assert_eq!(expired.len(), 1);
+        assert!(!lanes.any_waiting());
         lanes.number(2, 7, 10, &mut stale).unwrap();
         lanes.wait(2, waiting(3, t0));
-        assert_eq!(lanes.number(2, 8, 10, &mut stale), Ok((1, true)));
+        assert!(lanes.any_waiting());
+        assert_eq!(numbered(&mut lanes, 2, 8, 10, &mut stale), Ok((1, true)));
         assert_eq!(stale.len(), 1, "what waited for the old run");
+        assert!(!lanes.any_waiting());
     }
 
     #[test]
@@ -453,11 +510,11 @@ mod tests {
         lanes.number(2, 7, 10, &mut stale).unwrap();
         lanes.forget(2, 7, &mut stale);
         assert_eq!(lanes.len(), 0);
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((3, true)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((3, true)));
         lanes.forget(2, 7, &mut stale);
         lanes.number(3, 1, 10, &mut stale).unwrap();
         lanes.forget(3, 1, &mut stale);
         // Only one retired stream is remembered: node 2's is gone.
-        assert_eq!(lanes.number(2, 7, 10, &mut stale), Ok((1, true)));
+        assert_eq!(numbered(&mut lanes, 2, 7, 10, &mut stale), Ok((1, true)));
     }
 }

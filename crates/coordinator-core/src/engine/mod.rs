@@ -16,11 +16,14 @@
 pub mod core;
 mod lanes;
 mod outbox;
+mod outcomes;
 mod settings;
 
+pub(crate) use outcomes::Group;
 pub use settings::Settings;
 
 use self::core::{Broadcasting, Core, Opened, Output, Sending, Transmit};
+use self::outcomes::Outcomes;
 use crate::api::*;
 use crate::envelope::Envelope;
 use crate::error::{Error, TransportError};
@@ -36,7 +39,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -108,7 +111,7 @@ impl NodeBuilder {
             delivery: Mutex::new(Delivery {
                 subscriptions: HashMap::default(),
                 inbox: inbox_sender,
-                waiters: HashMap::default(),
+                outcomes: Outcomes::default(),
                 replies: HashMap::default(),
                 refused: Vec::new(),
                 outputs: VecDeque::new(),
@@ -261,8 +264,8 @@ struct Engine {
 struct Delivery {
     subscriptions: HashMap<Arc<str>, Vec<Subscriber>>,
     inbox: QueueSender<Incoming>,
-    /// Callers whose message waits its turn, by token.
-    waiters: HashMap<u64, oneshot::Sender<Result<(), Error>>>,
+    /// Callers whose message waits its turn, by lane.
+    outcomes: Outcomes,
     /// Callers waiting for a reply, by request id.
     replies: HashMap<u64, oneshot::Sender<Result<Bytes, Error>>>,
     /// Requests the inbox refused: dropped once the core is let go, since
@@ -272,22 +275,12 @@ struct Delivery {
     outputs: VecDeque<Output>,
 }
 
-/// A caller's wait that is over: a reply, or the outcome of a send that waited its turn.
-enum Settled {
-    Reply(oneshot::Sender<Result<Bytes, Error>>, Result<Bytes, Error>),
-    Sent(oneshot::Sender<Result<(), Error>>, Result<(), Error>),
-}
+/// A caller's wait that is over: a reply.
+struct Settled(oneshot::Sender<Result<Bytes, Error>>, Result<Bytes, Error>);
 
 impl Settled {
     fn wake(self) {
-        match self {
-            Settled::Reply(waiter, result) => {
-                let _ = waiter.send(result);
-            }
-            Settled::Sent(waiter, result) => {
-                let _ = waiter.send(result);
-            }
-        }
+        let _ = self.0.send(self.1);
     }
 }
 
@@ -352,8 +345,9 @@ impl Inner {
             // are let go too, so that a woken caller's next call finds both
             // locks free.
             let mut settled = Vec::new();
+            let mut sent = Vec::new();
             for output in outputs.drain(..) {
-                if let Some(waiter) = self.dispatch(&mut delivery, output) {
+                if let Some(waiter) = self.dispatch(&mut delivery, output, &mut sent) {
                     settled.push(waiter);
                 }
             }
@@ -363,6 +357,7 @@ impl Inner {
             for waiter in settled {
                 waiter.wake();
             }
+            sent.into_iter().for_each(Waker::wake);
             // Each unanswered request answers with an error as it is dropped.
             drop(refused);
         } else {
@@ -445,9 +440,14 @@ impl Inner {
     }
 
     /// Hands one result of the core to the application (under the queues'
-    /// lock); a caller waiting for it is returned, to be woken once that
-    /// lock is let go.
-    fn dispatch(self: &Arc<Self>, shared: &mut Delivery, output: Output) -> Option<Settled> {
+    /// lock); a caller waiting for it is returned (or added to `sent`), to
+    /// be woken once that lock is let go.
+    fn dispatch(
+        self: &Arc<Self>,
+        shared: &mut Delivery,
+        output: Output,
+        sent: &mut Vec<Waker>,
+    ) -> Option<Settled> {
         match output {
             Output::Broadcast(envelope) => {
                 let Envelope {
@@ -485,14 +485,14 @@ impl Inner {
                 return shared
                     .replies
                     .remove(&request)
-                    .map(|waiter| Settled::Reply(waiter, result));
+                    .map(|waiter| Settled(waiter, result));
             }
-            Output::Sent { token, result } => {
-                return shared
-                    .waiters
-                    .remove(&token)
-                    .map(|waiter| Settled::Sent(waiter, result));
-            }
+            Output::Sent {
+                lane,
+                first,
+                last,
+                result,
+            } => shared.outcomes.settle(lane, first, last, result, sent),
             Output::Gap {
                 from, stream, gap, ..
             } => {
@@ -680,24 +680,23 @@ impl Inner {
         call: impl FnOnce(&mut Core, Instant) -> Result<Sending, Error>,
     ) -> Result<(), Error> {
         self.check_open()?;
-        let (receiver, sending) = {
+        let (outcome, sending) = {
             let (result, transmits) = self.with_shared(|engine, delivery, now| {
                 let sending = call(&mut engine.core, now)?;
-                let receiver = match &sending {
-                    Sending::Queued { token, .. } => {
-                        let (sender, receiver) = oneshot::channel();
-                        delivery.waiters.insert(*token, sender);
-                        Some(receiver)
-                    }
+                let outcome = match &sending {
+                    Sending::Queued { seq, lane } => Some(SendOutcome::in_group(
+                        delivery.outcomes.join(*lane, *seq),
+                        *seq,
+                    )),
                     _ => None,
                 };
-                Ok::<_, Error>((receiver, sending))
+                Ok::<_, Error>((outcome, sending))
             });
             self.send_all(transmits);
             result?
         };
-        match receiver {
-            Some(receiver) => receiver.await.unwrap_or(Err(Error::Closed)),
+        match outcome {
+            Some(outcome) => outcome.await,
             None => self.carry_out(sending).await,
         }
     }
@@ -743,11 +742,10 @@ impl Inner {
             let (result, transmits) = self.with_shared(|engine, delivery, now| {
                 let sending = engine.core.send(now, to, payload.clone())?;
                 Ok::<_, Error>(match sending {
-                    Sending::Queued { token, .. } => {
-                        let (sender, receiver) = oneshot::channel();
-                        delivery.waiters.insert(token, sender);
-                        Posted::Waiting(receiver)
-                    }
+                    Sending::Queued { seq, lane } => Posted::Queued(SendOutcome::in_group(
+                        delivery.outcomes.join(lane, seq),
+                        seq,
+                    )),
                     Sending::Now { transmit, .. } => Posted::Now(transmit),
                     Sending::Local => Posted::Done,
                 })
@@ -760,7 +758,7 @@ impl Inner {
         // is bounded all the same, should none ever be made.
         let until = tokio::time::Instant::now() + self.settings.send_timeout;
         Ok(match self.until_room(attempt, full, Some(until)).await? {
-            Posted::Waiting(receiver) => SendOutcome::waiting(receiver),
+            Posted::Queued(outcome) => outcome,
             Posted::Done => SendOutcome::ready(Ok(())),
             Posted::Now(transmit) => {
                 let (sender, receiver) = oneshot::channel();
@@ -838,7 +836,7 @@ impl Inner {
 
 /// What became of a posted message, before it is handed to its caller.
 enum Posted {
-    Waiting(oneshot::Receiver<Result<(), Error>>),
+    Queued(SendOutcome),
     Now(Transmit),
     Done,
 }

@@ -304,9 +304,9 @@ struct Simulation {
     ids: BTreeMap<u64, (Run, StreamKind, u64)>,
     /// Per (requester run, request id).
     requests: BTreeMap<(Run, u64), Request>,
-    /// Per (sender run, token), the messages that waited their turn and
-    /// whose outcome ([`Output::Sent`]) has not come yet.
-    waiting: BTreeSet<(Run, u64)>,
+    /// Per (sender run, lane, number), the messages that waited their turn
+    /// and whose outcome ([`Output::Sent`]) has not come yet.
+    waiting: BTreeSet<(Run, u64, u64)>,
     report: Report,
 }
 
@@ -782,9 +782,9 @@ impl Simulation {
     fn record_direct(&mut self, node: usize, to: NodeId, kind: Kind, id: u64, sending: &Sending) {
         let seq = match sending {
             Sending::Now { seq, .. } => *seq,
-            Sending::Queued { seq, token } => {
+            Sending::Queued { seq, lane } => {
                 let run = (self.nodes[node].id, self.nodes[node].incarnation);
-                self.waiting.insert((run, *token));
+                self.waiting.insert((run, *lane, *seq));
                 *seq
             }
             Sending::Local => return,
@@ -1084,12 +1084,22 @@ impl Simulation {
                     }
                 }
             }
-            Output::Sent { token, .. } => {
-                if !self.waiting.remove(&(me, token)) {
+            Output::Sent {
+                lane, first, last, ..
+            } => {
+                if first > last {
                     self.violation(format!(
-                        "node {} heard twice of the send of message {token}, or of one it never queued",
+                        "node {} was told of the empty range {first}..={last} of lane {lane}",
                         me.0
                     ));
+                }
+                for seq in first..=last {
+                    if !self.waiting.remove(&(me, lane, seq)) {
+                        self.violation(format!(
+                            "node {} heard twice of the send of message {seq} of lane {lane}, or of one it never queued",
+                            me.0
+                        ));
+                    }
                 }
             }
             Output::Gap {
@@ -1232,10 +1242,10 @@ impl Simulation {
         }
         // Every message that waited its turn was settled: sent, or failed
         // (its caller told either way).
-        for &(run, token) in &self.waiting {
+        for &(run, lane, seq) in &self.waiting {
             if live.iter().any(|&(_, r)| r == run) {
                 problems.push(format!(
-                    "node {} never told the caller of queued message {token} what became of it",
+                    "node {} never told the caller of queued message {seq} of lane {lane} what became of it",
                     run.0
                 ));
             }

@@ -19,7 +19,7 @@
 //! * `now` never goes backwards from one call to the next;
 //! * [`Core::handle_timeout`] is called at or after [`Core::poll_timeout`].
 
-use super::lanes::{Lanes, Refused, Waiting};
+use super::lanes::{Lanes, Numbered, Refused, Waiting};
 use super::outbox::{Outbox, Pushed};
 use super::settings::Settings;
 use crate::api::*;
@@ -68,9 +68,15 @@ pub enum Output {
         request: u64,
         result: Result<Bytes, Error>,
     },
-    /// A message that waited its turn ([`Sending::Queued`]) was sent, or failed.
+    /// Messages `first..=last` of `lane` that waited their turn
+    /// ([`Sending::Queued`]) were sent, or failed, together. Every queued
+    /// message is in exactly one such range; the ranges of a lane need not
+    /// come in order (messages that expire while the frame before them is
+    /// with the carrier are told of first).
     Sent {
-        token: u64,
+        lane: u64,
+        first: u64,
+        last: u64,
         result: Result<(), Error>,
     },
     /// Numbers `gap.first..gap.first + gap.count` of a sender's stream are
@@ -102,9 +108,9 @@ pub enum Sending {
     /// The carrier is free for this destination: send this now and report its outcome.
     Now { seq: u64, transmit: Transmit },
     /// Waits behind the frame the carrier has for this destination; its
-    /// outcome comes as [`Output::Sent`] (for a request, as [`Output::Replied`]
-    /// if it fails).
-    Queued { seq: u64, token: u64 },
+    /// outcome comes as the [`Output::Sent`] of `lane` whose range holds
+    /// `seq` (for a request, also as [`Output::Replied`] if it fails).
+    Queued { seq: u64, lane: u64 },
     /// For this node itself: handled at once.
     Local,
 }
@@ -177,17 +183,18 @@ impl Opened {
 enum InFlight {
     /// Broadcasts up to `last`, `count` of them; `alone`: its caller waits for the outcome.
     Broadcast { last: u64, count: u64, alone: bool },
-    /// A message of the direct lane to `to`; `request` when it is one of
-    /// this node's requests; `queued` when its outcome goes out as [`Output::Sent`].
+    /// Messages `first..=last` of the direct `lane` to `to`, alone or
+    /// together; `requests`: the ids of this node's requests among them;
+    /// `queued` when they waited their turn, and their outcome goes out as
+    /// [`Output::Sent`].
     Direct {
         to: NodeId,
-        request: Option<u64>,
+        lane: u64,
+        first: u64,
+        last: u64,
+        requests: Vec<u64>,
         queued: bool,
     },
-    /// Messages of the direct lane to `to` that waited their turn and went
-    /// together: each keeps its own token (an [`InFlight::Direct`]), whose
-    /// outcome is this frame's.
-    Batch { to: NodeId, tokens: Vec<u64> },
     /// Heartbeats, joins, announcements, departures.
     Control,
 }
@@ -775,7 +782,7 @@ impl Core {
             node: to,
             message: "the node restarted before the message could be sent".into(),
         });
-        let (seq, free) = match numbered {
+        let Numbered { seq, free, lane } = match numbered {
             Ok(numbered) => numbered,
             Err(Refused::Full { waiting_bytes }) => {
                 return Err(Error::Backlog {
@@ -790,7 +797,6 @@ impl Core {
                 }));
             }
         };
-        let request = (kind == Kind::Request).then_some(aux);
         if free {
             let frame = self.codec.encode_parts(
                 &Header {
@@ -810,7 +816,14 @@ impl Core {
                 frame,
                 InFlight::Direct {
                     to,
-                    request,
+                    lane,
+                    first: seq,
+                    last: seq,
+                    requests: if kind == Kind::Request {
+                        vec![aux]
+                    } else {
+                        Vec::new()
+                    },
                     queued: false,
                 },
             );
@@ -819,22 +832,13 @@ impl Core {
             self.numbers.insert(transmit.token, seq);
             return Ok(Sending::Now { seq, transmit });
         }
-        let token = self.token();
-        self.inflight.insert(
-            token,
-            InFlight::Direct {
-                to,
-                request,
-                queued: true,
-            },
-        );
-        let was_empty = self.lanes.deadline(self.send_timeout).is_none();
+        let was_empty = !self.lanes.any_waiting();
         // Sealed when it goes out, alone or in a batch with the others
         // waiting then.
         self.lanes.wait(
             to,
             Waiting {
-                token,
+                lane,
                 kind,
                 aux,
                 seq,
@@ -845,13 +849,41 @@ impl Core {
         if was_empty {
             self.wake_by(now + self.send_timeout);
         }
-        Ok(Sending::Queued { seq, token })
+        Ok(Sending::Queued { seq, lane })
     }
 
-    /// Frames that will never be sent: their senders are told.
+    /// Messages that will never be sent (lane by lane, in the order they
+    /// were numbered): their senders are told, one range at a time.
     fn fail_waiting(&mut self, waiting: Vec<Waiting>, error: impl Fn() -> Error) {
-        for Waiting { token, .. } in waiting {
-            self.settle_direct(token, Err(error()));
+        let mut range: Option<(u64, u64, u64)> = None;
+        for waiting in &waiting {
+            if waiting.kind == Kind::Request {
+                self.fail_request(waiting.aux, &error());
+            }
+            range = match range {
+                Some((lane, first, last)) if lane == waiting.lane && last + 1 == waiting.seq => {
+                    Some((lane, first, waiting.seq))
+                }
+                other => {
+                    if let Some((lane, first, last)) = other {
+                        self.settle_direct(lane, first, last, Err(error()));
+                    }
+                    Some((waiting.lane, waiting.seq, waiting.seq))
+                }
+            };
+        }
+        if let Some((lane, first, last)) = range {
+            self.settle_direct(lane, first, last, Err(error()));
+        }
+    }
+
+    /// This node's request `id` failed before it was sent.
+    fn fail_request(&mut self, id: u64, error: &Error) {
+        if self.forget_request(id).is_some() {
+            self.outputs.push_back(Output::Replied {
+                request: id,
+                result: Err(clone_error(error)),
+            });
         }
     }
 
@@ -911,7 +943,7 @@ impl Core {
             match &inflight {
                 InFlight::Broadcast { .. } => self.outbox.give_back(seq),
                 InFlight::Direct { to, .. } => self.lanes.give_back(*to, seq),
-                InFlight::Batch { .. } | InFlight::Control => {}
+                InFlight::Control => {}
             }
         }
         match inflight {
@@ -934,41 +966,28 @@ impl Core {
             }
             InFlight::Direct {
                 to,
-                request,
+                lane,
+                first,
+                last,
+                requests,
                 queued,
             } => {
                 self.next_in_lane(to, token);
-                match &result {
-                    Ok(()) => Stats::inc(&self.stats.direct_sent),
-                    Err(_) => Stats::inc(&self.stats.send_failures),
-                }
+                // Each message of the frame settles with the frame's
+                // outcome: its caller, or its request, hears of it.
                 let result = result.map_err(Error::Transport);
-                if let (Err(error), Some(id)) = (&result, request)
-                    && self.forget_request(id).is_some()
-                {
-                    self.outputs.push_back(Output::Replied {
-                        request: id,
-                        result: Err(clone_error(error)),
-                    });
+                match &result {
+                    Ok(()) => Stats::add(&self.stats.direct_sent, last - first + 1),
+                    Err(error) => {
+                        for id in requests {
+                            self.fail_request(id, error);
+                        }
+                    }
                 }
                 if queued {
-                    self.outputs.push_back(Output::Sent { token, result });
-                }
-            }
-            InFlight::Batch { to, tokens } => {
-                self.next_in_lane(to, token);
-                // Each message of the batch settles with the batch's outcome:
-                // its caller, or its request, hears of it.
-                let result = result.map_err(Error::Transport);
-                if result.is_ok() {
-                    Stats::add(&self.stats.direct_sent, tokens.len() as u64);
-                }
-                for token in tokens {
-                    let result = match &result {
-                        Ok(()) => Ok(()),
-                        Err(error) => Err(clone_error(error)),
-                    };
-                    self.settle_direct(token, result);
+                    self.settle_direct(lane, first, last, result);
+                } else if result.is_err() {
+                    Stats::inc(&self.stats.send_failures);
                 }
             }
             InFlight::Control => match result {
@@ -1007,40 +1026,44 @@ impl Core {
         let records: Vec<DirectRecord<'_>> = next.iter().map(Waiting::record).collect();
         let frame = self.codec.seal_direct(&header, &records);
         drop(records);
-        let transmit = if let [one] = next.as_slice() {
-            // Alone, it goes under its own token.
-            Transmit {
-                token: one.token,
-                to: Some(to),
-                frame,
-            }
-        } else {
+        if next.len() > 1 {
             Stats::inc(&self.stats.batches_sent);
-            let tokens = next.iter().map(|waiting| waiting.token).collect();
-            self.transmit(Some(to), frame, InFlight::Batch { to, tokens })
-        };
+        }
+        let requests = next
+            .iter()
+            .filter(|waiting| waiting.kind == Kind::Request)
+            .map(|waiting| waiting.aux)
+            .collect();
+        let (first, last) = (next[0].seq, next[next.len() - 1].seq);
+        let transmit = self.transmit(
+            Some(to),
+            frame,
+            InFlight::Direct {
+                to,
+                lane: next[0].lane,
+                first,
+                last,
+                requests,
+                queued: true,
+            },
+        );
         self.lanes.start(to, transmit.token);
         self.transmits.push_back(transmit);
     }
 
-    /// A direct message that waited its turn is settled (sent, failed, or
-    /// will not be sent): its sender is told.
-    fn settle_direct(&mut self, token: u64, result: Result<(), Error>) {
-        let Some(InFlight::Direct { request, .. }) = self.inflight.remove(&token) else {
-            return;
-        };
+    /// Direct messages `first..=last` of `lane` that waited their turn are
+    /// settled (sent, failed, or will not be sent): their senders are told.
+    /// (Requests among them that failed are told by the caller.)
+    fn settle_direct(&mut self, lane: u64, first: u64, last: u64, result: Result<(), Error>) {
         if result.is_err() {
-            Stats::inc(&self.stats.send_failures);
+            Stats::add(&self.stats.send_failures, last - first + 1);
         }
-        if let (Err(error), Some(id)) = (&result, request)
-            && self.forget_request(id).is_some()
-        {
-            self.outputs.push_back(Output::Replied {
-                request: id,
-                result: Err(clone_error(error)),
-            });
-        }
-        self.outputs.push_back(Output::Sent { token, result });
+        self.outputs.push_back(Output::Sent {
+            lane,
+            first,
+            last,
+            result,
+        });
     }
 
     /// The carrier's link went down (`Some(detail)`) or came back (`None`).
@@ -1582,7 +1605,7 @@ impl Core {
 }
 
 /// The same error again, for a second party that must hear of it.
-fn clone_error(error: &Error) -> Error {
+pub(crate) fn clone_error(error: &Error) -> Error {
     match error {
         Error::Transport(error) => Error::Transport(error.clone()),
         Error::Remote { node, message } => Error::Remote {

@@ -167,7 +167,7 @@ fn a_stalled_destination_fails_what_waits_for_it_and_never_blocks_for_good() {
     let mut p = Pair::with(s, settings(2));
     let t0 = p.t0;
     let (_, stuck) = now_transmit(p.a.send(t0, 2, Bytes::from_static(b"stuck")).unwrap());
-    let Sending::Queued { token, .. } = p.a.send(t0, 2, Bytes::from(vec![0; 60])).unwrap() else {
+    let Sending::Queued { seq, lane } = p.a.send(t0, 2, Bytes::from(vec![0; 60])).unwrap() else {
         panic!("one frame per destination with the carrier")
     };
     let full = p.a.send(t0, 2, Bytes::from(vec![0; 60]));
@@ -181,12 +181,17 @@ fn a_stalled_destination_fails_what_waits_for_it_and_never_blocks_for_good() {
         .outputs_a()
         .into_iter()
         .filter_map(|o| match o {
-            Output::Sent { token, result } => Some((token, result)),
+            Output::Sent {
+                lane,
+                first,
+                last,
+                result,
+            } => Some(((lane, first, last), result)),
             _ => None,
         })
         .collect();
     assert!(
-        matches!(&failed[..], [(t, Err(Error::Transport(TransportError::Stalled(_))))] if *t == token),
+        matches!(&failed[..], [(range, Err(Error::Transport(TransportError::Stalled(_))))] if *range == (lane, seq, seq)),
         "{failed:?}"
     );
     // The driver's own deadline ends the stuck send: the lane is free again,
