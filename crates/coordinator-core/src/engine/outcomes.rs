@@ -12,7 +12,7 @@
 //!
 //! [`Output::Sent`]: super::core::Output::Sent
 
-use super::core::clone_error;
+use super::core::clone_result;
 use crate::error::Error;
 use foldhash::HashMap;
 use parking_lot::Mutex;
@@ -43,10 +43,7 @@ impl Group {
             .iter()
             .find(|(first, last, _)| (*first..=*last).contains(&seq))
         {
-            return Poll::Ready(match result {
-                Ok(()) => Ok(()),
-                Err(error) => Err(clone_error(error)),
-            });
+            return Poll::Ready(clone_result(result));
         }
         // One task usually awaits many messages of a group, one after another.
         if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
@@ -127,11 +124,7 @@ impl Outcomes {
             if from > to {
                 continue;
             }
-            let result = match &result {
-                Ok(()) => Ok(()),
-                Err(error) => Err(clone_error(error)),
-            };
-            waiting.group.settle(from, to, result, wake);
+            waiting.group.settle(from, to, clone_result(&result), wake);
             waiting.settled += to - from + 1;
         }
         groups.retain(|waiting| waiting.settled <= waiting.last - waiting.first);

@@ -855,25 +855,15 @@ impl Core {
     /// Messages that will never be sent (lane by lane, in the order they
     /// were numbered): their senders are told, one range at a time.
     fn fail_waiting(&mut self, waiting: Vec<Waiting>, error: impl Fn() -> Error) {
-        let mut range: Option<(u64, u64, u64)> = None;
-        for waiting in &waiting {
-            if waiting.kind == Kind::Request {
-                self.fail_request(waiting.aux, &error());
-            }
-            range = match range {
-                Some((lane, first, last)) if lane == waiting.lane && last + 1 == waiting.seq => {
-                    Some((lane, first, waiting.seq))
-                }
-                other => {
-                    if let Some((lane, first, last)) = other {
-                        self.settle_direct(lane, first, last, Err(error()));
-                    }
-                    Some((waiting.lane, waiting.seq, waiting.seq))
-                }
-            };
+        for waiting in waiting
+            .iter()
+            .filter(|waiting| waiting.kind == Kind::Request)
+        {
+            self.fail_request(waiting.aux, &error());
         }
-        if let Some((lane, first, last)) = range {
-            self.settle_direct(lane, first, last, Err(error()));
+        for range in waiting.chunk_by(|a, b| a.lane == b.lane && a.seq + 1 == b.seq) {
+            let (first, last) = (&range[0], &range[range.len() - 1]);
+            self.settle_direct(first.lane, first.seq, last.seq, Err(error()));
         }
     }
 
@@ -1601,6 +1591,14 @@ impl Core {
             queue: queue.to_string(),
             dropped: 1,
         }));
+    }
+}
+
+/// The same outcome again, for a second party that must hear of it.
+pub(crate) fn clone_result(result: &Result<(), Error>) -> Result<(), Error> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) => Err(clone_error(error)),
     }
 }
 
