@@ -18,6 +18,9 @@ use tokio::sync::Notify;
 pub struct LinkState {
     inbound: InboundSender,
     down: AtomicBool,
+    /// A broker connection failed since the watcher last looked: the broker
+    /// may come back without the topics the consumer knows (see `Watcher`).
+    troubled: AtomicBool,
     /// Wakes the watcher when librdkafka reports a broker gone.
     pub wake: Notify,
     /// Messages the producer gave up on (`timeoutMessage` expired).
@@ -29,6 +32,7 @@ impl LinkState {
         Arc::new(Self {
             inbound,
             down: AtomicBool::new(false),
+            troubled: AtomicBool::new(false),
             wake: Notify::new(),
             failed_deliveries: AtomicU64::new(0),
         })
@@ -47,7 +51,18 @@ impl LinkState {
         if !self.down.swap(true, Ordering::AcqRel) {
             self.inbound.deliver(Inbound::LinkDown(detail));
         }
+        self.troubled();
+    }
+
+    /// Notes that a broker connection failed, and wakes the watcher.
+    pub fn troubled(&self) {
+        self.troubled.store(true, Ordering::Release);
         self.wake.notify_one();
+    }
+
+    /// Whether a broker connection failed since the last call.
+    pub fn take_trouble(&self) -> bool {
+        self.troubled.swap(false, Ordering::AcqRel)
     }
 
     /// Reports the link up, if it was down.
@@ -89,7 +104,7 @@ impl ClientContext for LinkContext {
             }
             Some(RDKafkaErrorCode::BrokerTransportFailure) => {
                 tracing::debug!(%reason, "Kafka: a broker connection failed");
-                self.state.wake.notify_one();
+                self.state.troubled();
             }
             _ => tracing::warn!(%error, %reason, "Kafka client error"),
         }

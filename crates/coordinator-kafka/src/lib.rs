@@ -17,10 +17,11 @@
 //!   when the broker no longer has that position (retention, or a broker that
 //!   lost its log) it resumes from the earliest message the broker has. The
 //!   engine removes duplicates and reports what is missing as gaps.
-//! * The link is reported down when librdkafka finds no broker reachable (the
-//!   consumer is paused meanwhile), and up when a metadata request succeeds
-//!   again. Topics the broker lost are created again then and read by a new
-//!   consumer from their beginning (see `Watcher`).
+//! * The link is reported down when librdkafka finds no broker reachable,
+//!   and up when a metadata request succeeds again. From a failed broker
+//!   connection until then the consumer is paused; then a new consumer
+//!   replaces it, where the old one stood, and topics the broker lost are
+//!   created again and read from their beginning (see `Watcher`).
 //! * Latency settings are in [`options`].
 
 #![forbid(unsafe_code)]
@@ -130,7 +131,7 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
         )
         .await
     };
-    tokio::time::timeout(config.timeout_session * 3, setup)
+    let assigned = tokio::time::timeout(config.timeout_session * 3, setup)
         .await
         .map_err(|_| {
             fail(
@@ -156,6 +157,7 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
         Watcher {
             admin,
             consumer,
+            assigned,
             consumer_config,
             context,
             replace,
@@ -163,6 +165,7 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
             config: config.clone(),
             wanted,
             paused: false,
+            troubled: false,
         }
         .run(stopped),
         span,
@@ -226,14 +229,26 @@ async fn read(
 }
 
 /// Watches the brokers: a metadata request every few seconds, often while
-/// the link is down. While it is down the consumer is paused. When a request
-/// succeeds again the link is up: topics the broker lost are created again
-/// and read by a new consumer from their beginning (the old one would fetch
-/// topics that no longer exist by their old ids); otherwise the consumer
-/// resumes where it was.
+/// the link is down.
+///
+/// A consumer must never fetch a topic the broker no longer has under the
+/// id the consumer knows: a broker that restarted without its log (Tansu in
+/// memory) answers such a fetch with a topic that has neither id nor name,
+/// and librdkafka 2.12 crashes the process on that answer (a NULL topic name
+/// in its metadata cache). Another node, or a producer's first send, may
+/// create the topics again under new ids before this node looks. So as soon
+/// as a broker connection fails the consumer is paused (a paused partition
+/// is not fetched), and when a metadata request succeeds again a new
+/// consumer replaces it: from the beginning of topics that were missing
+/// (created again first), elsewhere from where the old one stood (when that
+/// offset is past the end of a topic made again, the broker's earliest
+/// message, by `auto.offset.reset`). Nothing the broker kept is read twice
+/// or skipped; what the brokers lost the engine reports as gaps.
 struct Watcher {
     admin: AdminClient<DefaultClientContext>,
     consumer: Arc<NodeConsumer>,
+    /// Where `consumer` was assigned to start, per partition.
+    assigned: topics::Offsets,
     consumer_config: rdkafka::ClientConfig,
     context: LinkContext,
     replace: mpsc::Sender<Arc<NodeConsumer>>,
@@ -241,12 +256,14 @@ struct Watcher {
     config: KafkaConfig,
     wanted: [(String, i32); 2],
     paused: bool,
+    /// A broker connection failed since the consumer was made.
+    troubled: bool,
 }
 
 impl Watcher {
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
-            let pause = if self.state.is_down() {
+            let pause = if self.state.is_down() || self.troubled {
                 WATCH_DOWN
             } else {
                 WATCH_UP
@@ -256,8 +273,11 @@ impl Watcher {
                 _ = self.state.wake.notified() => {}
                 _ = stop.changed() => return,
             }
-            if self.state.is_down() && !self.paused {
-                self.set_paused(true);
+            if self.state.take_trouble() || self.state.is_down() {
+                self.troubled = true;
+            }
+            if self.troubled && !self.paused {
+                self.pause();
             }
             let probe = {
                 let consumer = self.consumer.clone();
@@ -288,17 +308,22 @@ impl Watcher {
                 ?missing,
                 "Kafka: the broker lost topics; creating them again"
             );
-            self.set_paused(true);
+            self.pause();
             if let Err(error) = topics::ensure(&self.admin, &self.config, &missing).await {
                 self.state.went_down(format!("Kafka: {error}"));
                 return;
             }
-            if let Err(error) = self.new_consumer().await {
+        }
+        if !missing.is_empty() || self.troubled {
+            let start = if missing.is_empty() {
+                topics::Start::At(topics::positions(&self.consumer, &self.assigned))
+            } else {
+                topics::Start::Beginning
+            };
+            if let Err(error) = self.new_consumer(start).await {
                 self.state.went_down(format!("Kafka: {error}"));
                 return;
             }
-        } else if self.paused {
-            self.set_paused(false);
         }
         self.state.came_up();
         // Each node's progress shows in Kafka's tools as its group's lag.
@@ -307,40 +332,40 @@ impl Watcher {
         }
     }
 
-    /// A consumer of every wanted topic from its beginning, handed to the reader.
-    async fn new_consumer(&mut self) -> Result<(), String> {
+    /// A consumer of every wanted topic from `start`, handed to the reader in
+    /// place of the paused one.
+    async fn new_consumer(&mut self, start: topics::Start) -> Result<(), String> {
         let consumer: Arc<NodeConsumer> = Arc::new(
             self.consumer_config
                 .create_with_context(self.context.clone())
                 .map_err(topics::describe)?,
         );
         let names: Vec<&str> = self.wanted.iter().map(|(t, _)| t.as_str()).collect();
-        topics::read_from(
-            &consumer,
-            &names,
-            topics::Start::Beginning,
-            self.config.timeout_session,
-        )
-        .await?;
+        match topics::read_from(&consumer, &names, start, self.config.timeout_session).await {
+            Ok(assigned) => self.assigned = assigned,
+            Err(error) => {
+                // Closing may block.
+                tokio::task::spawn_blocking(move || drop(consumer));
+                return Err(error);
+            }
+        }
         self.consumer = consumer.clone();
         self.paused = false;
+        self.troubled = false;
         self.replace
             .send(consumer)
             .await
             .map_err(|_| "the reader has stopped".to_string())
     }
 
-    fn set_paused(&mut self, paused: bool) {
-        let result = self.consumer.assignment().and_then(|assignment| {
-            if paused {
-                self.consumer.pause(&assignment)
-            } else {
-                self.consumer.resume(&assignment)
-            }
-        });
+    fn pause(&mut self) {
+        let result = self
+            .consumer
+            .assignment()
+            .and_then(|assignment| self.consumer.pause(&assignment));
         match result {
-            Ok(()) => self.paused = paused,
-            Err(error) => tracing::debug!(error = %topics::describe(error), paused, "Kafka pause"),
+            Ok(()) => self.paused = true,
+            Err(error) => tracing::debug!(error = %topics::describe(error), "Kafka pause"),
         }
     }
 }

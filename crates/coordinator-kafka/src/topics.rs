@@ -15,6 +15,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Checks that the cluster name can name Kafka topics (letters, digits, `.`,
@@ -121,23 +122,28 @@ pub async fn partitions(
 }
 
 /// Where a consumer starts reading its partitions.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Start {
     /// At the current end of each partition: its high watermark, read now, so
     /// that whatever is produced after the assignment is read.
     End,
     /// At the first message the broker still has.
     Beginning,
+    /// At these offsets; a partition without one from its beginning.
+    At(Offsets),
 }
 
+/// Where reading starts or stands, per topic and partition.
+pub type Offsets = HashMap<(String, i32), Offset>;
+
 /// Waits until the brokers list `topics`, then assigns all their partitions
-/// to the consumer, from `start`.
+/// to the consumer, from `start`. Returns the offsets it assigned.
 pub async fn read_from(
     consumer: &std::sync::Arc<StreamConsumer<crate::context::LinkContext>>,
     topics: &[&str],
     start: Start,
     within: Duration,
-) -> Result<(), String> {
+) -> Result<Offsets, String> {
     let counts = partitions(consumer, topics, within).await?;
     let topics: Vec<(String, i32)> = topics
         .iter()
@@ -147,10 +153,15 @@ pub async fn read_from(
     let consumer = consumer.clone();
     tokio::task::spawn_blocking(move || {
         let mut assignment = TopicPartitionList::new();
+        let mut assigned = Offsets::new();
         for (topic, partitions) in &topics {
             for partition in 0..*partitions {
-                let offset = match start {
+                let offset = match &start {
                     Start::Beginning => Offset::Beginning,
+                    Start::At(offsets) => offsets
+                        .get(&(topic.clone(), partition))
+                        .copied()
+                        .unwrap_or(Offset::Beginning),
                     Start::End => {
                         let (_, high) = consumer
                             .fetch_watermarks(topic, partition, within)
@@ -163,12 +174,35 @@ pub async fn read_from(
                 assignment
                     .add_partition_offset(topic, partition, offset)
                     .map_err(describe)?;
+                assigned.insert((topic.clone(), partition), offset);
             }
         }
-        consumer.assign(&assignment).map_err(describe)
+        consumer.assign(&assignment).map_err(describe)?;
+        Ok(assigned)
     })
     .await
     .map_err(|error| error.to_string())?
+}
+
+/// Where `consumer` stands in each partition of `assigned`: the offset after
+/// the last message it handed over, or where it was assigned when it handed
+/// none over yet.
+pub fn positions(
+    consumer: &StreamConsumer<crate::context::LinkContext>,
+    assigned: &Offsets,
+) -> Offsets {
+    let mut offsets = assigned.clone();
+    if let Ok(positions) = consumer.position() {
+        for element in positions.elements() {
+            if let Offset::Offset(next) = element.offset() {
+                offsets.insert(
+                    (element.topic().to_string(), element.partition()),
+                    Offset::Offset(next),
+                );
+            }
+        }
+    }
+    offsets
 }
 
 /// The partition count of each topic of `names` (0 when the brokers do not
