@@ -389,3 +389,52 @@ async fn posts_behind_a_stalled_link_fail_with_the_stall_by_the_send_timeout() {
         "{first:?}"
     );
 }
+
+/// One thread for everything: a task that posts message after message and
+/// awaits no outcome until the end still lets the frames go out and node 2
+/// read them (a post takes none of the task's budget, but one that finds
+/// its lane full waits for room, and so yields).
+#[tokio::test(flavor = "current_thread")]
+async fn a_task_posting_in_a_loop_on_one_thread_lets_the_frames_go_out() {
+    const COUNT: usize = 5_000;
+    // A task that never yielded would hold the only thread, and no time-out
+    // of the runtime could end the test: a thread of its own fails it.
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::spawn({
+        let done = done.clone();
+        move || {
+            std::thread::sleep(Duration::from_secs(60));
+            if !done.load(Ordering::SeqCst) {
+                eprintln!("the posting task held the only thread for 60 s");
+                std::process::exit(1);
+            }
+        }
+    });
+    // Room for about sixteen 100-byte messages to wait for node 2.
+    let settings = Settings::new(1).memory(1 << 20, 16 * (100 + 64), 1 << 20);
+    let (_, sender, receiver) = tests::harness::wrapped_memory_pair_with(settings, gated).await;
+    let mut inbox = receiver.inbox().unwrap();
+    let body = |i: usize| Bytes::from(format!("{i:0>100}"));
+    let reader = tokio::spawn(async move {
+        for i in 0..COUNT {
+            let incoming = within(LIMIT, "every posted message", inbox.recv())
+                .await
+                .unwrap();
+            assert_eq!(incoming.payload, body(i), "in the order they were posted");
+        }
+    });
+    let mut outcomes = Vec::with_capacity(COUNT);
+    for i in 0..COUNT {
+        outcomes.push(sender.post(2, body(i)).await.unwrap());
+    }
+    for outcome in outcomes {
+        within(LIMIT, "each outcome", outcome).await.unwrap();
+    }
+    within(LIMIT, "node 2 to read every message", reader)
+        .await
+        .unwrap();
+    done.store(true, Ordering::SeqCst);
+    let stats = receiver.stats();
+    assert_eq!(stats.dropped_overflow + stats.messages_lost, 0, "{stats:?}");
+    assert_eq!(sender.stats().send_failures, 0);
+}
