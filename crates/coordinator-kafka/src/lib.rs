@@ -315,12 +315,11 @@ impl Watcher {
             }
         }
         if !missing.is_empty() || self.troubled {
-            let start = if missing.is_empty() {
-                topics::Start::At(topics::positions(&self.consumer, &self.assigned))
-            } else {
-                topics::Start::Beginning
-            };
-            if let Err(error) = self.new_consumer(start).await {
+            // A topic made again is read from its beginning, the others from
+            // where the old consumer stood.
+            let mut at = topics::positions(&self.consumer, &self.assigned);
+            at.retain(|(topic, _), _| !missing.iter().any(|(lost, _)| lost == topic));
+            if let Err(error) = self.new_consumer(topics::Start::At(at)).await {
                 self.state.went_down(format!("Kafka: {error}"));
                 return;
             }

@@ -127,9 +127,8 @@ pub enum Start {
     /// At the current end of each partition: its high watermark, read now, so
     /// that whatever is produced after the assignment is read.
     End,
-    /// At the first message the broker still has.
-    Beginning,
-    /// At these offsets; a partition without one from its beginning.
+    /// At these offsets; a partition without one from the first message
+    /// the broker still has.
     At(Offsets),
 }
 
@@ -157,7 +156,6 @@ pub async fn read_from(
         for (topic, partitions) in &topics {
             for partition in 0..*partitions {
                 let offset = match &start {
-                    Start::Beginning => Offset::Beginning,
                     Start::At(offsets) => offsets
                         .get(&(topic.clone(), partition))
                         .copied()
