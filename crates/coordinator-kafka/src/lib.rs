@@ -315,10 +315,8 @@ impl Watcher {
             }
         }
         if !missing.is_empty() || self.troubled {
-            // A topic made again is read from its beginning, the others from
-            // where the old consumer stood.
-            let mut at = topics::positions(&self.consumer, &self.assigned);
-            at.retain(|(topic, _), _| !missing.iter().any(|(lost, _)| lost == topic));
+            let lost: Vec<&str> = missing.iter().map(|(topic, _)| topic.as_str()).collect();
+            let at = topics::resume_at(&self.consumer, &self.assigned, &lost);
             if let Err(error) = self.new_consumer(topics::Start::At(at)).await {
                 self.state.went_down(format!("Kafka: {error}"));
                 return;

@@ -182,24 +182,40 @@ pub async fn read_from(
     .map_err(|error| error.to_string())?
 }
 
-/// Where `consumer` stands in each partition of `assigned`: the offset after
-/// the last message it handed over, or where it was assigned when it handed
-/// none over yet.
-pub fn positions(
+/// Where a new consumer takes over from `consumer`: in each partition of
+/// `assigned`, the offset after the last message `consumer` handed over, or
+/// where it was assigned when it handed none over yet; none (so the first
+/// message the broker has) in the topics of `lost`, which the broker made
+/// again.
+pub fn resume_at(
     consumer: &StreamConsumer<crate::context::LinkContext>,
     assigned: &Offsets,
+    lost: &[&str],
+) -> Offsets {
+    let positions = consumer.position().map(|list| {
+        list.elements()
+            .iter()
+            .map(|element| {
+                let topic = element.topic().to_string();
+                ((topic, element.partition()), element.offset())
+            })
+            .collect::<Vec<_>>()
+    });
+    merge_positions(assigned, positions.unwrap_or_default(), lost)
+}
+
+fn merge_positions(
+    assigned: &Offsets,
+    positions: impl IntoIterator<Item = ((String, i32), Offset)>,
+    lost: &[&str],
 ) -> Offsets {
     let mut offsets = assigned.clone();
-    if let Ok(positions) = consumer.position() {
-        for element in positions.elements() {
-            if let Offset::Offset(next) = element.offset() {
-                offsets.insert(
-                    (element.topic().to_string(), element.partition()),
-                    Offset::Offset(next),
-                );
-            }
+    for (partition, offset) in positions {
+        if let Offset::Offset(next) = offset {
+            offsets.insert(partition, Offset::Offset(next));
         }
     }
+    offsets.retain(|(topic, _), _| !lost.contains(&topic.as_str()));
     offsets
 }
 
@@ -236,6 +252,36 @@ pub fn describe(error: KafkaError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_consumer_resumes_where_the_old_stood_and_reads_lost_topics_from_their_start() {
+        let key = |topic: &str, partition| (topic.to_string(), partition);
+        let assigned: Offsets = [
+            (key("c.broadcast", 0), Offset::Offset(10)),
+            (key("c.broadcast", 1), Offset::Offset(20)),
+            (key("c.node.1", 0), Offset::Offset(5)),
+        ]
+        .into_iter()
+        .collect();
+        let positions = [
+            // Read up to 14: resume at 15.
+            (key("c.broadcast", 0), Offset::Offset(15)),
+            // Nothing read since the assignment: where it was assigned.
+            (key("c.broadcast", 1), Offset::Invalid),
+            (key("c.node.1", 0), Offset::Offset(9)),
+        ];
+        let merged = merge_positions(&assigned, positions, &["c.node.1"]);
+        let expected: Offsets = [
+            (key("c.broadcast", 0), Offset::Offset(15)),
+            (key("c.broadcast", 1), Offset::Offset(20)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            merged, expected,
+            "the lost topic has no offset: from its start"
+        );
+    }
 
     #[test]
     fn cluster_names_that_cannot_name_topics_are_refused_with_the_field() {
