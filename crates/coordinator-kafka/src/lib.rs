@@ -22,16 +22,21 @@
 //!   connection until then the consumer is paused; then a new consumer
 //!   replaces it, where the old one stood, and topics the broker lost are
 //!   created again and read from their beginning (see `Watcher`).
+//! * A client that is dropped closes on a thread of its own: librdkafka can
+//!   wait forever to destroy one, and nothing here waits for it (see
+//!   `closing`).
 //! * Latency settings are in [`options`].
 
 #![forbid(unsafe_code)]
 
+mod closing;
 mod context;
 pub mod options;
 pub mod topics;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use closing::Detached;
 use context::{LinkContext, LinkState};
 use coordinator_core::config::KafkaConfig;
 use coordinator_core::routes::Routes;
@@ -60,7 +65,8 @@ pub const IMPLEMENTED: bool = true;
 const WATCH_UP: Duration = Duration::from_secs(2);
 const WATCH_DOWN: Duration = Duration::from_millis(200);
 
-type NodeConsumer = StreamConsumer<LinkContext>;
+/// A node's consumer, closed on a thread of its own (see [`closing`]).
+type NodeConsumer = Detached<StreamConsumer<LinkContext>>;
 
 /// What [`connect`] would refuse before reaching a broker: the cluster name
 /// as a topic name, the secrets, and the librdkafka properties of each client
@@ -105,18 +111,25 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
             config.brokers.join(", ")
         ))
     };
-    let admin: AdminClient<DefaultClientContext> = options::admin(config, settings)?
-        .create()
-        .map_err(|error| fail("cannot create a client", topics::describe(error)))?;
-    let producer: ThreadedProducer<LinkContext> = options::producer(config, settings)?
-        .create_with_context(context.clone())
-        .map_err(|error| fail("cannot create a producer", topics::describe(error)))?;
+    let admin = Detached::new(
+        options::admin(config, settings)?
+            .create::<AdminClient<DefaultClientContext>>()
+            .map_err(|error| fail("cannot create a client", topics::describe(error)))?,
+        "admin client",
+    );
+    let producer = Detached::new(
+        options::producer(config, settings)?
+            .create_with_context::<_, ThreadedProducer<LinkContext>>(context.clone())
+            .map_err(|error| fail("cannot create a producer", topics::describe(error)))?,
+        "producer",
+    );
     let consumer_config = options::consumer(config, settings)?;
-    let consumer: Arc<NodeConsumer> = Arc::new(
+    let consumer: Arc<NodeConsumer> = Arc::new(Detached::new(
         consumer_config
             .create_with_context(context.clone())
             .map_err(|error| fail("cannot create a consumer", topics::describe(error)))?,
-    );
+        "consumer",
+    ));
     let wanted = [
         (routes.broadcast.clone(), config.partitions as i32),
         (own_topic.clone(), 1),
@@ -186,8 +199,8 @@ pub async fn connect(config: &KafkaConfig, settings: &Settings) -> Result<Link, 
 }
 
 /// Hands what arrives to the engine, until told to stop; takes the new
-/// consumer when the watcher replaces it. A consumer is closed off the runtime
-/// (closing may block).
+/// consumer when the watcher replaces it (the old one closes on a thread of
+/// its own once the watcher lets it go too).
 async fn read(
     mut consumer: Arc<NodeConsumer>,
     mut replacements: mpsc::Receiver<Arc<NodeConsumer>>,
@@ -198,8 +211,7 @@ async fn read(
         let message = tokio::select! {
             message = consumer.recv() => message,
             Some(new) = replacements.recv() => {
-                let old = std::mem::replace(&mut consumer, new);
-                tokio::task::spawn_blocking(move || drop(old));
+                consumer = new;
                 continue;
             }
             _ = stop.changed() => break,
@@ -225,7 +237,6 @@ async fn read(
             }
         }
     }
-    tokio::task::spawn_blocking(move || drop(consumer));
 }
 
 /// Watches the brokers: a metadata request every few seconds, often while
@@ -245,7 +256,7 @@ async fn read(
 /// message, by `auto.offset.reset`). Nothing the broker kept is read twice
 /// or skipped; what the brokers lost the engine reports as gaps.
 struct Watcher {
-    admin: AdminClient<DefaultClientContext>,
+    admin: Detached<AdminClient<DefaultClientContext>>,
     consumer: Arc<NodeConsumer>,
     /// Where `consumer` was assigned to start, per partition.
     assigned: topics::Offsets,
@@ -332,20 +343,15 @@ impl Watcher {
     /// A consumer of every wanted topic from `start`, handed to the reader in
     /// place of the paused one.
     async fn new_consumer(&mut self, start: topics::Start) -> Result<(), String> {
-        let consumer: Arc<NodeConsumer> = Arc::new(
+        let consumer: Arc<NodeConsumer> = Arc::new(Detached::new(
             self.consumer_config
                 .create_with_context(self.context.clone())
                 .map_err(topics::describe)?,
-        );
+            "consumer",
+        ));
         let names: Vec<&str> = self.wanted.iter().map(|(t, _)| t.as_str()).collect();
-        match topics::read_from(&consumer, &names, start, self.config.timeout_session).await {
-            Ok(assigned) => self.assigned = assigned,
-            Err(error) => {
-                // Closing may block.
-                tokio::task::spawn_blocking(move || drop(consumer));
-                return Err(error);
-            }
-        }
+        self.assigned =
+            topics::read_from(&consumer, &names, start, self.config.timeout_session).await?;
         self.consumer = consumer.clone();
         self.paused = false;
         self.troubled = false;
@@ -368,7 +374,7 @@ impl Watcher {
 }
 
 struct KafkaTransport {
-    producer: ThreadedProducer<LinkContext>,
+    producer: Detached<ThreadedProducer<LinkContext>>,
     /// This node's id: the key of what it sends, so that one partition
     /// carries all of one sender's broadcasts, in order.
     key: [u8; 8],
@@ -419,7 +425,7 @@ impl Transport for KafkaTransport {
 
     async fn close(&self) {
         // Delivers what is queued (a departure, say) before closing.
-        let producer = self.producer.clone();
+        let producer = ThreadedProducer::clone(&self.producer);
         let _ = tokio::task::spawn_blocking(move || {
             if let Err(error) = producer.flush(Duration::from_secs(2)) {
                 tracing::debug!(%error, "Kafka flush on close");

@@ -87,7 +87,7 @@ pub async fn ensure(
 /// Waits until the brokers list every topic with its partitions, and returns
 /// the partition count of each.
 pub async fn partitions(
-    consumer: &std::sync::Arc<StreamConsumer<crate::context::LinkContext>>,
+    consumer: &std::sync::Arc<crate::NodeConsumer>,
     topics: &[&str],
     within: Duration,
 ) -> Result<Vec<i32>, String> {
@@ -138,7 +138,7 @@ pub type Offsets = HashMap<(String, i32), Offset>;
 /// Waits until the brokers list `topics`, then assigns all their partitions
 /// to the consumer, from `start`. Returns the offsets it assigned.
 pub async fn read_from(
-    consumer: &std::sync::Arc<StreamConsumer<crate::context::LinkContext>>,
+    consumer: &std::sync::Arc<crate::NodeConsumer>,
     topics: &[&str],
     start: Start,
     within: Duration,
