@@ -55,12 +55,20 @@ pub struct Applied {
 /// trip on Tansu takes about 20 ms): heartbeats every 100 ms, elections after
 /// 500–1000 ms of silence, a snapshot every 500 entries.
 pub fn raft_config() -> Arc<openraft::Config> {
+    raft_config_with(openraft::SnapshotPolicy::LogsSinceLast(500))
+}
+
+/// [`raft_config`] with another snapshot policy. A benchmark of replication
+/// takes [`openraft::SnapshotPolicy::Never`]: this store serialises its whole
+/// map for each snapshot, so over thousands of writes snapshots would take
+/// most of the time measured.
+pub fn raft_config_with(snapshot_policy: openraft::SnapshotPolicy) -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "raft-kv".into(),
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+        snapshot_policy,
         max_in_snapshot_log_to_keep: 100,
         ..Default::default()
     };
