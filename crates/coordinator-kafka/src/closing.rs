@@ -54,21 +54,21 @@ impl<T: Send + 'static> Drop for Detached<T> {
 /// Destroys `client` on a new detached thread; with a tokio runtime at hand,
 /// warns when that takes longer than [`CLOSE_WARNING`].
 fn close<T: Send + 'static>(client: T, what: &'static str) {
-    let (closed, done) = tokio::sync::oneshot::channel::<()>();
-    let spawned = std::thread::Builder::new()
+    let closing = std::thread::Builder::new()
         .name("kafka-close".into())
-        .spawn(move || {
-            drop(client);
-            let _ = closed.send(());
-        });
-    if let Err(error) = spawned {
-        // The client went with the closure: it closed on this thread.
-        tracing::warn!(%error, what, "Kafka: no thread to close a client on");
-        return;
-    }
+        .spawn(move || drop(client));
+    let closing = match closing {
+        Ok(closing) => closing,
+        Err(error) => {
+            // The client went with the closure: it closed on this thread.
+            tracing::warn!(%error, what, "Kafka: no thread to close a client on");
+            return;
+        }
+    };
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
-            if tokio::time::timeout(CLOSE_WARNING, done).await.is_err() {
+            tokio::time::sleep(CLOSE_WARNING).await;
+            if !closing.is_finished() {
                 tracing::warn!(
                     what,
                     "Kafka: a client has not closed after {CLOSE_WARNING:?} (librdkafka waits \
