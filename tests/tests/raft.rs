@@ -450,10 +450,10 @@ mod network {
             // Time for the server to take what it takes from the inbox.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // With the first vote stuck in the store: BOUND requests handled, one
-        // taken by the server waiting for room, INBOX waiting in the inbox;
-        // the others are refused at once.
-        let taken = BOUND + 1 + INBOX;
+        // With the first vote stuck in the store: BOUND requests handled and
+        // INBOX waiting in the inbox (the server reads no more until one is
+        // done); the others are refused at once.
+        let taken = BOUND + INBOX;
         let mut refused = 0;
         within(
             LIMIT,

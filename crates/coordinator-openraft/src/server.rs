@@ -3,10 +3,11 @@
 
 use crate::wire::{self, DecodeError, Request};
 use coordinator_core::{Inbox, Incoming, NodeId};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use openraft::{Raft, RaftTypeConfig};
-use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// Raft requests handled at once, at most, by default: beyond it the server
 /// stops reading its inbox until one is done (the inbox then fills and its
@@ -16,9 +17,10 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Serves the Raft requests that reach this node until dropped (or until the
 /// coordinator stops).
 ///
-/// Each request is handled in a task of its own, so that a vote or a
-/// heartbeat never waits behind a large append or a snapshot piece that the
-/// local Raft is still writing; at most [`MAX_CONCURRENT_REQUESTS`] at once.
+/// Requests are handled concurrently (in the server's task), so that a vote
+/// or a heartbeat never waits behind a large append or a snapshot piece that
+/// the local Raft is still writing; at most [`MAX_CONCURRENT_REQUESTS`] at
+/// once.
 /// Dropping the server ends them all.
 pub struct RaftServer {
     task: JoinHandle<()>,
@@ -65,23 +67,22 @@ impl RaftServer {
         C::SnapshotData:
             tokio::io::AsyncRead + tokio::io::AsyncWrite + tokio::io::AsyncSeek + Unpin,
     {
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let concurrency = concurrency.max(1);
         let task = tokio::spawn(async move {
-            // Owned here: dropping the server (aborting this task) ends them.
-            let mut handling = JoinSet::new();
-            while let Some(incoming) = inbox.recv().await {
-                while handling.try_join_next().is_some() {}
+            // The requests under way, polled by this task: handing each to a
+            // task of its own cost a spawn and a wake-up per message, on the
+            // path of every append. Owned here: dropping the server (aborting
+            // this task) ends them.
+            let mut handling = FuturesUnordered::new();
+            loop {
+                let incoming = tokio::select! {
+                    biased;
+                    Some(()) = handling.next(), if !handling.is_empty() => continue,
+                    incoming = inbox.recv(), if handling.len() < concurrency => incoming,
+                };
+                let Some(incoming) = incoming else { break };
                 match (wire::decode_request::<C>(&incoming.payload), &others) {
-                    (Ok(request), _) => {
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
-                            break;
-                        };
-                        let raft = raft.clone();
-                        handling.spawn(async move {
-                            handle(raft, incoming, request).await;
-                            drop(permit);
-                        });
-                    }
+                    (Ok(request), _) => handling.push(handle(raft.clone(), incoming, request)),
                     (Err(DecodeError::NotRaft), Some(others)) => {
                         if others.send(incoming).await.is_err() {
                             tracing::debug!("nobody takes the application's messages any more");
