@@ -403,7 +403,7 @@ mod network {
 
     /// A server handles at most its bound of requests at once; beyond it, it
     /// leaves them in the inbox, whose overflow refuses them at once, instead
-    /// of starting a task for every request that arrives.
+    /// of taking on every request that arrives.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_server_handles_at_most_its_bound_of_requests_at_once() {
         const BOUND: usize = 2;

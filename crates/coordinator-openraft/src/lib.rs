@@ -6,7 +6,7 @@
 //!   Its clients send AppendEntries, Vote and InstallSnapshot as requests to
 //!   the target node id (Raft node ids are coordinator node ids).
 //! * [`RaftServer`] takes the coordinator's inbox and hands the requests to
-//!   the local `Raft`, each in a task of its own.
+//!   the local `Raft`, several at once (polled in the server's own task).
 //!
 //! Failures map onto openraft's errors so that it does the right thing: a
 //! target that is dead, unknown, gone, or behind a carrier that is down is
