@@ -411,6 +411,56 @@ fn bench_measures_the_memory_carrier_as_json() {
     assert!(latency["p99_us"].as_f64().unwrap() >= latency["p50_us"].as_f64().unwrap());
 }
 
+/// With rounds, the Raft runs repeat on fresh nodes (the last round's have
+/// left), the carrier's and the router's alternating, and each figure is
+/// printed once, the median of its rounds.
+#[test]
+fn bench_repeats_the_raft_runs_in_rounds_on_fresh_native_nodes() {
+    let output = coordinator(&[
+        "bench",
+        "--carrier",
+        "native",
+        "--samples",
+        "20",
+        "--raft-writes",
+        "200",
+        "--rounds",
+        "2",
+        "--only",
+        "raft",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let progress = stderr(&output);
+    let runs: Vec<&str> = progress
+        .lines()
+        .filter(|line| line.contains("openraft"))
+        .collect();
+    assert_eq!(runs.len(), 4, "{progress}");
+    for (index, run) in runs.iter().enumerate() {
+        let router = run.contains("in-process router");
+        assert_eq!(router, index % 2 == 1, "runs out of turn: {runs:?}");
+    }
+    let table = stdout(&output);
+    for (subject, test) in [
+        ("Native raft", "commit throughput"),
+        ("Native raft", "commit latency"),
+        ("openraft router", "commit throughput"),
+        ("openraft router", "commit latency"),
+    ] {
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|line| line.starts_with(subject) && line.contains(test))
+            .collect();
+        assert_eq!(rows.len(), 1, "{subject} / {test} in:\n{table}");
+        if test == "commit throughput" {
+            // count 200, all of them committed (lost 0).
+            let fields: Vec<&str> = rows[0].split_whitespace().collect();
+            assert_eq!(fields.last(), Some(&"0"), "{}", rows[0]);
+            assert!(fields.contains(&"200"), "{}", rows[0]);
+        }
+    }
+}
+
 #[test]
 fn bench_measures_native_beside_a_raw_tls_echo() {
     let output = coordinator(&[

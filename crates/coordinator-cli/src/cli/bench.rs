@@ -44,7 +44,8 @@ pub struct BenchArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Rounds of the throughput runs and of the raw channel, one after the
+    /// Rounds of the throughput runs and of the raw channel, then of the Raft
+    /// runs (the carrier's and the router's alternating), one after the
     /// other in this process; each figure is the median of its rounds (this
     /// machine's figures move by a fifth from one run to the next).
     #[arg(long, default_value_t = 1)]
@@ -238,25 +239,37 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     a.leave().await.ok();
     b.leave().await.ok();
     if args.raft_writes > 0 && measures(Measure::Raft) {
-        progress(&format!(
-            "{subject}: openraft, 3 nodes ({} writes, {} samples)",
-            args.raft_writes, args.samples
-        ));
-        let mut nodes = Vec::new();
-        for id in [11, 12, 13] {
-            nodes.push(starter.start(id).await?);
+        // Rounds as for the throughput runs, the carrier's run and the
+        // router's alternating, so that each ratio compares neighbours.
+        let mut rounds = Vec::new();
+        for round in 0..u64::from(args.rounds.max(1)) {
+            progress(&format!(
+                "{subject}: openraft, 3 nodes ({} writes, {} samples)",
+                args.raft_writes, args.samples
+            ));
+            // Fresh ids each round: the last round's nodes have left.
+            let mut nodes = Vec::new();
+            for id in [11, 12, 13] {
+                nodes.push(starter.start(id + 10 * round).await?);
+            }
+            let mut raft = super::raft_bench::rows(
+                &subject,
+                &nodes,
+                args.raft_writes,
+                args.samples,
+                args.size,
+            )
+            .await?;
+            for node in nodes {
+                node.leave().await.ok();
+            }
+            progress("openraft over an in-process router (the limit for the library)");
+            raft.extend(
+                super::raft_bench::router_rows(args.raft_writes, args.samples, args.size).await?,
+            );
+            rounds.push(raft);
         }
-        rows.extend(
-            super::raft_bench::rows(&subject, &nodes, args.raft_writes, args.samples, args.size)
-                .await?,
-        );
-        for node in nodes {
-            node.leave().await.ok();
-        }
-        progress("openraft over an in-process router (the limit for the library)");
-        rows.extend(
-            super::raft_bench::router_rows(args.raft_writes, args.samples, args.size).await?,
-        );
+        rows.extend(Row::medians(rounds));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
