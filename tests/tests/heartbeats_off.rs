@@ -77,6 +77,31 @@ async fn without_heartbeats<C: Connector>(harness: EngineHarness<C>) {
         .unwrap();
     assert_eq!(reply, "pong");
 
+    // The join answers are counted when the carrier settles them, which on
+    // a loaded machine can come after the round trip above: wait until the
+    // counters have stopped moving for a while before the idle window.
+    let counters = |nodes: &[Arc<dyn Coordinator>]| -> Vec<(u64, u64)> {
+        nodes
+            .iter()
+            .map(|node| {
+                let stats = node.stats();
+                (stats.heartbeats_sent, stats.frames_received)
+            })
+            .collect()
+    };
+    within(LONG, "the counters to settle", async {
+        let mut last = counters(&nodes);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = counters(&nodes);
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+    })
+    .await;
+
     // Idle for three dead timeouts: nothing is sent or received, and the
     // silent member is neither suspected nor declared dead.
     let before: Vec<_> = nodes.iter().map(|node| node.stats()).collect();
