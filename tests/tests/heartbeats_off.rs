@@ -80,7 +80,7 @@ async fn without_heartbeats<C: Connector>(harness: EngineHarness<C>) {
     // The join answers are counted when the carrier settles them, which on
     // a loaded machine can come after the round trip above: wait until the
     // counters have stopped moving for a while before the idle window.
-    let counters = |nodes: &[Arc<dyn Coordinator>]| -> Vec<(u64, u64)> {
+    let counters = || -> Vec<(u64, u64)> {
         nodes
             .iter()
             .map(|node| {
@@ -90,10 +90,11 @@ async fn without_heartbeats<C: Connector>(harness: EngineHarness<C>) {
             .collect()
     };
     within(LONG, "the counters to settle", async {
-        let mut last = counters(&nodes);
+        let mut last = counters();
         loop {
+            // No event marks a frame settled: a quiet spell it is.
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let now = counters(&nodes);
+            let now = counters();
             if now == last {
                 break;
             }
