@@ -1,31 +1,45 @@
 //! The sending side: openraft's network factory and per-target client, over
 //! `Coordinator::request`.
 
-use crate::wire::{self, Rpc};
+use crate::wire::{self, Rpc, SnapshotPiece};
 use coordinator_core::{Coordinator, Error, NodeId};
+use futures_util::stream::{FuturesOrdered, Stream, StreamExt};
+use openraft::alias::{LogIdOf, SnapshotOf, VoteOf};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::entry::RaftEntry;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
-    Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Timeout, Unreachable,
 };
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{RPCTypes, RaftTypeConfig};
 use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::io::Cursor;
 use std::marker::PhantomData;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 /// How the network sends; the defaults suit every carrier.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Largest piece of snapshot data sent in one message. A snapshot chunk
-    /// that openraft hands over is cut into pieces of this size, so that a
-    /// heartbeat sent meanwhile waits behind at most one piece, and a chunk
-    /// larger than the carrier's `maxMessageSize` still goes through.
+    /// Largest piece of snapshot data sent in one message. A snapshot is
+    /// sent in pieces of this size, each answered before the next goes, so
+    /// that a heartbeat sent meanwhile waits behind at most one piece, and a
+    /// snapshot larger than the carrier's `maxMessageSize` still goes
+    /// through.
     pub snapshot_piece: usize,
+    /// AppendEntries under way to one target at once, at most: the next
+    /// goes out before the answer to the previous one is in, so that a new
+    /// entry does not wait a round trip behind the append that carries the
+    /// previous entry's commit. 1 sends one at a time.
+    pub pipeline: usize,
     /// First wait after a target was unreachable; it doubles, with jitter,
     /// up to `backoff_max`.
     pub backoff_min: Duration,
@@ -36,6 +50,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             snapshot_piece: 256 * 1024,
+            pipeline: 4,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
         }
@@ -94,22 +109,22 @@ pub struct Client<C> {
 }
 
 /// Why a request got no answer from the target's Raft.
-enum Failure {
+enum Failure<C: RaftTypeConfig> {
     /// The carrier refused the message as too large.
     TooLarge { size: usize, max: usize },
     /// No reply in time.
-    Timeout(Timeout<NodeId>),
+    Timeout(Timeout<C>),
     /// Dead, gone, unknown, closed, a carrier down, or a node that refused
     /// the message: wait before trying again.
-    Unreachable(Unreachable),
+    Unreachable(Unreachable<C>),
     /// A request that does not encode, or a reply that does not decode.
-    Codec(NetworkError),
+    Codec(NetworkError<C>),
 }
 
-impl Failure {
+impl<C: RaftTypeConfig> Failure<C> {
     /// In openraft's terms; a message too large for the carrier is
     /// `Unreachable` here (the callers that can split it do so first).
-    fn into_rpc<N: openraft::Node, E: std::error::Error>(self) -> RPCError<NodeId, N, E> {
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<C, E> {
         match self {
             Failure::TooLarge { size, max } => {
                 RPCError::Unreachable(Unreachable::new(&Error::TooLarge { size, max }))
@@ -119,9 +134,28 @@ impl Failure {
             Failure::Codec(error) => RPCError::Network(error),
         }
     }
+
+    fn into_streaming(self) -> StreamingError<C> {
+        match self {
+            Failure::TooLarge { size, max } => {
+                StreamingError::Unreachable(Unreachable::new(&Error::TooLarge { size, max }))
+            }
+            Failure::Timeout(timeout) => StreamingError::Timeout(timeout),
+            Failure::Unreachable(unreachable) => StreamingError::Unreachable(unreachable),
+            Failure::Codec(error) => StreamingError::Network(error),
+        }
+    }
 }
 
-type RpcResult<C, T, E> = Result<T, RPCError<NodeId, <C as RaftTypeConfig>::Node, E>>;
+type RpcResult<C, T> = Result<T, RPCError<C>>;
+
+/// An append sent in a stream: its range (previous log id, last log id)
+/// and the answer.
+type Sent<C> = (
+    Option<LogIdOf<C>>,
+    Option<LogIdOf<C>>,
+    RpcResult<C, AppendEntriesResponse<C>>,
+);
 
 impl<C> Client<C>
 where
@@ -133,7 +167,7 @@ where
         rpc: Rpc,
         request: &impl serde::Serialize,
         timeout: Duration,
-    ) -> Result<Result<T, E>, Failure>
+    ) -> Result<Result<T, E>, Failure<C>>
     where
         T: DeserializeOwned,
         E: DeserializeOwned,
@@ -151,14 +185,15 @@ where
         })
     }
 
-    fn failure(&self, error: Error, rpc: Rpc, timeout: Duration) -> Failure {
+    fn failure(&self, error: Error, rpc: Rpc, timeout: Duration) -> Failure<C> {
         match error {
             Error::TooLarge { size, max } => Failure::TooLarge { size, max },
             Error::Timeout { .. } => Failure::Timeout(Timeout {
                 action: match rpc {
                     Rpc::AppendEntries => RPCTypes::AppendEntries,
-                    Rpc::Vote => RPCTypes::Vote,
-                    Rpc::InstallSnapshot => RPCTypes::InstallSnapshot,
+                    Rpc::Vote | Rpc::PreVote => RPCTypes::Vote,
+                    Rpc::Snapshot => RPCTypes::InstallSnapshot,
+                    Rpc::TransferLeader => RPCTypes::TransferLeader,
                 },
                 id: self.coordinator.node_id(),
                 target: self.target,
@@ -168,129 +203,240 @@ where
         }
     }
 
-    /// The target's answer, or the failure, as openraft wants it.
-    // The error is openraft's own type, as its network methods return it.
-    #[allow(clippy::result_large_err)]
-    fn settle<T, E: std::error::Error>(
-        &self,
-        outcome: Result<Result<T, E>, Failure>,
-    ) -> RpcResult<C, T, E> {
+    /// The target's answer, or the failure, as openraft wants it: an error
+    /// of the target's Raft (it has stopped) is a remote error.
+    fn settle<T>(&self, outcome: Result<Result<T, RaftError<C>>, Failure<C>>) -> RpcResult<C, T> {
         match outcome {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(RPCError::RemoteError(RemoteError::new(self.target, error))),
+            Ok(Err(error)) => Err(RPCError::Unreachable(Unreachable::new(&RemoteError::<
+                C,
+                RaftError<C>,
+            >::new(
+                self.target,
+                error,
+            )))),
             Err(failure) => Err(failure.into_rpc()),
+        }
+    }
+
+    /// One AppendEntries. One too large for the carrier goes as its first
+    /// entries, as many as fit: the answer is then a partial success up to
+    /// the last of them, and openraft sends the rest next.
+    async fn append(
+        &self,
+        mut rpc: AppendEntriesRequest<C>,
+        option: &RPCOption,
+    ) -> RpcResult<C, AppendEntriesResponse<C>> {
+        // openraft asks an RPC to give up at `soft_ttl`; at `hard_ttl` it
+        // drops the future itself.
+        let timeout = option.soft_ttl();
+        let mut trimmed = false;
+        loop {
+            let outcome = self.call(Rpc::AppendEntries, &rpc, timeout).await;
+            let entries = rpc.entries.len();
+            match outcome {
+                Err(Failure::TooLarge { size, max }) if entries > 1 => {
+                    // As many entries as fit, on average, with room to spare.
+                    let fit = (entries as u64 * max as u64 * 9 / 10 / size.max(1) as u64)
+                        .clamp(1, entries as u64 - 1);
+                    rpc.entries.truncate(fit as usize);
+                    trimmed = true;
+                }
+                Err(Failure::TooLarge { size, max }) => {
+                    // One entry larger than the carrier takes: nothing here
+                    // can split it. Say so loudly; openraft retries after a
+                    // backoff.
+                    tracing::error!(
+                        target = self.target,
+                        error = %Error::TooLarge { size, max },
+                        "a Raft log entry does not fit in one message: raise maxMessageSize"
+                    );
+                    return self.settle(Err(Failure::TooLarge { size, max }));
+                }
+                Ok(Ok(AppendEntriesResponse::Success)) if trimmed => {
+                    let last = rpc.entries.last().map(|entry| entry.log_id());
+                    return Ok(AppendEntriesResponse::PartialSuccess(last));
+                }
+                outcome => return self.settle(outcome),
+            }
         }
     }
 }
 
-impl<C> RaftNetwork<C> for Client<C>
+impl<C> RaftNetworkV2<C> for Client<C>
 where
     C: RaftTypeConfig<NodeId = NodeId>,
 {
+    type SnapshotData = Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
-    ) -> RpcResult<C, AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        let entries = rpc.entries.len() as u64;
-        // openraft 0.9 asks an RPC to give up at `soft_ttl`; at `hard_ttl`
-        // it drops the future itself.
-        match self.call(Rpc::AppendEntries, &rpc, option.soft_ttl()).await {
-            Err(Failure::TooLarge { size, max }) if entries > 1 => {
-                // As many entries as fit, on average, with room to spare.
-                let hint =
-                    (entries * max as u64 * 9 / 10 / size.max(1) as u64).clamp(1, entries - 1);
-                Err(RPCError::PayloadTooLarge(
-                    PayloadTooLarge::new_entries_hint(hint),
-                ))
-            }
-            Err(Failure::TooLarge { size, max }) => {
-                // One entry larger than the carrier takes: nothing here can
-                // split it. Say so loudly; openraft retries after a backoff.
-                tracing::error!(
-                    target = self.target,
-                    error = %Error::TooLarge { size, max },
-                    "a Raft log entry does not fit in one message: raise maxMessageSize"
-                );
-                self.settle(Err(Failure::TooLarge { size, max }))
-            }
-            outcome => self.settle(outcome),
-        }
+    ) -> RpcResult<C, AppendEntriesResponse<C>> {
+        self.append(rpc, &option).await
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<C>,
+    /// Sends the appends as they come, up to [`Options::pipeline`] under way
+    /// at once, and yields their answers in order. The stream ends after an
+    /// answer that is not a full success (a conflict, a higher vote, a
+    /// partial success, a failure): openraft then starts a new one from
+    /// where the target is.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
         option: RPCOption,
-    ) -> RpcResult<C, InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>
+    ) -> BoxFuture<'s, RpcResult<C, BoxStream<'s, RpcResult<C, StreamAppendResult<C>>>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<C>> + Send + Unpin + 'static,
     {
-        let InstallSnapshotRequest {
-            vote,
-            meta,
-            offset,
-            data,
-            done,
-        } = rpc;
+        let client: &'s Client<C> = self;
+        let depth = client.shared.options.pipeline.max(1);
+        let mut input = Some(input);
+        let mut under_way = FuturesOrdered::new();
+        let mut ended = false;
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            if ended {
+                return Poll::Ready(None);
+            }
+            // Take what openraft has to send, while there is room.
+            while under_way.len() < depth {
+                let Some(requests) = input.as_mut() else {
+                    break;
+                };
+                match requests.poll_next_unpin(cx) {
+                    Poll::Ready(Some(request)) => {
+                        let prev = request.prev_log_id.clone();
+                        let last = request
+                            .entries
+                            .last()
+                            .map(|entry| entry.log_id())
+                            .or_else(|| prev.clone());
+                        let option = option.clone();
+                        under_way.push_back(Box::pin(async move {
+                            (prev, last, client.append(request, &option).await)
+                        }) as BoxFuture<'s, Sent<C>>);
+                    }
+                    Poll::Ready(None) => input = None,
+                    Poll::Pending => break,
+                }
+            }
+            match under_way.poll_next_unpin(cx) {
+                Poll::Ready(Some((prev, last, Ok(response)))) => {
+                    let partial = matches!(
+                        &response,
+                        AppendEntriesResponse::PartialSuccess(matching) if *matching != last
+                    );
+                    let result = response.into_stream_result(prev, last);
+                    ended = partial || result.is_err();
+                    Poll::Ready(Some(Ok(result)))
+                }
+                Poll::Ready(Some((_, _, Err(error)))) => {
+                    ended = true;
+                    Poll::Ready(Some(Err(error)))
+                }
+                Poll::Ready(None) if input.is_none() => Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            }
+        });
+        Box::pin(async move { Ok(Box::pin(stream) as BoxStream<'s, _>) })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> RpcResult<C, VoteResponse<C>> {
+        let outcome = self.call(Rpc::Vote, &rpc, option.soft_ttl()).await;
+        self.settle(outcome)
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> RpcResult<C, VoteResponse<C>> {
+        let outcome = self.call(Rpc::PreVote, &rpc, option.soft_ttl()).await;
+        self.settle(outcome)
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> RpcResult<C, TransferLeaderResponse<C>> {
+        let outcome = self
+            .call::<_, Fatal<C>>(Rpc::TransferLeader, &request, option.soft_ttl())
+            .await
+            .map(|result| result.map_err(RaftError::Fatal));
+        self.settle(outcome)
+    }
+
+    /// Sends the snapshot in pieces of at most [`Options::snapshot_piece`]
+    /// bytes, each answered before the next goes; smaller ones if the
+    /// carrier refuses a piece as too large.
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Self::SnapshotData>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let mut cancel = pin!(cancel);
+        let data = snapshot.snapshot.into_inner();
         let mut piece = self.shared.options.snapshot_piece.max(1);
         let mut sent = 0usize;
-        // The pieces of one chunk share the chunk's time, not each its own.
-        let ttl = option.soft_ttl();
-        let deadline = tokio::time::Instant::now() + ttl;
+        let timeout = option.soft_ttl();
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                return self.settle(Err(self.failure(
-                    Error::Timeout {
-                        node: self.target,
-                        timeout: ttl,
-                    },
-                    Rpc::InstallSnapshot,
-                    ttl,
-                )));
-            }
             let end = (sent + piece).min(data.len());
-            let last = end == data.len();
-            let request = InstallSnapshotRequest::<C> {
-                vote,
-                meta: meta.clone(),
-                offset: offset + sent as u64,
+            let done = end == data.len();
+            let request = SnapshotPiece {
+                vote: vote.clone(),
+                meta: snapshot.meta.clone(),
+                offset: sent as u64,
                 data: data[sent..end].to_vec(),
-                done: done && last,
+                done,
             };
-            let outcome = self
-                .call::<InstallSnapshotResponse<NodeId>, _>(Rpc::InstallSnapshot, &request, left)
-                .await;
+            let outcome = tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                outcome = self.call::<Option<SnapshotResponse<C>>, Fatal<C>>(
+                    Rpc::Snapshot,
+                    &request,
+                    timeout,
+                ) => outcome,
+            };
             match outcome {
                 // The last piece, or a target that has moved on to a newer vote.
-                Ok(Ok(response)) if last || response.vote != vote => return Ok(response),
-                Ok(Ok(_)) => sent = end,
+                Ok(Ok(Some(response))) => return Ok(response),
+                Ok(Ok(None)) if !done => sent = end,
+                Ok(Ok(None)) => {
+                    return Err(StreamingError::Network(NetworkError::from_string(
+                        "the target did not answer the snapshot's last piece",
+                    )));
+                }
+                Ok(Err(fatal)) => {
+                    return Err(StreamingError::Unreachable(Unreachable::new(
+                        &RemoteError::<C, Fatal<C>>::new(self.target, fatal),
+                    )));
+                }
                 Err(Failure::TooLarge { size, max }) if piece > 1024 => {
                     // Smaller pieces, with room for the envelope around them.
                     let overhead = size.saturating_sub(end - sent);
                     piece = max.saturating_sub(overhead + 64).clamp(1024, piece / 2);
                     tracing::debug!(target = self.target, piece, "smaller snapshot pieces");
                 }
-                outcome => return self.settle(outcome),
+                Err(failure) => return Err(failure.into_streaming()),
             }
         }
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest<NodeId>,
-        option: RPCOption,
-    ) -> RpcResult<C, VoteResponse<NodeId>, RaftError<NodeId>> {
-        let outcome = self.call(Rpc::Vote, &rpc, option.soft_ttl()).await;
-        self.settle(outcome)
-    }
-
-    fn backoff(&self) -> Backoff {
+    fn backoff(&self) -> Option<Backoff> {
         let options = &self.shared.options;
-        Backoff::new(Jittered {
+        Some(Backoff::new(Jittered {
             attempt: 0,
             base: options.backoff_min,
             max: options.backoff_max,
-        })
+        }))
     }
 }
 

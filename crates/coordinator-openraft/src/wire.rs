@@ -1,23 +1,29 @@
-//! How Raft RPCs look inside a coordinator request: one version byte, one
-//! byte naming the RPC, then the request in postcard. A reply is the
-//! postcard of the receiving Raft's `Result`, so its errors arrive typed.
+//! How Raft RPCs look inside a coordinator request: a marker byte, one
+//! version byte, one byte naming the RPC, then the request in postcard. A
+//! reply is the postcard of the receiving Raft's `Result`, so its errors
+//! arrive typed.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use openraft::RaftTypeConfig;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
-use serde::Serialize;
+use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-/// The first byte of every Raft request: bumped when the layout changes, so
-/// that nodes of two versions refuse each other's messages by name.
-pub const VERSION: u8 = 1;
+/// The second byte of every Raft request: bumped when the layout changes, so
+/// that nodes of two versions refuse each other's messages by name. Version
+/// 2 is openraft 0.10's messages (version 1 was openraft 0.9's).
+pub const VERSION: u8 = 2;
 
 /// Which Raft RPC a request carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rpc {
     AppendEntries = 1,
     Vote = 2,
-    InstallSnapshot = 3,
+    /// A piece of a snapshot ([`SnapshotPiece`]).
+    Snapshot = 3,
+    PreVote = 4,
+    TransferLeader = 5,
 }
 
 impl Rpc {
@@ -25,7 +31,9 @@ impl Rpc {
         match byte {
             1 => Some(Rpc::AppendEntries),
             2 => Some(Rpc::Vote),
-            3 => Some(Rpc::InstallSnapshot),
+            3 => Some(Rpc::Snapshot),
+            4 => Some(Rpc::PreVote),
+            5 => Some(Rpc::TransferLeader),
             _ => None,
         }
     }
@@ -34,8 +42,26 @@ impl Rpc {
 /// A Raft request as it arrived.
 pub enum Request<C: RaftTypeConfig> {
     AppendEntries(AppendEntriesRequest<C>),
-    Vote(VoteRequest<C::NodeId>),
-    InstallSnapshot(InstallSnapshotRequest<C>),
+    Vote(VoteRequest<C>),
+    PreVote(VoteRequest<C>),
+    Snapshot(SnapshotPiece<VoteOf<C>, SnapshotMetaOf<C>>),
+    TransferLeader(TransferLeaderRequest<C>),
+}
+
+/// A piece of a snapshot: openraft hands the network a whole snapshot; it
+/// travels in pieces of at most `Options::snapshot_piece` bytes, in order,
+/// each answered before the next is sent, and the receiver installs it once
+/// the last (`done`) piece is in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotPiece<V, M> {
+    /// The sending leader's vote.
+    pub vote: V,
+    pub meta: M,
+    /// Where `data` starts in the snapshot.
+    pub offset: u64,
+    pub data: Vec<u8>,
+    /// Whether this is the last piece.
+    pub done: bool,
 }
 
 /// Why bytes from the inbox are not a Raft request.
@@ -103,9 +129,9 @@ pub fn decode_request<C: RaftTypeConfig>(payload: &[u8]) -> Result<Request<C>, D
     Ok(match rpc {
         Rpc::AppendEntries => Request::AppendEntries(postcard::from_bytes(body).map_err(failed)?),
         Rpc::Vote => Request::Vote(postcard::from_bytes(body).map_err(failed)?),
-        Rpc::InstallSnapshot => {
-            Request::InstallSnapshot(postcard::from_bytes(body).map_err(failed)?)
-        }
+        Rpc::PreVote => Request::PreVote(postcard::from_bytes(body).map_err(failed)?),
+        Rpc::Snapshot => Request::Snapshot(postcard::from_bytes(body).map_err(failed)?),
+        Rpc::TransferLeader => Request::TransferLeader(postcard::from_bytes(body).map_err(failed)?),
     })
 }
 

@@ -18,11 +18,11 @@ pub use state_machine::{Fingerprint, StateMachine};
 use bytes::Bytes;
 use coordinator_core::{Coordinator, Incoming, NodeId};
 use coordinator_openraft::{Network, RaftServer};
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardReason, RaftError};
+use openraft::rt::WatchReceiver;
 use openraft::{EmptyNode, Raft};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -37,11 +37,23 @@ openraft::declare_raft_types!(
         Node = EmptyNode,
 );
 
+/// The store's `Raft`.
+pub type KvRaft = Raft<KvConfig, StateMachine>;
+
 /// A write to the store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Set { key: String, value: String },
     Delete { key: String },
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Set { key, .. } => write!(f, "set {key}"),
+            Command::Delete { key } => write!(f, "delete {key}"),
+        }
+    }
 }
 
 /// What a write did.
@@ -100,7 +112,7 @@ pub enum WriteError {
 /// Waits until all of `rafts` name the same leader, other than `not`; `None`
 /// if one of them stops meanwhile.
 pub async fn agreed_leader<'a>(
-    rafts: impl IntoIterator<Item = &'a Raft<KvConfig>>,
+    rafts: impl IntoIterator<Item = &'a KvRaft>,
     not: Option<NodeId>,
 ) -> Option<NodeId> {
     let mut views: Vec<_> = rafts.into_iter().map(|raft| raft.metrics()).collect();
@@ -118,13 +130,17 @@ pub async fn agreed_leader<'a>(
     }
 }
 
+/// How long a write waits at most for a leader whose lease has lapsed (one
+/// just elected) to take writes again.
+pub const LEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// Marks a forwarded write apart from Raft's own requests on the inbox.
 const FORWARD: u8 = b'K';
 
 /// One running node of the store.
 pub struct KvNode {
     coordinator: Arc<dyn Coordinator>,
-    raft: Raft<KvConfig>,
+    raft: KvRaft,
     storage: Storage,
     _server: RaftServer,
     forwarded: JoinHandle<()>,
@@ -179,7 +195,7 @@ impl KvNode {
         self.coordinator.node_id()
     }
 
-    pub fn raft(&self) -> &Raft<KvConfig> {
+    pub fn raft(&self) -> &KvRaft {
         &self.raft
     }
 
@@ -193,7 +209,7 @@ impl KvNode {
 
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.metrics().borrow_watched().current_leader
     }
 
     /// What this node has applied for `key`.
@@ -206,9 +222,14 @@ impl KvNode {
     }
 
     /// Writes through the leader: here if this node leads, else forwarded.
+    ///
+    /// A leader takes writes only while a quorum has answered it within its
+    /// lease (openraft 0.10): one just elected, or one whose followers were
+    /// silent for a moment, refuses them until the next answers. Such a
+    /// write is tried again for up to [`LEASE_WAIT`].
     pub async fn write(&self, command: Command) -> Result<Applied, WriteError> {
-        match self.raft.client_write(command.clone()).await {
-            Ok(response) => Ok(response.data),
+        match write_within_lease(&self.raft, command.clone()).await {
+            Ok(applied) => Ok(applied),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 match forward.leader_id {
                     Some(leader) if leader != self.id() => self.forward(leader, command).await,
@@ -253,8 +274,29 @@ impl KvNode {
     }
 }
 
+/// A write on this node's Raft; one refused because the leader's lease has
+/// lapsed is tried again, for up to [`LEASE_WAIT`].
+async fn write_within_lease(
+    raft: &KvRaft,
+    command: Command,
+) -> Result<Applied, RaftError<KvConfig, ClientWriteError<KvConfig>>> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match raft.client_write(command.clone()).await {
+            Ok(response) => return Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
+                if forward.reason == ForwardReason::LeaseExpired
+                    && started.elapsed() < LEASE_WAIT =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// A write another node forwarded: applied here if this node leads.
-async fn serve_forwarded(raft: Raft<KvConfig>, incoming: Incoming) {
+async fn serve_forwarded(raft: KvRaft, incoming: Incoming) {
     let command = match incoming.payload.split_first() {
         Some((&FORWARD, body)) => postcard::from_bytes::<Command>(body).ok(),
         _ => None,
@@ -263,9 +305,9 @@ async fn serve_forwarded(raft: Raft<KvConfig>, incoming: Incoming) {
         let _ = incoming.reply_error("not a raft-kv message").await;
         return;
     };
-    match raft.client_write(command).await {
-        Ok(response) => {
-            let reply = postcard::to_stdvec(&response.data).expect("a result encodes");
+    match write_within_lease(&raft, command).await {
+        Ok(applied) => {
+            let reply = postcard::to_stdvec(&applied).expect("a result encodes");
             let _ = incoming.reply(Bytes::from(reply)).await;
         }
         Err(error) => {

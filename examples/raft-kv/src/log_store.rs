@@ -3,12 +3,19 @@
 //! log, as a restarted process would find it on disk.
 
 use crate::KvConfig;
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{Entry, LogId, LogState, RaftLogId, RaftLogReader, StorageError, Vote};
+use openraft::alias::{EntryOf, LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogReader};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::io;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
+
+type Entry = EntryOf<KvConfig>;
+type LogId = LogIdOf<KvConfig>;
+type Vote = VoteOf<KvConfig>;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -16,10 +23,10 @@ pub struct LogStore {
 }
 
 struct Log {
-    last_purged: Option<LogId<u64>>,
-    entries: BTreeMap<u64, Entry<KvConfig>>,
-    committed: Option<LogId<u64>>,
-    vote: Option<Vote<u64>>,
+    last_purged: Option<LogId>,
+    entries: BTreeMap<u64, Entry>,
+    committed: Option<LogId>,
+    vote: Option<Vote>,
 }
 
 impl Default for LogStore {
@@ -57,7 +64,7 @@ impl RaftLogReader<KvConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<KvConfig>>, StorageError<u64>> {
+    ) -> Result<Vec<Entry>, io::Error> {
         Ok(self
             .log()
             .entries
@@ -65,17 +72,21 @@ impl RaftLogReader<KvConfig> for LogStore {
             .map(|(_, e)| e.clone())
             .collect())
     }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.log().vote)
+    }
 }
 
 impl RaftLogStorage<KvConfig> for LogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<KvConfig>, StorageError<u64>> {
+    async fn get_log_state(&mut self) -> Result<LogState<KvConfig>, io::Error> {
         let log = self.log();
         let last = log
             .entries
             .last_key_value()
-            .map(|(_, e)| *e.get_log_id())
+            .map(|(_, e)| e.log_id())
             .or(log.last_purged);
         Ok(LogState {
             last_purged_log_id: log.last_purged,
@@ -87,53 +98,47 @@ impl RaftLogStorage<KvConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.log().vote = Some(*vote);
         Ok(())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        Ok(self.log().vote)
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<u64>>,
-    ) -> Result<(), StorageError<u64>> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.log().committed = committed;
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
         Ok(self.log().committed)
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<KvConfig>,
-    ) -> Result<(), StorageError<u64>>
+        callback: IOFlushed<KvConfig>,
+    ) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry<KvConfig>> + Send,
+        I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
         {
             let mut log = self.log();
             for entry in entries {
-                log.entries.insert(entry.get_log_id().index, entry);
+                log.entries.insert(entry.index(), entry);
             }
         }
         // In memory, it is durable as soon as it is there.
-        callback.log_io_completed(Ok(()));
+        callback.io_completed(Ok(()));
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        self.log().entries.split_off(&log_id.index);
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let first_removed = last_log_id.map_or(0, |id| id.index + 1);
+        self.log().entries.split_off(&first_removed);
         Ok(())
     }
 
-    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         let mut log = self.log();
         let kept = log.entries.split_off(&(log_id.index + 1));
         log.entries = kept;

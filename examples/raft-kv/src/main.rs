@@ -10,6 +10,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use coordinator::{Coordinator, CoordinatorConfig, NodeId};
+use openraft::rt::WatchReceiver;
 use raft_kv::{Command, KvNode, Storage};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,7 +235,7 @@ async fn node(config: &std::path::Path, init: &[NodeId]) -> anyhow::Result<()> {
             ["get", key] => println!("{:?}", node.get(key)),
             ["leader"] => println!("{:?}", node.leader()),
             ["status"] => {
-                let metrics = node.raft().metrics().borrow().clone();
+                let metrics = node.raft().metrics().borrow_watched().clone();
                 println!(
                     "state {:?}, term {}, leader {:?}, applied {:?}, keys {}",
                     metrics.state,

@@ -2,14 +2,13 @@
 //! that nodes can prove they applied the same commands in the same order.
 
 use crate::{Applied, Command, KvConfig};
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    EmptyNode, EntryPayload, LogId, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
-};
+use futures_util::TryStreamExt;
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, RaftSnapshotBuilder, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -55,11 +54,11 @@ impl Default for StateMachine {
 
 #[derive(Default)]
 struct State {
-    last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, EmptyNode>,
+    last_applied: Option<LogIdOf<KvConfig>>,
+    membership: StoredMembershipOf<KvConfig>,
     body: Body,
     /// The last snapshot built or installed.
-    snapshot: Option<(SnapshotMeta<u64, EmptyNode>, Vec<u8>)>,
+    snapshot: Option<(SnapshotMetaOf<KvConfig>, Vec<u8>)>,
     snapshots_built: u64,
     snapshots_installed: u64,
 }
@@ -122,57 +121,61 @@ fn apply_command(body: &mut Body, index: u64, command: Command) -> Applied {
 }
 
 impl RaftStateMachine<KvConfig> for StateMachine {
+    type SnapshotData = Cursor<Vec<u8>>;
     type SnapshotBuilder = Self;
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, EmptyNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogIdOf<KvConfig>>, StoredMembershipOf<KvConfig>), io::Error> {
         let state = self.state();
         Ok((state.last_applied, state.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError<u64>>
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = openraft::Entry<KvConfig>> + Send,
-        I::IntoIter: Send,
+        S: futures_util::Stream<Item = Result<EntryResponder<KvConfig>, io::Error>> + Unpin + Send,
     {
-        let mut state = self.state();
-        let mut results = Vec::new();
-        for entry in entries {
-            state.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => results.push(Applied::default()),
-                EntryPayload::Normal(command) => {
-                    results.push(apply_command(&mut state.body, entry.log_id.index, command))
-                }
-                EntryPayload::Membership(membership) => {
-                    state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    results.push(Applied::default());
-                }
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let applied = {
+                let mut state = self.state();
+                state.last_applied = Some(entry.log_id);
+                let applied = match entry.payload {
+                    EntryPayload::Blank => Applied::default(),
+                    EntryPayload::Normal(command) => {
+                        apply_command(&mut state.body, entry.log_id.index, command)
+                    }
+                    EntryPayload::Membership(membership) => {
+                        state.membership =
+                            StoredMembershipOf::<KvConfig>::new(Some(entry.log_id), membership);
+                        Applied::default()
+                    }
+                };
+                self.applied.send_replace(state.body.fingerprint);
+                applied
+            };
+            if let Some(responder) = responder {
+                responder.send(applied);
             }
         }
-        self.applied.send_replace(state.body.fingerprint);
-        Ok(results)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, EmptyNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<u64>> {
+        meta: &SnapshotMetaOf<KvConfig>,
+        snapshot: Cursor<Vec<u8>>,
+    ) -> Result<(), io::Error> {
         let bytes = snapshot.into_inner();
-        let body: Body = postcard::from_bytes(&bytes)
-            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        let body: Body = postcard::from_bytes(&bytes).map_err(|error| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("snapshot {meta} does not decode: {error}"),
+            )
+        })?;
         let mut state = self.state();
         state.body = body;
         state.last_applied = meta.last_log_id;
@@ -185,37 +188,34 @@ impl RaftStateMachine<KvConfig> for StateMachine {
 
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<Snapshot<KvConfig>>, StorageError<u64>> {
+    ) -> Result<Option<SnapshotOf<KvConfig, Cursor<Vec<u8>>>>, io::Error> {
         Ok(self
             .state()
             .snapshot
             .as_ref()
             .map(|(meta, bytes)| Snapshot {
                 meta: meta.clone(),
-                snapshot: Box::new(Cursor::new(bytes.clone())),
+                snapshot: Cursor::new(bytes.clone()),
             }))
     }
 }
 
 impl RaftSnapshotBuilder<KvConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<KvConfig>, StorageError<u64>> {
+    type SnapshotData = Cursor<Vec<u8>>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<KvConfig, Cursor<Vec<u8>>>, io::Error> {
         let mut state = self.state();
         let bytes = postcard::to_stdvec(&state.body)
-            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+            .map_err(|error| io::Error::other(format!("snapshot does not encode: {error}")))?;
         state.snapshots_built += 1;
-        let meta = SnapshotMeta {
+        let meta = SnapshotMetaOf::<KvConfig> {
             last_log_id: state.last_applied,
             last_membership: state.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}",
-                state.last_applied.map_or(0, |id| id.index),
-                state.snapshots_built
-            ),
         };
         state.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Cursor::new(bytes),
         })
     }
 }

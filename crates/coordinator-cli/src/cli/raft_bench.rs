@@ -6,14 +6,20 @@
 use super::bench::{Row, histogram, latency_row, time_each};
 use anyhow::Context;
 use coordinator::{Coordinator, NodeId};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use futures_util::StreamExt;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::error::{
+    ClientWriteError, ForwardReason, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
+    VoteResponse,
 };
 use openraft::{EmptyNode, Raft};
-use raft_kv::{Command, KvConfig, KvNode, Storage};
+use raft_kv::{Command, KvConfig, KvNode, KvRaft, Storage};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -116,9 +122,7 @@ pub(super) async fn router_rows(
 }
 
 /// Waits (at most 30 s) until the nodes agree on a leader.
-async fn wait_leader<'a>(
-    rafts: impl IntoIterator<Item = &'a Raft<KvConfig>>,
-) -> anyhow::Result<NodeId> {
+async fn wait_leader<'a>(rafts: impl IntoIterator<Item = &'a KvRaft>) -> anyhow::Result<NodeId> {
     tokio::time::timeout(Duration::from_secs(30), raft_kv::agreed_leader(rafts, None))
         .await
         .context("no leader within 30 s")?
@@ -136,11 +140,28 @@ fn command(key: u64, size: usize) -> Command {
 /// latency of `samples` writes one after another, through the leader.
 async fn measure(
     subject: &str,
-    leader: &Raft<KvConfig>,
+    leader: &KvRaft,
     writes: u64,
     samples: u64,
     size: usize,
 ) -> anyhow::Result<Vec<Row>> {
+    // A leader just elected takes writes once a quorum has answered it
+    // within its lease: the first write waits for that, unmeasured.
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            match leader.client_write(command(u64::MAX, size)).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
+                    if forward.reason == ForwardReason::LeaseExpired =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(error) => return Err(anyhow::Error::from(error)),
+            }
+        }
+    })
+    .await
+    .context("the Raft leader took no write")??;
     let started = Instant::now();
     let mut running = tokio::task::JoinSet::new();
     let mut committed = 0;
@@ -190,10 +211,11 @@ async fn measure(
     ])
 }
 
-/// Calls the target `Raft` directly.
+/// Calls the target `Raft` directly: appends go to its own stream of
+/// appends (`Raft::stream_append`), pipelined as openraft does it.
 #[derive(Clone, Default)]
 struct Router {
-    rafts: Arc<RwLock<HashMap<NodeId, Raft<KvConfig>>>>,
+    rafts: Arc<RwLock<HashMap<NodeId, KvRaft>>>,
 }
 
 struct RouterClient {
@@ -212,10 +234,10 @@ impl RaftNetworkFactory<KvConfig> for Router {
     }
 }
 
+type RouterError = RPCError<KvConfig>;
+
 impl RouterClient {
-    // The error is openraft's own type, as its network methods return it.
-    #[allow(clippy::result_large_err)]
-    fn raft<E: std::error::Error>(&self) -> Result<Raft<KvConfig>, RPCError<NodeId, EmptyNode, E>> {
+    fn raft(&self) -> Result<KvRaft, RouterError> {
         self.router
             .rafts
             .read()
@@ -227,42 +249,82 @@ impl RouterClient {
                 RPCError::Unreachable(Unreachable::new(&error))
             })
     }
-}
 
-impl RouterClient {
-    fn remote<E: std::error::Error>(&self, error: E) -> RPCError<NodeId, EmptyNode, E> {
-        RPCError::RemoteError(RemoteError::new(self.target, error))
+    fn remote<E: std::error::Error + 'static>(&self, error: E) -> RouterError {
+        RPCError::Unreachable(Unreachable::new(&RemoteError::<KvConfig, E>::new(
+            self.target,
+            error,
+        )))
     }
 }
 
-impl RaftNetwork<KvConfig> for RouterClient {
+impl RaftNetworkV2<KvConfig> for RouterClient {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<KvConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<KvConfig>, RouterError> {
         let raft = self.raft()?;
         raft.append_entries(rpc).await.map_err(|e| self.remote(e))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        rpc: InstallSnapshotRequest<KvConfig>,
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
         _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, EmptyNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        let raft = self.raft()?;
-        raft.install_snapshot(rpc).await.map_err(|e| self.remote(e))
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<KvConfig>, RouterError>>, RouterError>,
+    >
+    where
+        S: futures_util::Stream<Item = AppendEntriesRequest<KvConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let raft = self.raft()?;
+            let target = self.target;
+            let results = raft.stream_append(input).map(move |result| {
+                result.map_err(|fatal| {
+                    RPCError::Unreachable(Unreachable::new(&RemoteError::<KvConfig, _>::new(
+                        target, fatal,
+                    )))
+                })
+            });
+            Ok(Box::pin(results) as BoxStream<'s, _>)
+        })
     }
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<NodeId>,
+        rpc: VoteRequest<KvConfig>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, EmptyNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<KvConfig>, RouterError> {
         let raft = self.raft()?;
         raft.vote(rpc).await.map_err(|e| self.remote(e))
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<KvConfig>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<KvConfig>, RouterError> {
+        let raft = self.raft()?;
+        raft.pre_vote(rpc).await.map_err(|e| self.remote(e))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<KvConfig>,
+        snapshot: SnapshotOf<KvConfig, Self::SnapshotData>,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<KvConfig>, StreamingError<KvConfig>> {
+        let raft = self
+            .raft()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        raft.install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
     }
 }
