@@ -618,15 +618,17 @@ pub fn swim(data: &[u8]) {
 /// A Raft request or reply as it arrives in a coordinator message.
 pub fn raft_wire(data: &[u8]) {
     use coordinator_openraft::wire;
-    use openraft::error::{InstallSnapshotError, RaftError};
-    use openraft::raft::{AppendEntriesResponse, InstallSnapshotResponse, VoteResponse};
-    type NodeId = u64;
-    let _ = wire::decode_request::<raft_kv::KvConfig>(data);
-    let _ = wire::decode_reply::<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(data);
-    let _ = wire::decode_reply::<Result<VoteResponse<NodeId>, RaftError<NodeId>>>(data);
-    let _ = wire::decode_reply::<
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    >(data);
+    use openraft::error::{Fatal, RaftError};
+    use openraft::raft::{
+        AppendEntriesResponse, SnapshotResponse, TransferLeaderResponse, VoteResponse,
+    };
+    use raft_kv::KvConfig;
+    let _ = wire::decode_request::<KvConfig>(data);
+    let _ =
+        wire::decode_reply::<Result<AppendEntriesResponse<KvConfig>, RaftError<KvConfig>>>(data);
+    let _ = wire::decode_reply::<Result<VoteResponse<KvConfig>, RaftError<KvConfig>>>(data);
+    let _ = wire::decode_reply::<Result<Option<SnapshotResponse<KvConfig>>, Fatal<KvConfig>>>(data);
+    let _ = wire::decode_reply::<Result<TransferLeaderResponse<KvConfig>, Fatal<KvConfig>>>(data);
 }
 
 /// A configuration file as an operator wrote it, read as JSON, TOML and

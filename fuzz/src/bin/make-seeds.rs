@@ -535,14 +535,18 @@ fn gossip_traffic() -> (Vec<Vec<u8>>, Vec<Vec<u8>>, Seeds) {
 /// Real Raft requests and replies of the raft-kv store, as coordinator
 /// messages carry them.
 fn raft_messages() -> Vec<(String, Vec<u8>)> {
-    use coordinator_openraft::wire::{Rpc, encode_reply, encode_request};
-    use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+    use coordinator_openraft::wire::{Rpc, SnapshotPiece, encode_reply, encode_request};
+    use openraft::alias::{EntryOf, SnapshotMetaOf};
+    use openraft::error::{Fatal, RaftError};
+    use openraft::raft::{
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    };
+    use openraft::{EntryPayload, Vote};
     use raft_kv::{Command, KvConfig};
     let vote = Vote::new_committed(3, 1);
-    let log_id = |index| LogId::new(CommittedLeaderId::new(3, 1), index);
-    let entries: Vec<Entry<KvConfig>> = (1..4)
-        .map(|index| Entry {
+    let log_id = |index| openraft::testing::log_id::<KvConfig>(3, 1, index);
+    let entries: Vec<EntryOf<KvConfig>> = (1..4)
+        .map(|index| EntryOf::<KvConfig> {
             log_id: log_id(index),
             payload: EntryPayload::Normal(Command::Set {
                 key: format!("key{index}"),
@@ -556,11 +560,23 @@ fn raft_messages() -> Vec<(String, Vec<u8>)> {
         entries,
         leader_commit: Some(log_id(1)),
     };
-    let request_vote = VoteRequest::<u64>::new(Vote::new(4, 2), Some(log_id(3)));
-    let append_reply: Result<AppendEntriesResponse<u64>, openraft::error::RaftError<u64>> =
-        Ok(AppendEntriesResponse::Success);
-    let vote_reply: Result<VoteResponse<u64>, openraft::error::RaftError<u64>> =
+    let request_vote = VoteRequest::<KvConfig>::new(Vote::new(4, 2), Some(log_id(3)));
+    let piece = SnapshotPiece {
+        vote,
+        meta: SnapshotMetaOf::<KvConfig> {
+            last_log_id: Some(log_id(3)),
+            last_membership: Default::default(),
+        },
+        offset: 0,
+        data: b"snapshot bytes".to_vec(),
+        done: true,
+    };
+    let append_reply: Result<AppendEntriesResponse<KvConfig>, RaftError<KvConfig>> =
+        Ok(AppendEntriesResponse::PartialSuccess(Some(log_id(2))));
+    let vote_reply: Result<VoteResponse<KvConfig>, RaftError<KvConfig>> =
         Ok(VoteResponse::new(Vote::new(4, 2), Some(log_id(3)), true));
+    let snapshot_reply: Result<Option<SnapshotResponse<KvConfig>>, Fatal<KvConfig>> =
+        Ok(Some(SnapshotResponse::new(vote)));
     vec![
         (
             "append-entries".into(),
@@ -573,12 +589,26 @@ fn raft_messages() -> Vec<(String, Vec<u8>)> {
             encode_request(Rpc::Vote, &request_vote).unwrap().to_vec(),
         ),
         (
+            "pre-vote".into(),
+            encode_request(Rpc::PreVote, &request_vote)
+                .unwrap()
+                .to_vec(),
+        ),
+        (
+            "snapshot-piece".into(),
+            encode_request(Rpc::Snapshot, &piece).unwrap().to_vec(),
+        ),
+        (
             "append-reply".into(),
             encode_reply(&append_reply).unwrap().to_vec(),
         ),
         (
             "vote-reply".into(),
             encode_reply(&vote_reply).unwrap().to_vec(),
+        ),
+        (
+            "snapshot-reply".into(),
+            encode_reply(&snapshot_reply).unwrap().to_vec(),
         ),
     ]
 }
