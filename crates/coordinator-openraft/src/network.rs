@@ -38,7 +38,10 @@ pub struct Options {
     /// AppendEntries under way to one target at once, at most: the next
     /// goes out before the answer to the previous one is in, so that a new
     /// entry does not wait a round trip behind the append that carries the
-    /// previous entry's commit. 1 sends one at a time.
+    /// previous entry's commit. 1 sends one at a time. The default, 2, is
+    /// what that takes; more splits a busy leader's entries into more,
+    /// smaller appends (fewer commits/s on the broker carriers, see
+    /// BENCHMARKS.md).
     pub pipeline: usize,
     /// First wait after a target was unreachable; it doubles, with jitter,
     /// up to `backoff_max`.
@@ -50,7 +53,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             snapshot_piece: 256 * 1024,
-            pipeline: 4,
+            pipeline: 2,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
         }
