@@ -396,7 +396,7 @@ mod network {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_server_installs_a_snapshot_once_its_last_piece_is_in() {
+    async fn a_server_installs_a_snapshot_once_its_last_piece_is_in_even_after_one_abandoned() {
         let (_network, nodes) = nodes(&[1, 2], 16 * 1024).await;
         let storage = Storage::default();
         let raft = openraft::Raft::new(
@@ -430,16 +430,16 @@ mod network {
             .await
             .unwrap();
         let value = "v".repeat(5000);
-        within(LIMIT, "a write on the one-node cluster", async {
-            let write = || Command::Set {
-                key: "k".into(),
-                value: value.clone(),
-            };
-            while leader.client_write(write()).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        leader
+            .wait(Some(LIMIT))
+            .current_leader(1, "node 1 leads its one-node cluster")
+            .await
+            .unwrap();
+        let write = Command::Set {
+            key: "k".into(),
+            value: value.clone(),
+        };
+        raft_kv::write_within_lease(&leader, write).await.unwrap();
         let built = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder)
             .await
             .unwrap();
@@ -447,6 +447,27 @@ mod network {
             snapshot_piece: 1024,
             ..Options::default()
         };
+        // A snapshot the leader gave up half-way (its link stalled): the
+        // next one, from its beginning, replaces it.
+        let abandoned = SnapshotPiece {
+            vote: leader.metrics().borrow_watched().vote,
+            meta: built.meta.clone(),
+            offset: 0,
+            data: vec![0xAB_u8; 1024],
+            done: false,
+        };
+        let reply = nodes[0]
+            .request(
+                2,
+                wire::encode_request(Rpc::Snapshot, &abandoned).unwrap(),
+                LIMIT,
+            )
+            .await
+            .unwrap();
+        let reply = wire::decode_reply::<Result<Option<SnapshotResponse<KvConfig>>, Fatal<KvConfig>>>(
+            &reply,
+        );
+        assert!(matches!(reply, Ok(Ok(None))), "{reply:?}");
         let mut client = client(&nodes[0], 2, options).await;
         let vote = leader.metrics().borrow_watched().vote;
         let response = client
@@ -484,7 +505,7 @@ mod network {
             vote: leader_vote(),
             meta: snapshot(Vec::new()).meta,
             offset: 1024,
-            data: vec![1; 10],
+            data: vec![1_u8; 10],
             done: true,
         };
         let piece = wire::encode_request(Rpc::Snapshot, &piece).unwrap();

@@ -394,10 +394,10 @@ where
             let end = (sent + piece).min(data.len());
             let done = end == data.len();
             let request = SnapshotPiece {
-                vote: vote.clone(),
-                meta: snapshot.meta.clone(),
+                vote: &vote,
+                meta: &snapshot.meta,
                 offset: sent as u64,
-                data: data[sent..end].to_vec(),
+                data: &data[sent..end],
                 done,
             };
             let outcome = tokio::select! {

@@ -10,6 +10,7 @@ use openraft::error::Fatal;
 use openraft::raft::{AppendEntriesRequest, SnapshotResponse};
 use openraft::storage::RaftStateMachine;
 use openraft::{Raft, RaftTypeConfig, Snapshot};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
@@ -210,34 +211,36 @@ impl<V: PartialEq + std::fmt::Display, M: PartialEq + std::fmt::Display> Snapsho
             data,
             done,
         } = piece;
-        if offset == 0 {
-            arriving.insert(
-                from,
-                Arriving {
+        let current = match (offset, arriving.entry(from)) {
+            (0, entry) => entry
+                .insert_entry(Arriving {
                     vote,
                     meta,
                     data: Vec::new(),
-                },
-            );
-        } else {
-            let Some(current) = arriving.get(&from) else {
+                })
+                .into_mut(),
+            (_, Entry::Vacant(_)) => {
                 return Err(format!(
                     "a piece at {offset} of snapshot {meta} without its beginning"
                 ));
-            };
-            if current.vote != vote || current.meta != meta || current.data.len() as u64 != offset {
-                let error = format!(
-                    "a piece at {offset} of snapshot {meta} from {vote}; expected one at {} of snapshot {} from {}",
-                    current.data.len(),
-                    current.meta,
-                    current.vote
-                );
-                arriving.remove(&from);
-                return Err(error);
             }
-        }
-        let Some(current) = arriving.get_mut(&from) else {
-            return Err("snapshot lost".into());
+            (_, Entry::Occupied(current)) => {
+                let expected = current.get();
+                if expected.vote != vote
+                    || expected.meta != meta
+                    || expected.data.len() as u64 != offset
+                {
+                    let error = format!(
+                        "a piece at {offset} of snapshot {meta} from {vote}; expected one at {} of snapshot {} from {}",
+                        expected.data.len(),
+                        expected.meta,
+                        expected.vote
+                    );
+                    current.remove();
+                    return Err(error);
+                }
+                current.into_mut()
+            }
         };
         current.data.extend_from_slice(&data);
         if !done {

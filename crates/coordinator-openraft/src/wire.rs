@@ -52,14 +52,17 @@ pub enum Request<C: RaftTypeConfig> {
 /// travels in pieces of at most `Options::snapshot_piece` bytes, in order,
 /// each answered before the next is sent, and the receiver installs it once
 /// the last (`done`) piece is in.
+///
+/// The sender encodes one that borrows its parts (`D = &[u8]`, `V` and `M`
+/// references); the same bytes decode as one that owns them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SnapshotPiece<V, M> {
+pub struct SnapshotPiece<V, M, D = Vec<u8>> {
     /// The sending leader's vote.
     pub vote: V,
     pub meta: M,
     /// Where `data` starts in the snapshot.
     pub offset: u64,
-    pub data: Vec<u8>,
+    pub data: D,
     /// Whether this is the last piece.
     pub done: bool,
 }

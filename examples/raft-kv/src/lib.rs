@@ -274,21 +274,33 @@ impl KvNode {
     }
 }
 
-/// A write on this node's Raft; one refused because the leader's lease has
-/// lapsed is tried again, for up to [`LEASE_WAIT`].
-async fn write_within_lease(
+/// A write on `raft`; one refused because the leader's lease has lapsed is
+/// tried again each time a follower's answer renews it (Raft's metrics
+/// change), for up to [`LEASE_WAIT`].
+pub async fn write_within_lease(
     raft: &KvRaft,
     command: Command,
 ) -> Result<Applied, RaftError<KvConfig, ClientWriteError<KvConfig>>> {
-    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+    let mut metrics = raft.metrics();
     loop {
+        // What changes from here on is news: an answer that came after the
+        // write was refused.
+        metrics.borrow_and_update();
         match raft.client_write(command.clone()).await {
             Ok(response) => return Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
-                if forward.reason == ForwardReason::LeaseExpired
-                    && started.elapsed() < LEASE_WAIT =>
+                if forward.reason == ForwardReason::LeaseExpired =>
             {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                    Ok(Ok(())) => {}
+                    // No answer in time, or Raft stopped: refused as it is.
+                    _ => {
+                        return Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                            forward,
+                        )));
+                    }
+                }
             }
             Err(error) => return Err(error),
         }

@@ -135,11 +135,18 @@ impl RaftStateMachine<KvConfig> for StateMachine {
     where
         S: futures_util::Stream<Item = Result<EntryResponder<KvConfig>, io::Error>> + Unpin + Send,
     {
-        while let Some((entry, responder)) = entries.try_next().await? {
+        // The fingerprint is published once for the batch, also when the
+        // stream fails part-way through it.
+        let outcome = loop {
+            let (entry, responder) = match entries.try_next().await {
+                Ok(Some(next)) => next,
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+            };
             let applied = {
                 let mut state = self.state();
                 state.last_applied = Some(entry.log_id);
-                let applied = match entry.payload {
+                match entry.payload {
                     EntryPayload::Blank => Applied::default(),
                     EntryPayload::Normal(command) => {
                         apply_command(&mut state.body, entry.log_id.index, command)
@@ -149,15 +156,14 @@ impl RaftStateMachine<KvConfig> for StateMachine {
                             StoredMembershipOf::<KvConfig>::new(Some(entry.log_id), membership);
                         Applied::default()
                     }
-                };
-                self.applied.send_replace(state.body.fingerprint);
-                applied
+                }
             };
             if let Some(responder) = responder {
                 responder.send(applied);
             }
-        }
-        Ok(())
+        };
+        self.applied.send_replace(self.fingerprint());
+        outcome
     }
 
     async fn get_snapshot_builder(&mut self) -> Self {

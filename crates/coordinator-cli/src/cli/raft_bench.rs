@@ -9,10 +9,7 @@ use coordinator::{Coordinator, NodeId};
 use futures_util::StreamExt;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::base::{BoxFuture, BoxStream};
-use openraft::error::{
-    ClientWriteError, ForwardReason, RPCError, RaftError, RemoteError, ReplicationClosed,
-    StreamingError, Unreachable,
-};
+use openraft::error::{RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest,
@@ -147,19 +144,10 @@ async fn measure(
 ) -> anyhow::Result<Vec<Row>> {
     // A leader just elected takes writes once a quorum has answered it
     // within its lease: the first write waits for that, unmeasured.
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            match leader.client_write(command(u64::MAX, size)).await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))
-                    if forward.reason == ForwardReason::LeaseExpired =>
-                {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                Err(error) => return Err(anyhow::Error::from(error)),
-            }
-        }
-    })
+    tokio::time::timeout(
+        LIMIT,
+        raft_kv::write_within_lease(leader, command(u64::MAX, size)),
+    )
     .await
     .context("the Raft leader took no write")??;
     let started = Instant::now();
