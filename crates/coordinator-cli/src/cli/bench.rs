@@ -87,6 +87,11 @@ pub(super) struct Row {
     p99_us: Option<f64>,
     /// Messages the receiver did not get (throughput rows).
     lost: Option<u64>,
+    /// CPU time of this whole process per message (or commit), in
+    /// microseconds, over the throughput run: what the run cost beside how
+    /// long it took. Both nodes (all three for Raft) and the raw channel run
+    /// in this process; a broker's own CPU is not in it (another process).
+    cpu_us: Option<f64>,
 }
 
 impl Row {
@@ -120,6 +125,7 @@ impl Row {
                     p50_us: median(same.iter().map(|r| r.p50_us)),
                     p99_us: median(same.iter().map(|r| r.p99_us)),
                     lost: same.iter().filter_map(|r| r.lost).max(),
+                    cpu_us: median(same.iter().map(|r| r.cpu_us)),
                     ..row
                 }
             })
@@ -144,8 +150,44 @@ impl Row {
             p50_us: None,
             p99_us: None,
             lost: Some(count - received),
+            cpu_us: None,
         }
     }
+
+    /// This process spent `cpu` on the run of a throughput row.
+    pub(super) fn with_cpu(self, cpu: Duration) -> Row {
+        let received = self.count - self.lost.unwrap_or(0);
+        Row {
+            cpu_us: (received > 0).then(|| cpu.as_secs_f64() * 1e6 / received as f64),
+            ..self
+        }
+    }
+}
+
+/// Wall-clock and CPU time from a start.
+pub(super) struct Clock {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Clock {
+    pub(super) fn start() -> Clock {
+        Clock {
+            wall: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    /// Time passed and CPU time this process used since the start.
+    pub(super) fn elapsed(&self) -> (Duration, Duration) {
+        (self.wall.elapsed(), process_cpu().saturating_sub(self.cpu))
+    }
+}
+
+/// CPU time this process (all its threads) has used so far.
+fn process_cpu() -> Duration {
+    let time = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -394,7 +436,7 @@ async fn broadcast_throughput(
         .await?;
     let lost = || b.stats().messages_lost + b.stats().dropped_overflow;
     let lost_before = lost();
-    let sending = Instant::now();
+    let sending = Clock::start();
     let sender = spawn_sender(a.clone(), None, count, size);
     let mut incoming = Incoming::Broadcasts(&mut subscription, Vec::new());
     let lost_now = || lost() - lost_before;
@@ -433,7 +475,7 @@ async fn send_throughput(
     run: ToOne,
 ) -> anyhow::Result<Row> {
     let (count, size, to) = (args.messages, args.size, b.node_id());
-    let sending = Instant::now();
+    let sending = Clock::start();
     let (sender, test) = match run {
         ToOne::Tasks(senders) => {
             let tasks: Vec<_> = (0..senders)
@@ -547,20 +589,20 @@ async fn throughput_row(
     size: usize,
     count: u64,
     received: u64,
-    started: Instant,
+    started: Clock,
     sender: tokio::task::JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<Row> {
-    let elapsed = started.elapsed();
+    let (elapsed, cpu) = started.elapsed();
     sender.await??;
-    Ok(Row::throughput(
-        subject, test, size, count, received, elapsed,
-    ))
+    Ok(Row::throughput(subject, test, size, count, received, elapsed).with_cpu(cpu))
 }
 
 #[cfg(feature = "native")]
 async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<Vec<Row>> {
     const SUBJECT: &str = "raw tokio-rustls";
+    let clock = Clock::start();
     let (received, elapsed) = super::raw_tls::one_way(count, size, LIMIT).await?;
+    let (_, cpu) = clock.elapsed();
     let mut histogram = histogram();
     super::raw_tls::round_trips(samples, size, &mut histogram).await?;
     Ok(vec![
@@ -571,7 +613,8 @@ async fn raw_tls_rows(count: u64, samples: u64, size: usize) -> anyhow::Result<V
             count,
             received,
             elapsed,
-        ),
+        )
+        .with_cpu(cpu),
         latency_row(SUBJECT, "round trip (echo)", size, &histogram),
     ])
 }
@@ -717,7 +760,9 @@ async fn raw_broker_rows<R: RawBroker>(
 ) -> anyhow::Result<Vec<Row>> {
     progress(&format!("{} (the limit for the carrier)", R::DESCRIPTION));
     let (count, samples, size) = (args.messages, args.samples, args.size);
+    let clock = Clock::start();
     let (received, elapsed) = raw.one_way(count, size, LIMIT).await?;
+    let (_, cpu) = clock.elapsed();
     let mut publish = histogram();
     raw.publish_latency(samples, size, &mut publish).await?;
     let mut request = histogram();
@@ -730,7 +775,8 @@ async fn raw_broker_rows<R: RawBroker>(
             count,
             received,
             elapsed,
-        ),
+        )
+        .with_cpu(cpu),
         latency_row(R::SUBJECT, "publish latency", size, &publish),
         latency_row(R::SUBJECT, "request/reply latency", size, &request),
     ])
@@ -751,6 +797,7 @@ pub(super) fn latency_row(
         p50_us: Some(histogram.value_at_quantile(0.5) as f64 / 1000.0),
         p99_us: Some(histogram.value_at_quantile(0.99) as f64 / 1000.0),
         lost: None,
+        cpu_us: None,
     }
 }
 
@@ -816,7 +863,7 @@ async fn request_latency(
 async fn raw_channel_throughput(count: u64, size: usize) -> anyhow::Result<Row> {
     let (sender, mut receiver) = mpsc::channel::<Bytes>(65_536);
     let body = payload(size);
-    let started = Instant::now();
+    let started = Clock::start();
     let producer = tokio::spawn(async move {
         for _ in 0..count {
             if sender.send(body.clone()).await.is_err() {
@@ -834,7 +881,7 @@ async fn raw_channel_throughput(count: u64, size: usize) -> anyhow::Result<Row> 
             taken => received += taken as u64,
         }
     }
-    let elapsed = started.elapsed();
+    let (elapsed, cpu) = started.elapsed();
     producer.await?;
     Ok(Row::throughput(
         "raw tokio mpsc",
@@ -843,7 +890,8 @@ async fn raw_channel_throughput(count: u64, size: usize) -> anyhow::Result<Row> 
         count,
         received,
         elapsed,
-    ))
+    )
+    .with_cpu(cpu))
 }
 
 async fn raw_channel_latency(samples: u64, size: usize) -> anyhow::Result<Row> {
@@ -875,15 +923,15 @@ async fn raw_channel_latency(samples: u64, size: usize) -> anyhow::Result<Row> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<16} {:<24} {:>7} {:>9} {:>14} {:>10} {:>10} {:>6}",
-        "carrier", "test", "size B", "count", "msg/s", "p50 µs", "p99 µs", "lost"
+        "{:<16} {:<24} {:>7} {:>9} {:>14} {:>10} {:>10} {:>6} {:>10}",
+        "carrier", "test", "size B", "count", "msg/s", "p50 µs", "p99 µs", "lost", "cpu µs/op"
     );
     let show = |value: Option<f64>, precision: usize| {
         value.map_or("-".to_string(), |v| format!("{v:.precision$}"))
     };
     for row in rows {
         println!(
-            "{:<16} {:<24} {:>7} {:>9} {:>14} {:>10} {:>10} {:>6}",
+            "{:<16} {:<24} {:>7} {:>9} {:>14} {:>10} {:>10} {:>6} {:>10}",
             row.subject,
             row.test,
             row.size,
@@ -892,6 +940,7 @@ fn print_table(rows: &[Row]) {
             show(row.p50_us, 1),
             show(row.p99_us, 1),
             row.lost.map_or("-".to_string(), |l| l.to_string()),
+            show(row.cpu_us, 2),
         );
     }
 }
@@ -910,6 +959,7 @@ mod tests {
             p50_us: p50,
             p99_us: None,
             lost: Some(lost),
+            cpu_us: Some(per_second / 10.0),
         }
     }
 
@@ -926,6 +976,7 @@ mod tests {
         assert_eq!((rows[0].p50_us, rows[0].lost), (Some(7.0), Some(2)));
         assert_eq!((rows[1].test, rows[1].per_second), ("b", Some(2.0)));
         assert_eq!(rows[1].p50_us, None);
+        assert_eq!(rows[0].cpu_us, Some(2.0));
         // An even number of rounds: the mean of the middle two.
         let rows = Row::medians(vec![
             vec![row("a", 10.0, None, 0)],

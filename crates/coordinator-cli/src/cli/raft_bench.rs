@@ -3,7 +3,7 @@
 //! in-process router (direct calls between the three `Raft`s, nothing
 //! encoded): the most the library could reach.
 
-use super::bench::{Row, histogram, latency_row, time_each};
+use super::bench::{Clock, Row, histogram, latency_row, time_each};
 use anyhow::Context;
 use coordinator::{Coordinator, NodeId};
 use futures_util::StreamExt;
@@ -19,7 +19,7 @@ use openraft::{EmptyNode, Raft};
 use raft_kv::{Command, KvConfig, KvNode, KvRaft, Storage};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Writes in flight at once in the throughput run (openraft batches them).
 const IN_FLIGHT: usize = 64;
@@ -150,7 +150,7 @@ async fn measure(
     )
     .await
     .context("the Raft leader took no write")??;
-    let started = Instant::now();
+    let started = Clock::start();
     let mut running = tokio::task::JoinSet::new();
     let mut committed = 0;
     let run = async {
@@ -174,7 +174,7 @@ async fn measure(
     tokio::time::timeout(LIMIT, run)
         .await
         .context("the Raft throughput run took too long")??;
-    let elapsed = started.elapsed();
+    let (elapsed, cpu) = started.elapsed();
     let throughput = Row::throughput(
         subject,
         "commit throughput",
@@ -182,7 +182,8 @@ async fn measure(
         writes,
         committed,
         elapsed,
-    );
+    )
+    .with_cpu(cpu);
     let mut latency = histogram();
     let mut key = writes;
     time_each(samples, &mut latency, async || {
