@@ -43,7 +43,8 @@ mod network {
     use openraft::error::{Fatal, RPCError, RaftError, ReplicationClosed, StreamingError};
     use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
     use openraft::raft::{
-        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+        AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendError,
+        StreamAppendResult, VoteRequest, VoteResponse,
     };
     use openraft::rt::WatchReceiver;
     use openraft::{EmptyNode, EntryPayload, Snapshot, Vote};
@@ -335,6 +336,144 @@ mod network {
             ]
         );
         follower.abort();
+    }
+
+    /// Streams `requests` from node 1 to node 2, whose appends are answered
+    /// by `answer` (the second appends received on, if `conflict_from`)
+    /// and recorded as (previous log id, entries, commit index): what went
+    /// over the carrier, and the stream's results.
+    async fn stream_through(
+        requests: Vec<AppendEntriesRequest<KvConfig>>,
+        conflict_from: Option<usize>,
+    ) -> (
+        Vec<(Option<LogIdOf<KvConfig>>, usize, Option<LogIdOf<KvConfig>>)>,
+        Vec<Result<StreamAppendResult<KvConfig>, RPCError<KvConfig>>>,
+    ) {
+        let (_network, nodes) = nodes(&[1, 2], 1 << 20).await;
+        let mut inbox = nodes[1].inbox().unwrap();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let follower = tokio::spawn(async move {
+            let mut received = 0;
+            while let Some(incoming) = inbox.recv().await {
+                let Ok(Request::AppendEntries(append)) =
+                    wire::decode_request::<KvConfig>(&incoming.payload)
+                else {
+                    panic!("not an append");
+                };
+                let _ = seen_tx.send((
+                    append.prev_log_id,
+                    append.entries.len(),
+                    append.leader_commit,
+                ));
+                if conflict_from.is_some_and(|from| received >= from) {
+                    let reply: Result<AppendEntriesResponse<KvConfig>, RaftError<KvConfig>> =
+                        Ok(AppendEntriesResponse::Conflict);
+                    let _ = incoming.reply(wire::encode_reply(&reply).unwrap()).await;
+                } else {
+                    accept(incoming).await;
+                }
+                received += 1;
+            }
+        });
+        let mut client = client(&nodes[0], 2, Options::default()).await;
+        let results = within(LIMIT, "a stream of appends", async {
+            let stream = client
+                .stream_append(futures_util::stream::iter(requests), option(2000))
+                .await
+                .unwrap();
+            stream.collect::<Vec<_>>().await
+        })
+        .await;
+        follower.abort();
+        let mut appends = Vec::new();
+        while let Ok(append) = seen.try_recv() {
+            appends.push(append);
+        }
+        (appends, results)
+    }
+
+    /// An append that carries only the commit index of entry 1.
+    fn commit_only(commit: u64) -> AppendEntriesRequest<KvConfig> {
+        AppendEntriesRequest {
+            vote: leader_vote(),
+            prev_log_id: Some(log_id(commit)),
+            entries: Vec::new(),
+            leader_commit: Some(log_id(commit)),
+        }
+    }
+
+    fn with_commit(
+        mut request: AppendEntriesRequest<KvConfig>,
+        commit: u64,
+    ) -> AppendEntriesRequest<KvConfig> {
+        request.leader_commit = Some(log_id(commit));
+        request
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_of_only_a_commit_index_goes_in_the_next_append_when_one_is_under_way() {
+        // Entry 1 under way; then its commit; then entry 2 (with the commit).
+        let (appends, results) = stream_through(
+            vec![
+                append(1, 1, 10),
+                commit_only(1),
+                with_commit(append(2, 2, 10), 1),
+            ],
+            None,
+        )
+        .await;
+        // Two messages, not three: the commit went with entry 2.
+        assert_eq!(
+            appends,
+            vec![(None, 1, None), (Some(log_id(1)), 1, Some(log_id(1)))]
+        );
+        // Still one answer per request, in order.
+        let matched: Vec<_> = results.into_iter().map(|result| result.unwrap()).collect();
+        assert_eq!(
+            matched,
+            vec![
+                Ok(Some(log_id(1))),
+                Ok(Some(log_id(1))),
+                Ok(Some(log_id(2)))
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_of_only_a_commit_index_goes_once_nothing_else_is_under_way() {
+        // Nothing follows the commit: it goes by itself, after entry 1's answer.
+        let (appends, results) = stream_through(vec![append(1, 1, 10), commit_only(1)], None).await;
+        assert_eq!(
+            appends,
+            vec![(None, 1, None), (Some(log_id(1)), 0, Some(log_id(1)))]
+        );
+        let matched: Vec<_> = results.into_iter().map(|result| result.unwrap()).collect();
+        assert_eq!(matched, vec![Ok(Some(log_id(1))), Ok(Some(log_id(1)))]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflict_of_the_append_that_carried_a_commit_is_the_commits_conflict_too() {
+        // Entry 2 (carrying the commit of entry 1) conflicts at entry 1: the
+        // commit-only append it went instead of conflicts there too, and the
+        // stream ends with that first conflict.
+        let (appends, results) = stream_through(
+            vec![
+                append(1, 1, 10),
+                commit_only(1),
+                with_commit(append(2, 2, 10), 1),
+            ],
+            Some(1),
+        )
+        .await;
+        assert_eq!(appends.len(), 2, "{appends:?}");
+        let matched: Vec<_> = results.into_iter().map(|result| result.unwrap()).collect();
+        assert_eq!(
+            matched,
+            vec![
+                Ok(Some(log_id(1))),
+                Err(StreamAppendError::Conflict(log_id(1)))
+            ]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

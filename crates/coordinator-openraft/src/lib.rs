@@ -10,8 +10,10 @@
 //! * Appends are pipelined: up to [`Options::pipeline`] go out to a target
 //!   before the first is answered, so that a new entry does not wait a round
 //!   trip behind the append that tells the follower the previous entry's
-//!   commit. On the receiving side the appends of one leader are handled one
-//!   after the other, in the order they arrived.
+//!   commit. An append of only a commit index waits while another is under
+//!   way, and goes inside the next append if one comes meanwhile. On the
+//!   receiving side the appends of one leader are handled one after the
+//!   other, in the order they arrived.
 //! * [`RaftServer`] takes the coordinator's inbox and hands the requests to
 //!   the local `Raft`, several at once (polled in the server's own task).
 //!

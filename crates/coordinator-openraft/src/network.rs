@@ -18,6 +18,7 @@ use openraft::raft::{
 };
 use openraft::{RPCTypes, RaftTypeConfig};
 use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Cursor;
 use std::marker::PhantomData;
@@ -152,13 +153,18 @@ impl<C: RaftTypeConfig> Failure<C> {
 
 type RpcResult<C, T> = Result<T, RPCError<C>>;
 
-/// An append sent in a stream: its range (previous log id, last log id)
+/// Appends with no entry that an append sent in a stream went instead of:
+/// where they stood in the log, and how many.
+type Stood<C> = (Option<LogIdOf<C>>, usize);
+
+/// An append sent in a stream: its range, the appends it went instead of,
 /// and the answer.
-type Sent<C> = (
-    Option<LogIdOf<C>>,
-    Option<LogIdOf<C>>,
-    RpcResult<C, AppendEntriesResponse<C>>,
-);
+struct Sent<C: RaftTypeConfig> {
+    prev: Option<LogIdOf<C>>,
+    last: Option<LogIdOf<C>>,
+    stands_for: Stood<C>,
+    outcome: RpcResult<C, AppendEntriesResponse<C>>,
+}
 
 impl<C> Client<C>
 where
@@ -281,10 +287,20 @@ where
     }
 
     /// Sends the appends as they come, up to [`Options::pipeline`] under way
-    /// at once, and yields their answers in order. The stream ends after an
-    /// answer that is not a full success (a conflict, a higher vote, a
-    /// partial success, a failure): openraft then starts a new one from
-    /// where the target is.
+    /// at once, and yields their answers in order, one per request. The
+    /// stream ends after an answer that is not a full success (a conflict, a
+    /// higher vote, a partial success, a failure): openraft then starts a new
+    /// one from where the target is.
+    ///
+    /// An append that carries no entry (only a new commit index) while
+    /// another is under way waits: if openraft hands over another append
+    /// meanwhile, that one goes instead (it carries a newer commit index and
+    /// continues the log where the waiting one stands), and its answer is
+    /// also the waiting one's (the target matched the log up to where the
+    /// waiting one stood, or conflicts there). If not, it goes as soon as
+    /// nothing is under way. Under load this spares a message and its reply
+    /// for most commit-only appends; one write at a time sends exactly as
+    /// before.
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -297,49 +313,103 @@ where
         let depth = client.shared.options.pipeline.max(1);
         let mut input = Some(input);
         let mut under_way = FuturesOrdered::new();
+        // An append with no entry waiting, and how many earlier ones it
+        // stands for.
+        let mut waiting: Option<(AppendEntriesRequest<C>, usize)> = None;
+        let mut answers = VecDeque::new();
         let mut ended = false;
+        let send = move |request: AppendEntriesRequest<C>, stands_for: Stood<C>| {
+            let prev = request.prev_log_id.clone();
+            let last = request
+                .entries
+                .last()
+                .map(|entry| entry.log_id())
+                .or_else(|| prev.clone());
+            let option = option.clone();
+            Box::pin(async move {
+                Sent {
+                    prev,
+                    last,
+                    stands_for,
+                    outcome: client.append(request, &option).await,
+                }
+            }) as BoxFuture<'s, Sent<C>>
+        };
         let stream = futures_util::stream::poll_fn(move |cx| {
-            if ended {
-                return Poll::Ready(None);
-            }
-            // Take what openraft has to send, while there is room.
-            while under_way.len() < depth {
-                let Some(requests) = input.as_mut() else {
-                    break;
-                };
-                match requests.poll_next_unpin(cx) {
-                    Poll::Ready(Some(request)) => {
-                        let prev = request.prev_log_id.clone();
-                        let last = request
-                            .entries
-                            .last()
-                            .map(|entry| entry.log_id())
-                            .or_else(|| prev.clone());
-                        let option = option.clone();
-                        under_way.push_back(Box::pin(async move {
-                            (prev, last, client.append(request, &option).await)
-                        }) as BoxFuture<'s, Sent<C>>);
+            loop {
+                if let Some(answer) = answers.pop_front() {
+                    return Poll::Ready(Some(answer));
+                }
+                if ended {
+                    return Poll::Ready(None);
+                }
+                // Take what openraft has to send, while there is room.
+                while under_way.len() < depth {
+                    let Some(requests) = input.as_mut() else {
+                        break;
+                    };
+                    match requests.poll_next_unpin(cx) {
+                        Poll::Ready(Some(request)) => {
+                            let earlier = waiting.take();
+                            if request.entries.is_empty() && !under_way.is_empty() {
+                                let count = earlier.map_or(0, |(_, count)| count + 1);
+                                waiting = Some((request, count));
+                                continue;
+                            }
+                            let stands_for = earlier
+                                .map(|(held, count)| (held.prev_log_id, count + 1))
+                                .unwrap_or_default();
+                            under_way.push_back(send(request, stands_for));
+                        }
+                        Poll::Ready(None) => input = None,
+                        Poll::Pending => break,
                     }
-                    Poll::Ready(None) => input = None,
-                    Poll::Pending => break,
                 }
-            }
-            match under_way.poll_next_unpin(cx) {
-                Poll::Ready(Some((prev, last, Ok(response)))) => {
-                    let partial = matches!(
-                        &response,
-                        AppendEntriesResponse::PartialSuccess(matching) if *matching != last
-                    );
-                    let result = response.into_stream_result(prev, last);
-                    ended = partial || result.is_err();
-                    Poll::Ready(Some(Ok(result)))
+                if under_way.is_empty()
+                    && let Some((request, count)) = waiting.take()
+                {
+                    let stands_for = (request.prev_log_id.clone(), count);
+                    under_way.push_back(send(request, stands_for));
                 }
-                Poll::Ready(Some((_, _, Err(error)))) => {
-                    ended = true;
-                    Poll::Ready(Some(Err(error)))
+                match under_way.poll_next_unpin(cx) {
+                    Poll::Ready(Some(sent)) => {
+                        let Sent {
+                            prev,
+                            last,
+                            stands_for: (at, count),
+                            outcome,
+                        } = sent;
+                        let response = match outcome {
+                            Ok(response) => response,
+                            Err(error) => {
+                                ended = true;
+                                answers.push_back(Err(error));
+                                continue;
+                            }
+                        };
+                        // The answers of the appends this one went instead of.
+                        for _ in 0..count {
+                            let result =
+                                response.clone().into_stream_result(at.clone(), at.clone());
+                            ended = result.is_err();
+                            answers.push_back(Ok(result));
+                            if ended {
+                                break;
+                            }
+                        }
+                        if !ended {
+                            let partial = matches!(
+                                &response,
+                                AppendEntriesResponse::PartialSuccess(matching) if *matching != last
+                            );
+                            let result = response.into_stream_result(prev, last);
+                            ended = partial || result.is_err();
+                            answers.push_back(Ok(result));
+                        }
+                    }
+                    Poll::Ready(None) if input.is_none() => return Poll::Ready(None),
+                    Poll::Ready(None) | Poll::Pending => return Poll::Pending,
                 }
-                Poll::Ready(None) if input.is_none() => Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => Poll::Pending,
             }
         });
         Box::pin(async move { Ok(Box::pin(stream) as BoxStream<'s, _>) })
