@@ -386,6 +386,7 @@ fn bench_measures_the_memory_carrier_as_json() {
             (throughput["count"].as_u64(), throughput["lost"].as_u64()),
             (Some(500), Some(0))
         );
+        assert!(throughput["cpu_us"].as_f64().unwrap() > 0.0, "{subject}");
         let latency = rows
             .iter()
             .find(|r| r["subject"] == subject && r["test"] == "commit latency")
@@ -406,6 +407,7 @@ fn bench_measures_the_memory_carrier_as_json() {
             "{test}"
         );
         assert!(throughput["per_second"].as_f64().unwrap() > 0.0, "{test}");
+        assert!(throughput["cpu_us"].as_f64().unwrap() > 0.0, "{test}");
     }
     let latency = row("broadcast latency");
     assert!(latency["p99_us"].as_f64().unwrap() >= latency["p50_us"].as_f64().unwrap());
@@ -454,10 +456,13 @@ fn bench_repeats_the_raft_runs_in_rounds_on_fresh_native_nodes() {
             .collect();
         assert_eq!(rows.len(), 1, "{subject} / {test} in:\n{table}");
         if test == "commit throughput" {
-            // count 200, all of them committed (lost 0).
+            // count 200, all of them committed (lost 0), and the CPU time
+            // per commit the run took.
             let fields: Vec<&str> = rows[0].split_whitespace().collect();
-            assert_eq!(fields.last(), Some(&"0"), "{}", rows[0]);
+            assert_eq!(fields[fields.len() - 2], "0", "{}", rows[0]);
             assert!(fields.contains(&"200"), "{}", rows[0]);
+            let cpu: f64 = fields[fields.len() - 1].parse().expect("CPU µs per commit");
+            assert!(cpu > 0.0, "{}", rows[0]);
         }
     }
 }
