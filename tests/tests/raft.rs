@@ -338,10 +338,11 @@ mod network {
         follower.abort();
     }
 
-    /// Streams `requests` from node 1 to node 2, whose appends are answered
-    /// by `answer` (the second appends received on, if `conflict_from`)
-    /// and recorded as (previous log id, entries, commit index): what went
-    /// over the carrier, and the stream's results.
+    /// Streams `requests` from node 1 to node 2, which accepts each append
+    /// it receives, or from the `conflict_from`th on (counting from 0)
+    /// answers it with a conflict. Returns what went over the carrier, as
+    /// (previous log id, entries, commit index) per append, and the
+    /// stream's results.
     async fn stream_through(
         requests: Vec<AppendEntriesRequest<KvConfig>>,
         conflict_from: Option<usize>,
@@ -392,7 +393,7 @@ mod network {
         (appends, results)
     }
 
-    /// An append that carries only the commit index of entry 1.
+    /// An append that carries only a commit index: entry `commit`'s.
     fn commit_only(commit: u64) -> AppendEntriesRequest<KvConfig> {
         AppendEntriesRequest {
             vote: leader_vote(),
@@ -402,26 +403,17 @@ mod network {
         }
     }
 
-    fn with_commit(
-        mut request: AppendEntriesRequest<KvConfig>,
-        commit: u64,
-    ) -> AppendEntriesRequest<KvConfig> {
-        request.leader_commit = Some(log_id(commit));
-        request
+    /// Entry 1; then its commit alone; then entry 2, with that commit.
+    fn entry_its_commit_and_the_next() -> Vec<AppendEntriesRequest<KvConfig>> {
+        let mut next = append(2, 2, 10);
+        next.leader_commit = Some(log_id(1));
+        vec![append(1, 1, 10), commit_only(1), next]
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_of_only_a_commit_index_goes_in_the_next_append_when_one_is_under_way() {
-        // Entry 1 under way; then its commit; then entry 2 (with the commit).
-        let (appends, results) = stream_through(
-            vec![
-                append(1, 1, 10),
-                commit_only(1),
-                with_commit(append(2, 2, 10), 1),
-            ],
-            None,
-        )
-        .await;
+        // Entry 1 under way when its commit comes.
+        let (appends, results) = stream_through(entry_its_commit_and_the_next(), None).await;
         // Two messages, not three: the commit went with entry 2.
         assert_eq!(
             appends,
@@ -456,15 +448,7 @@ mod network {
         // Entry 2 (carrying the commit of entry 1) conflicts at entry 1: the
         // commit-only append it went instead of conflicts there too, and the
         // stream ends with that first conflict.
-        let (appends, results) = stream_through(
-            vec![
-                append(1, 1, 10),
-                commit_only(1),
-                with_commit(append(2, 2, 10), 1),
-            ],
-            Some(1),
-        )
-        .await;
+        let (appends, results) = stream_through(entry_its_commit_and_the_next(), Some(1)).await;
         assert_eq!(appends.len(), 2, "{appends:?}");
         let matched: Vec<_> = results.into_iter().map(|result| result.unwrap()).collect();
         assert_eq!(

@@ -90,7 +90,8 @@ pub(super) struct Row {
     /// CPU time of this whole process per message (or commit), in
     /// microseconds, over the throughput run: what the run cost beside how
     /// long it took. Both nodes (all three for Raft) and the raw channel run
-    /// in this process; a broker's own CPU is not in it (another process).
+    /// in this process (a raw channel's connection setup is in its run); a
+    /// broker's own CPU is not in it (another process).
     cpu_us: Option<f64>,
 }
 
