@@ -128,13 +128,17 @@ mod network {
 
     /// A Raft for the node of `coordinator` (not initialized).
     async fn raft_on(coordinator: &Arc<dyn Coordinator>) -> KvRaft {
-        let storage = Storage::default();
+        raft_with(coordinator, &Storage::default()).await
+    }
+
+    /// A Raft for the node of `coordinator` on `storage` (not initialized).
+    async fn raft_with(coordinator: &Arc<dyn Coordinator>, storage: &Storage) -> KvRaft {
         openraft::Raft::new(
             coordinator.node_id(),
             raft_kv::raft_config(),
             Network::new(coordinator.clone()),
-            storage.log,
-            storage.state,
+            storage.log.clone(),
+            storage.state.clone(),
         )
         .await
         .unwrap()
@@ -196,43 +200,43 @@ mod network {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_snapshot_stops_when_openraft_cancels_it() {
         let (_network, nodes) = nodes(&[1, 2], 1 << 20).await;
-        // Node 2 answers each piece after 100 ms.
+        // Node 2 takes the first piece and does not answer it (its link
+        // stalled); it says when the piece is in.
         let mut inbox = nodes[1].inbox().unwrap();
-        tokio::spawn(async move {
-            while let Some(incoming) = inbox.recv().await {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let reply: Result<Option<SnapshotResponse<KvConfig>>, Fatal<KvConfig>> = Ok(None);
-                let _ = incoming.reply(wire::encode_reply(&reply).unwrap()).await;
-            }
+        let (arrived, first_piece) = tokio::sync::oneshot::channel();
+        let follower = tokio::spawn(async move {
+            // Held, unanswered, until the test ends.
+            let _held = inbox.recv().await.expect("a piece");
+            let _ = arrived.send(());
+            std::future::pending::<()>().await;
         });
         let options = Options {
             snapshot_piece: 1024,
             ..Options::default()
         };
         let mut client = client(&nodes[0], 2, options).await;
-        // Ten pieces of 100 ms each; openraft gives up after 250 ms.
+        // openraft gives up while the first of ten pieces waits for its
+        // answer: the send stops as closed, not at the piece's 2 s timeout.
         let cancel = async {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            let _ = first_piece.await;
             ReplicationClosed::new("test cancels")
         };
-        let started = std::time::Instant::now();
-        let result = client
-            .full_snapshot(
-                leader_vote(),
-                snapshot(vec![7; 10 * 1024]),
-                cancel,
-                option(1000),
-            )
-            .await;
+        let result = within(LIMIT, "a cancelled snapshot", async {
+            client
+                .full_snapshot(
+                    leader_vote(),
+                    snapshot(vec![7; 10 * 1024]),
+                    cancel,
+                    option(2000),
+                )
+                .await
+        })
+        .await;
         assert!(
             matches!(result, Err(StreamingError::Closed(_))),
             "got {result:?}"
         );
-        assert!(
-            started.elapsed() < Duration::from_millis(600),
-            "{:?}",
-            started.elapsed()
-        );
+        follower.abort();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,14 +342,21 @@ mod network {
         follower.abort();
     }
 
-    /// Streams `requests` from node 1 to node 2, which accepts each append
-    /// it receives, or from the `conflict_from`th on (counting from 0)
-    /// answers it with a conflict. Returns what went over the carrier, as
-    /// (previous log id, entries, commit index) per append, and the
-    /// stream's results.
+    /// How node 2 answers the appends after the first (which it accepts).
+    #[derive(Clone, Copy)]
+    enum Later {
+        Accept,
+        Conflict,
+        /// Not at all: the answer is lost.
+        Silent,
+    }
+
+    /// Streams `requests` from node 1 to node 2, which answers them as
+    /// `later` says. Returns what went over the carrier, as (previous log
+    /// id, entries, commit index) per append, and the stream's results.
     async fn stream_through(
         requests: Vec<AppendEntriesRequest<KvConfig>>,
-        conflict_from: Option<usize>,
+        later: Later,
     ) -> (
         Vec<(Option<LogIdOf<KvConfig>>, usize, Option<LogIdOf<KvConfig>>)>,
         Vec<Result<StreamAppendResult<KvConfig>, RPCError<KvConfig>>>,
@@ -355,6 +366,7 @@ mod network {
         let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
         let follower = tokio::spawn(async move {
             let mut received = 0;
+            let mut unanswered = Vec::new();
             while let Some(incoming) = inbox.recv().await {
                 let Ok(Request::AppendEntries(append)) =
                     wire::decode_request::<KvConfig>(&incoming.payload)
@@ -366,12 +378,14 @@ mod network {
                     append.entries.len(),
                     append.leader_commit,
                 ));
-                if conflict_from.is_some_and(|from| received >= from) {
-                    let reply: Result<AppendEntriesResponse<KvConfig>, RaftError<KvConfig>> =
-                        Ok(AppendEntriesResponse::Conflict);
-                    let _ = incoming.reply(wire::encode_reply(&reply).unwrap()).await;
-                } else {
-                    accept(incoming).await;
+                match (received, later) {
+                    (0, _) | (_, Later::Accept) => accept(incoming).await,
+                    (_, Later::Conflict) => {
+                        let reply: Result<AppendEntriesResponse<KvConfig>, RaftError<KvConfig>> =
+                            Ok(AppendEntriesResponse::Conflict);
+                        let _ = incoming.reply(wire::encode_reply(&reply).unwrap()).await;
+                    }
+                    (_, Later::Silent) => unanswered.push(incoming),
                 }
                 received += 1;
             }
@@ -413,7 +427,8 @@ mod network {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_of_only_a_commit_index_goes_in_the_next_append_when_one_is_under_way() {
         // Entry 1 under way when its commit comes.
-        let (appends, results) = stream_through(entry_its_commit_and_the_next(), None).await;
+        let (appends, results) =
+            stream_through(entry_its_commit_and_the_next(), Later::Accept).await;
         // Two messages, not three: the commit went with entry 2.
         assert_eq!(
             appends,
@@ -434,7 +449,8 @@ mod network {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_append_of_only_a_commit_index_goes_once_nothing_else_is_under_way() {
         // Nothing follows the commit: it goes by itself, after entry 1's answer.
-        let (appends, results) = stream_through(vec![append(1, 1, 10), commit_only(1)], None).await;
+        let (appends, results) =
+            stream_through(vec![append(1, 1, 10), commit_only(1)], Later::Accept).await;
         assert_eq!(
             appends,
             vec![(None, 1, None), (Some(log_id(1)), 0, Some(log_id(1)))]
@@ -448,7 +464,8 @@ mod network {
         // Entry 2 (carrying the commit of entry 1) conflicts at entry 1: the
         // commit-only append it went instead of conflicts there too, and the
         // stream ends with that first conflict.
-        let (appends, results) = stream_through(entry_its_commit_and_the_next(), Some(1)).await;
+        let (appends, results) =
+            stream_through(entry_its_commit_and_the_next(), Later::Conflict).await;
         assert_eq!(appends.len(), 2, "{appends:?}");
         let matched: Vec<_> = results.into_iter().map(|result| result.unwrap()).collect();
         assert_eq!(
@@ -457,6 +474,23 @@ mod network {
                 Ok(Some(log_id(1))),
                 Err(StreamAppendError::Conflict(log_id(1)))
             ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_answer_to_the_append_that_carried_a_commit_fails_the_commit_too() {
+        // Entry 2's answer never comes: the commit-only append it went
+        // instead of gets that failure (a timeout) as its answer, and the
+        // stream ends there, so openraft sends both again.
+        let (appends, results) =
+            stream_through(entry_its_commit_and_the_next(), Later::Silent).await;
+        assert_eq!(appends.len(), 2, "{appends:?}");
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert_eq!(results[0].as_ref().unwrap(), &Ok(Some(log_id(1))));
+        assert!(
+            matches!(results[1], Err(RPCError::Timeout(_))),
+            "{:?}",
+            results[1]
         );
     }
 
@@ -522,28 +556,12 @@ mod network {
     async fn a_server_installs_a_snapshot_once_its_last_piece_is_in_even_after_one_abandoned() {
         let (_network, nodes) = nodes(&[1, 2], 16 * 1024).await;
         let storage = Storage::default();
-        let raft = openraft::Raft::new(
-            2,
-            raft_kv::raft_config(),
-            Network::new(nodes[1].clone()),
-            storage.log.clone(),
-            storage.state.clone(),
-        )
-        .await
-        .unwrap();
+        let raft = raft_with(&nodes[1], &storage).await;
         let _server = RaftServer::start(raft, nodes[1].inbox().unwrap());
         // A snapshot of a store that holds one key, in pieces of 1 KiB.
         let source = Storage::default();
         let mut builder = source.state.clone();
-        let leader = openraft::Raft::new(
-            1,
-            raft_kv::raft_config(),
-            Network::new(nodes[0].clone()),
-            source.log.clone(),
-            source.state.clone(),
-        )
-        .await
-        .unwrap();
+        let leader = raft_with(&nodes[0], &source).await;
         leader
             .initialize(
                 [1u64]
